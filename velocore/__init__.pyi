@@ -1,0 +1,199 @@
+# Type stubs for velocore's public API (see README.md).
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+from typing_extensions import Buffer, Self, TypeAlias
+
+__version__: str
+
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+
+# Keys and values: any contiguous buffer (bytes, bytearray, memoryview, numpy arrays, ...).
+_Key: TypeAlias = Buffer
+_Value: TypeAlias = Buffer
+_TableRef: TypeAlias = Table | str
+_Path: TypeAlias = str | os.PathLike[str]
+_Sync: TypeAlias = Literal["full", "normal", "off"]
+_WalMode: TypeAlias = Literal["file", "pmem"]
+_Items: TypeAlias = Iterable[tuple[_Key, _Value]] | Mapping[bytes, _Value]
+
+# -- errors ----------------------------------------------------------------------------
+
+class Error(Exception): ...
+class ConflictError(Error): ...
+class ClosedError(Error): ...
+class ReadOnlyError(Error): ...
+class LockedError(Error): ...
+class CorruptionError(Error): ...
+class NoSuchTableError(Error, KeyError): ...
+
+# -- module functions ------------------------------------------------------------------
+
+def open(
+    path: _Path | None = None,
+    *,
+    readonly: bool = False,
+    sync: _Sync = "full",
+    cache_mb: int = 256,
+    wal: _WalMode = "file",
+    checkpoint_mb: int = 64,
+) -> Store: ...
+def simd_level() -> Literal["avx512", "avx2", "neon", "scalar"]: ...
+def get_include() -> list[str]: ...
+
+# -- iteration -------------------------------------------------------------------------
+
+class RangeIterator(Iterator[_T]):
+    """Iterates a range in key order; valid while its transaction is open."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> _T: ...
+
+# -- store -----------------------------------------------------------------------------
+
+class Store:
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def close(self) -> None: ...
+    def table(self, name: str) -> Table: ...
+    def tables(self) -> list[str]: ...
+    def drop_table(self, name: str) -> None: ...
+    def txn(self) -> Txn: ...
+    def snapshot(self) -> Snapshot: ...
+    def retry(self, fn: Callable[[Txn], _T], attempts: int = 10) -> _T: ...
+    def info(self) -> dict[str, Any]: ...
+    def check(self) -> dict[str, Any]: ...
+    def checkpoint(self) -> None: ...
+
+# -- tables (autocommit conveniences: each call is its own transaction) ----------------
+
+class Table:
+    @property
+    def name(self) -> str: ...
+    @overload
+    def get(self, key: _Key) -> bytes | None: ...
+    @overload
+    def get(self, key: _Key, default: _D) -> bytes | _D: ...
+    def put(self, key: _Key, value: _Value) -> None: ...
+    def delete(self, key: _Key) -> bool: ...
+    def __getitem__(self, key: _Key) -> bytes: ...
+    def __setitem__(self, key: _Key, value: _Value) -> None: ...
+    def __delitem__(self, key: _Key) -> None: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __len__(self) -> int: ...
+    @overload
+    def range(
+        self,
+        start: _Key | None = None,
+        stop: _Key | None = None,
+        *,
+        reverse: bool = False,
+        prefix: _Key | None = None,
+        keys_only: Literal[False] = False,
+    ) -> RangeIterator[tuple[bytes, bytes]]: ...
+    @overload
+    def range(
+        self,
+        start: _Key | None = None,
+        stop: _Key | None = None,
+        *,
+        reverse: bool = False,
+        prefix: _Key | None = None,
+        keys_only: Literal[True],
+    ) -> RangeIterator[bytes]: ...
+    def items(self) -> RangeIterator[tuple[bytes, bytes]]: ...
+    def keys(self) -> RangeIterator[bytes]: ...
+
+# -- transactions ----------------------------------------------------------------------
+
+class Snapshot:
+    """A read-only transaction: a fixed point in time."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+    @overload
+    def get(self, table: _TableRef, key: _Key) -> bytes | None: ...
+    @overload
+    def get(self, table: _TableRef, key: _Key, default: _D) -> bytes | _D: ...
+    def get_many(self, table: _TableRef, keys: Iterable[_Key]) -> list[bytes | None]: ...
+    @overload
+    def range(
+        self,
+        table: _TableRef,
+        start: _Key | None = None,
+        stop: _Key | None = None,
+        *,
+        reverse: bool = False,
+        prefix: _Key | None = None,
+        keys_only: Literal[False] = False,
+    ) -> RangeIterator[tuple[bytes, bytes]]: ...
+    @overload
+    def range(
+        self,
+        table: _TableRef,
+        start: _Key | None = None,
+        stop: _Key | None = None,
+        *,
+        reverse: bool = False,
+        prefix: _Key | None = None,
+        keys_only: Literal[True],
+    ) -> RangeIterator[bytes]: ...
+
+class Txn:
+    """A read-write transaction: snapshot reads plus private writes, first committer wins."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+    @overload
+    def get(self, table: _TableRef, key: _Key) -> bytes | None: ...
+    @overload
+    def get(self, table: _TableRef, key: _Key, default: _D) -> bytes | _D: ...
+    def get_many(self, table: _TableRef, keys: Iterable[_Key]) -> list[bytes | None]: ...
+    @overload
+    def range(
+        self,
+        table: _TableRef,
+        start: _Key | None = None,
+        stop: _Key | None = None,
+        *,
+        reverse: bool = False,
+        prefix: _Key | None = None,
+        keys_only: Literal[False] = False,
+    ) -> RangeIterator[tuple[bytes, bytes]]: ...
+    @overload
+    def range(
+        self,
+        table: _TableRef,
+        start: _Key | None = None,
+        stop: _Key | None = None,
+        *,
+        reverse: bool = False,
+        prefix: _Key | None = None,
+        keys_only: Literal[True],
+    ) -> RangeIterator[bytes]: ...
+    def put(self, table: _TableRef, key: _Key, value: _Value) -> None: ...
+    def put_many(self, table: _TableRef, items: _Items) -> None: ...
+    def delete(self, table: _TableRef, key: _Key) -> bool: ...
+    def delete_many(self, table: _TableRef, keys: Iterable[_Key]) -> None: ...
