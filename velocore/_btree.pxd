@@ -1,0 +1,73 @@
+# B+tree over immutable (copy-on-write) pages: lookup, cursors, merge, overflow, check.
+#
+# Keys here are composite: a 4-byte big-endian table id, then the user key (1..1024 bytes),
+# compared as unsigned bytes (memcmp order, shorter first on a tie).
+#
+# Leaf page:   vc_page_hdr | uint16 slot[count] ... free ... | entries (packed from the end)
+#   entry:     uint16 klen | uint16 flags | uint32 vlen | [uint32 first overflow page] | key | [value]
+# Branch page: vc_page_hdr (aux = leftmost child, level >= 1) | uint16 slot[count] | entries
+#   entry:     uint16 klen | uint32 child | key      (every key in child >= this separator)
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp
+from velocore._common cimport vc_err, vc_buf
+from velocore._pager cimport vc_pager
+
+cdef enum:
+    VC_MAX_KEY = 1028            # 4-byte table id + 1024 user bytes
+    VC_MAX_VALUE = 67108864      # 64 MiB, enforced by the facade
+    VC_INLINE_MAX = 1200         # 8 + klen + vlen above this: value goes to overflow pages
+    VC_MAX_HEIGHT = 32
+    VC_ENT_OVERFLOW = 1          # entry flag: value lives in an overflow chain
+
+cdef struct vc_op:               # one change merged into the tree by a checkpoint
+    const unsigned char* key
+    const unsigned char* value   # NULL: delete
+    uint32_t klen
+    uint32_t vlen
+
+cdef struct vc_cursor:
+    vc_pager* pager
+    uint32_t root
+    uint32_t height
+    int depth                    # levels on the stack (== height once positioned)
+    uint32_t pid[32]             # page at each level, 0 = root level
+    int idx[32]                  # slot at each level (branch: child index 0..count)
+    const unsigned char* leaf    # pinned leaf page while positioned, else NULL
+    uint32_t leaf_handle
+    bint valid                   # positioned on an entry
+    vc_buf ovf                   # value read from overflow pages
+
+cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned char* key,
+                     uint32_t klen, vc_buf* out, vc_err* err) noexcept nogil
+
+cdef void vc_cursor_init(vc_cursor* c, vc_pager* p, uint32_t root, uint32_t height) noexcept nogil
+cdef void vc_cursor_close(vc_cursor* c) noexcept nogil
+# Position on the first entry >= key (key NULL: the first entry).
+cdef int vc_cursor_seek_ge(vc_cursor* c, const unsigned char* key, uint32_t klen, vc_err* err) noexcept nogil
+# Position on the last entry < key (key NULL: the last entry).
+cdef int vc_cursor_seek_lt(vc_cursor* c, const unsigned char* key, uint32_t klen, vc_err* err) noexcept nogil
+cdef int vc_cursor_next(vc_cursor* c, vc_err* err) noexcept nogil
+cdef int vc_cursor_prev(vc_cursor* c, vc_err* err) noexcept nogil
+cdef void vc_cursor_key(vc_cursor* c, const unsigned char** key, uint32_t* klen) noexcept nogil
+cdef int vc_cursor_value(vc_cursor* c, const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
+
+# Apply sorted, duplicate-free ops to the tree copy-on-write, removing every key whose table
+# id is in dropped[] (sorted).  Old pages go to the pager's freed list.
+cdef int vc_tree_merge(vc_pager* p, uint32_t root, uint32_t height, const vc_op* ops, size_t nops,
+                       const uint32_t* dropped, size_t ndropped, uint32_t* new_root,
+                       uint32_t* new_height, vc_err* err) noexcept nogil
+
+# Verify every reachable page (checksum, layout, key order, separators, overflow chains)
+# and that reachable + free pages account for the whole file.  Problems are appended to
+# report as lines; returns the number of problems, or -1 on an I/O / memory failure.
+cdef long vc_tree_check(vc_pager* p, uint32_t root, uint32_t height, vc_buf* report,
+                        uint64_t* nkeys, vc_err* err) noexcept nogil
+
+cdef inline int vc_key_cmp(const unsigned char* a, uint32_t alen, const unsigned char* b,
+                           uint32_t blen) noexcept nogil:
+    cdef uint32_t n = alen if alen < blen else blen
+    cdef int r = memcmp(a, b, n)
+    if r != 0:
+        return r
+    return (alen > blen) - (alen < blen)
+

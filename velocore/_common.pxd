@@ -1,0 +1,115 @@
+# Shared C-level declarations: status codes and the error record (include/vc_common.h).
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport realloc, free
+
+cdef extern from "vc_common.h" nogil:
+    enum:
+        VC_OK
+        VC_NOTFOUND
+        VC_FAIL
+        VC_E_NONE
+        VC_E_IO
+        VC_E_CORRUPT
+        VC_E_NOMEM
+        VC_E_CONFLICT
+        VC_E_LOCKED
+        VC_E_READONLY
+        VC_E_CLOSED
+        VC_E_INVALID
+        VC_E_NOFILE
+
+    ctypedef struct vc_err:
+        int code            # one of VC_E_*; VC_E_NONE while nothing failed
+        int sys_errno       # errno for VC_E_IO / VC_E_NOFILE
+        char msg[480]       # names the file and page or offset when known
+
+    void vc_err_clear(vc_err* e)
+    int vc_fail(vc_err* e, int code, const char* fmt, ...)
+    int vc_fail_errno(vc_err* e, int code, int errnum, const char* fmt, ...)
+
+cdef extern from "vc_crc32c.h" nogil:
+    uint32_t vc_crc32c(uint32_t crc, const void* buf, size_t length)
+    int vc_crc32c_hw()
+
+cdef extern from "vc_atomic.h" nogil:
+    void* vc_load_ptr(void* const* p)
+    void vc_store_ptr(void** p, void* v)
+    uint64_t vc_load_u64(const uint64_t* p)
+    void vc_store_u64(uint64_t* p, uint64_t v)
+    void vc_max_u64(uint64_t* p, uint64_t v)
+    uint64_t vc_add_u64_relaxed(uint64_t* p, uint64_t v)
+    int vc_load_int_relaxed(const int* p)
+    void vc_store_int_relaxed(int* p, int v)
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef struct pthread_condattr_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t*, const pthread_mutexattr_t*)
+    int pthread_mutex_destroy(pthread_mutex_t*)
+    int pthread_mutex_lock(pthread_mutex_t*)
+    int pthread_mutex_trylock(pthread_mutex_t*)
+    int pthread_mutex_unlock(pthread_mutex_t*)
+    int pthread_cond_init(pthread_cond_t*, const pthread_condattr_t*)
+    int pthread_cond_destroy(pthread_cond_t*)
+    int pthread_cond_wait(pthread_cond_t*, pthread_mutex_t*)
+    int pthread_cond_broadcast(pthread_cond_t*)
+
+# Growable array of page ids (free lists, checkpoint bookkeeping).
+cdef struct vc_u32vec:
+    uint32_t* items     # malloc'ed, capacity cap
+    size_t len          # items in use
+    size_t cap          # allocated slots
+
+cdef inline int vc_u32vec_push(vc_u32vec* v, uint32_t x) noexcept nogil:
+    cdef size_t ncap
+    cdef uint32_t* p
+    if v.len == v.cap:
+        ncap = v.cap * 2 if v.cap else 64
+        p = <uint32_t*>realloc(v.items, ncap * sizeof(uint32_t))
+        if p == NULL:
+            return -1
+        v.items = p
+        v.cap = ncap
+    v.items[v.len] = x
+    v.len += 1
+    return 0
+
+cdef inline void vc_u32vec_free(vc_u32vec* v) noexcept nogil:
+    free(v.items)
+    v.items = NULL
+    v.len = 0
+    v.cap = 0
+
+
+# Growable byte buffer (values read from overflow pages, log payloads).
+cdef struct vc_buf:
+    unsigned char* data     # malloc'ed, capacity cap
+    size_t len              # bytes in use
+    size_t cap
+
+cdef inline int vc_buf_reserve(vc_buf* b, size_t n) noexcept nogil:
+    cdef size_t ncap
+    cdef unsigned char* p
+    if n <= b.cap:
+        return 0
+    ncap = b.cap * 2 if b.cap else 256
+    while ncap < n:
+        ncap *= 2
+    p = <unsigned char*>realloc(b.data, ncap)
+    if p == NULL:
+        return -1
+    b.data = p
+    b.cap = ncap
+    return 0
+
+cdef inline void vc_buf_free(vc_buf* b) noexcept nogil:
+    free(b.data)
+    b.data = NULL
+    b.len = 0
+    b.cap = 0

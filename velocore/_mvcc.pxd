@@ -1,0 +1,144 @@
+# MVCC core: arenas, skip-list memtables with version chains, transactions, snapshot
+# visibility, first-committer-wins validation, commit, checkpoint, recovery, iterators.
+#
+# Keys are composite (4-byte big-endian table id + user key, see _btree.pxd).  Table 0 is
+# the catalog: b"N" + name -> table id, b"C" -> next table id, b"D" + id -> drop marker
+# (consumed by the next checkpoint, which removes the dropped table's key range).
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from velocore._common cimport vc_err, vc_buf, pthread_mutex_t
+from velocore._pager cimport vc_pager
+from velocore._btree cimport vc_cursor
+from velocore._wal cimport vc_wal
+
+cdef enum:
+    VC_PUT = 1              # version kinds
+    VC_DEL = 2
+    VC_CHECK = 3            # write set only: validate at commit, write nothing
+    VC_SL_MAX = 20          # skip-list levels
+    VC_TXN_ACTIVE = 0
+    VC_TXN_ENDED = 1
+    VC_CATALOG_DROP = 0x44  # 'D'
+
+cdef struct vc_arena_chunk:
+    vc_arena_chunk* next    # older chunk
+    size_t size             # usable bytes after the header
+    size_t used
+
+cdef struct vc_arena:
+    vc_arena_chunk* head    # chunk being filled; freed all at once
+    size_t bytes            # total bytes obtained from malloc
+
+cdef struct vc_version:
+    uint64_t commit_ts      # 0 in a write set; never changes once published
+    vc_version* older       # next older version (immutable after publication)
+    const unsigned char* value   # arena copy; NULL for VC_DEL / VC_CHECK
+    uint32_t vlen
+    uint8_t kind            # VC_PUT / VC_DEL / VC_CHECK
+
+cdef struct vc_node:
+    vc_version* versions    # newest first; published with a release store
+    vc_node** next          # tower of `height` links, each published with a release store
+    unsigned char* key
+    uint32_t klen
+    uint32_t height
+
+cdef struct vc_memtable:
+    vc_arena arena
+    vc_node* head           # sentinel with VC_SL_MAX links
+    int height              # levels in use (read relaxed by readers)
+    uint32_t rng            # xorshift state for tower heights (writer only)
+    uint64_t gen            # creation order
+    uint64_t max_ts         # newest commit_ts installed (commit lock)
+    uint64_t nkeys          # nodes
+    uint64_t nversions      # versions installed
+    uint64_t retired_version  # tree version that folded it in; 0 while live
+    vc_memtable* older      # the store's list of live memtables, newest first
+
+cdef struct vc_view:        # what a transaction reads besides its own writes
+    uint32_t root           # checkpointed tree
+    uint32_t height
+    uint64_t tree_version   # bumps with every checkpoint
+    vc_memtable* active     # receives new commits
+    vc_memtable* frozen     # being folded into the tree by a checkpoint, or NULL
+
+cdef struct vc_db
+
+cdef struct vc_txn:
+    vc_db* db
+    uint64_t snapshot_ts    # sees commits with commit_ts <= this
+    vc_view view            # pinned at begin
+    vc_memtable* ws         # private write set, NULL until the first write
+    uint64_t nwrites        # write-set nodes that are puts or deletes
+    int state               # VC_TXN_ACTIVE / VC_TXN_ENDED
+    bint readonly
+    bint doomed             # a conflict was reported: can never commit
+    vc_txn* prev            # registry of live transactions (db.reg_lock)
+    vc_txn* next
+    vc_buf scratch          # last value read from the tree
+    vc_buf payload          # log record being built at commit
+
+cdef struct vc_db:
+    vc_pager* pager
+    vc_wal* wal             # NULL for in-memory stores
+    int lock_fd             # flock on LOCK, -1 when none
+    int sync_mode
+    bint readonly
+    int failed              # sticky: a flush or checkpoint failed; writes refused
+    char failed_msg[480]
+    uint64_t last_ts        # last commit_ts handed out (commit_lock)
+    uint64_t visible_ts     # newest commit a new snapshot sees (atomic)
+    vc_view view            # current view (reg_lock)
+    vc_memtable* mems       # live memtables, newest first (commit_lock + reg_lock to unlink)
+    uint64_t next_gen
+    vc_txn* txns            # live transactions (reg_lock)
+    uint64_t ntxns
+    bint reclaim_pending    # retired memtables or pages wait for old readers
+    uint64_t checkpoint_bytes   # log (or memtable) size that triggers a checkpoint
+    uint64_t checkpoint_ts
+    uint64_t checkpoints
+    double checkpoint_time  # wall clock of the last checkpoint, 0 if none
+    uint64_t commits
+    uint64_t conflicts
+    pthread_mutex_t commit_lock # validation, timestamp, log append, install
+    pthread_mutex_t reg_lock    # view, registry
+    pthread_mutex_t ckpt_lock   # one checkpoint at a time
+
+cdef struct vc_iter:
+    vc_txn* txn
+    bint reverse
+    bint done
+    bint started
+    unsigned char lo[1028]  # composite bounds: lo <= key < hi
+    uint32_t lolen
+    unsigned char hi[1028]
+    uint32_t hilen
+    vc_memtable* mem[3]     # write set, active, frozen (NULL when absent)
+    vc_node* node[3]        # each source's current node
+    vc_cursor tree
+    unsigned char cur[1028] # key returned last
+    uint32_t curlen
+    const unsigned char* value  # value returned last (valid until the next step)
+    size_t vlen
+
+cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode, size_t cache_bytes,
+                    uint64_t checkpoint_bytes, vc_err* err) noexcept nogil
+cdef void vc_db_close(vc_db* db) noexcept nogil
+cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nogil
+cdef long vc_db_check(vc_db* db, vc_buf* report, uint64_t* nkeys, vc_err* err) noexcept nogil
+
+cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexcept nogil
+cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil
+cdef void vc_txn_abort(vc_txn* t) noexcept nogil
+cdef void vc_txn_free(vc_txn* t) noexcept nogil
+cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char** value,
+                    size_t* vlen, vc_err* err) noexcept nogil
+cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
+                      uint32_t vlen, int kind, vc_err* err) noexcept nogil
+
+cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t lolen,
+                      const unsigned char* hi, uint32_t hilen, bint reverse, vc_err* err) noexcept nogil
+# VC_OK: it.cur / it.value hold the next entry; VC_NOTFOUND: exhausted.
+cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil
+cdef void vc_iter_close(vc_iter* it) noexcept nogil
+
+cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil

@@ -1,0 +1,1004 @@
+# MVCC core.  No Python objects; every function is nogil and returns a status.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport malloc, calloc, realloc, free, qsort
+from libc.string cimport memcpy, memset, memcmp, strlen
+from libc.stdio cimport snprintf
+from libc.errno cimport errno, ENOENT
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EWOULDBLOCK
+from posix.unistd cimport close
+from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
+from posix.stat cimport struct_stat, stat as c_stat
+
+from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
+                               VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
+                               VC_E_CONFLICT, VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID,
+                               VC_E_NOFILE, VC_E_NONE,
+                               vc_load_ptr, vc_store_ptr, vc_load_u64, vc_store_u64, vc_max_u64,
+                               vc_load_int_relaxed, vc_store_int_relaxed,
+                               pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
+                               pthread_mutex_trylock, pthread_mutex_unlock)
+from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta,
+                              vc_pager_reclaim)
+from velocore._btree cimport (vc_op, vc_key_cmp, vc_tree_get, vc_tree_merge, vc_tree_check,
+                              vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
+                              vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
+                              VC_MAX_KEY)
+from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append, vc_wal_sync_to, vc_wal_flush,
+                            vc_wal_rotate, vc_wal_remove_before, vc_wal_close, VC_SYNC_FULL,
+                            VC_SYNC_OFF)
+
+cdef extern from "<sys/file.h>" nogil:
+    int flock(int fd, int operation)
+    enum:
+        LOCK_EX
+        LOCK_NB
+        LOCK_UN
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    enum:
+        CLOCK_REALTIME
+
+cdef enum:
+    ARENA_CHUNK = 1 << 20
+    ARENA_BIG = 1 << 18
+
+
+# ---------------------------------------------------------------- arena
+
+cdef void* arena_alloc(vc_arena* a, size_t n) noexcept nogil:
+    cdef vc_arena_chunk* c = a.head
+    cdef size_t size
+    cdef void* p
+    n = (n + 7) & ~(<size_t>7)
+    if c == NULL or c.used + n > c.size:
+        size = n if n > ARENA_BIG else ARENA_CHUNK
+        c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
+        if c == NULL:
+            return NULL
+        c.size = size
+        c.used = 0
+        a.bytes += sizeof(vc_arena_chunk) + size
+        if n > ARENA_BIG and a.head != NULL:
+            # a big block gets its own chunk behind the one being filled
+            c.next = a.head.next
+            a.head.next = c
+        else:
+            c.next = a.head
+            a.head = c
+    p = <unsigned char*>c + sizeof(vc_arena_chunk) + c.used
+    c.used += n
+    return p
+
+
+cdef void arena_free(vc_arena* a) noexcept nogil:
+    cdef vc_arena_chunk* c = a.head
+    cdef vc_arena_chunk* nx
+    while c != NULL:
+        nx = c.next
+        free(c)
+        c = nx
+    a.head = NULL
+    a.bytes = 0
+
+
+# ---------------------------------------------------------------- skip list memtable
+
+cdef vc_memtable* mem_new(uint64_t gen) noexcept nogil:
+    cdef vc_memtable* m = <vc_memtable*>calloc(1, sizeof(vc_memtable))
+    cdef vc_node* h
+    if m == NULL:
+        return NULL
+    h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_node*))
+    if h == NULL:
+        free(m)
+        return NULL
+    h.versions = NULL
+    h.next = <vc_node**>(<unsigned char*>h + sizeof(vc_node))
+    memset(h.next, 0, VC_SL_MAX * sizeof(vc_node*))
+    h.key = NULL
+    h.klen = 0
+    h.height = VC_SL_MAX
+    m.head = h
+    m.height = 1
+    m.rng = <uint32_t>(<uint64_t>0x9E3779B9U ^ (gen * <uint64_t>2654435761U))
+    if m.rng == 0:
+        m.rng = 1
+    m.gen = gen
+    return m
+
+
+cdef void mem_free(vc_memtable* m) noexcept nogil:
+    if m != NULL:
+        arena_free(&m.arena)
+        free(m)
+
+
+cdef inline vc_node* sl_next(vc_node* x, int level) noexcept nogil:
+    return <vc_node*>vc_load_ptr(<void* const*>&x.next[level])
+
+
+cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """First node with key >= key (key NULL: the first node)."""
+    cdef vc_node* x = m.head
+    cdef vc_node* nx
+    cdef int level = vc_load_int_relaxed(&m.height) - 1
+    if key == NULL:
+        return sl_next(x, 0)
+    while level >= 0:
+        nx = sl_next(x, level)
+        while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
+            x = nx
+            nx = sl_next(x, level)
+        level -= 1
+    return sl_next(x, 0)
+
+
+cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """Last node with key < key (key NULL: the last node); NULL if none."""
+    cdef vc_node* x = m.head
+    cdef vc_node* nx
+    cdef int level = vc_load_int_relaxed(&m.height) - 1
+    while level >= 0:
+        nx = sl_next(x, level)
+        while nx != NULL and (key == NULL or vc_key_cmp(nx.key, nx.klen, key, klen) < 0):
+            x = nx
+            nx = sl_next(x, level)
+        level -= 1
+    return NULL if x == m.head else x
+
+
+cdef inline vc_node* sl_find_eq(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
+    cdef vc_node* n = sl_find_ge(m, key, klen)
+    if n != NULL and n.klen == klen and memcmp(n.key, key, klen) == 0:
+        return n
+    return NULL
+
+
+cdef vc_node* sl_upsert(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """Find or insert the node for key.  One writer at a time per memtable."""
+    cdef vc_node* preds[VC_SL_MAX]
+    cdef vc_node* x = m.head
+    cdef vc_node* nx
+    cdef vc_node* n
+    cdef int level = m.height - 1
+    cdef int h, i
+    cdef uint32_t r
+    while level >= 0:
+        nx = x.next[level]
+        while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
+            x = nx
+            nx = x.next[level]
+        preds[level] = x
+        level -= 1
+    nx = x.next[0]
+    if nx != NULL and nx.klen == klen and memcmp(nx.key, key, klen) == 0:
+        return nx
+    # tower height: geometric with p = 1/4
+    r = m.rng
+    r ^= r << 13
+    r ^= r >> 17
+    r ^= r << 5
+    m.rng = r
+    h = 1
+    while h < VC_SL_MAX and (r & 3) == 0:
+        h += 1
+        r >>= 2
+    n = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + <size_t>h * sizeof(vc_node*) + klen)
+    if n == NULL:
+        return NULL
+    n.versions = NULL
+    n.next = <vc_node**>(<unsigned char*>n + sizeof(vc_node))
+    n.key = <unsigned char*>n + sizeof(vc_node) + <size_t>h * sizeof(vc_node*)
+    memcpy(n.key, key, klen)
+    n.klen = klen
+    n.height = <uint32_t>h
+    if h > m.height:
+        for i in range(m.height, h):
+            preds[i] = m.head
+        vc_store_int_relaxed(&m.height, h)
+    for i in range(h):
+        n.next[i] = preds[i].next[i]
+        vc_store_ptr(<void**>&preds[i].next[i], n)
+    m.nkeys += 1
+    return n
+
+
+cdef int mem_add_version(vc_memtable* m, vc_node* n, uint64_t ts, int kind,
+                         const unsigned char* value, uint32_t vlen) noexcept nogil:
+    cdef vc_version* v = <vc_version*>arena_alloc(&m.arena, sizeof(vc_version) + vlen)
+    cdef unsigned char* copy
+    if v == NULL:
+        return -1
+    v.commit_ts = ts
+    v.kind = <uint8_t>kind
+    v.vlen = vlen
+    v.value = NULL
+    if kind == VC_PUT:
+        copy = <unsigned char*>v + sizeof(vc_version)
+        if vlen:
+            memcpy(copy, value, vlen)
+        v.value = copy
+    v.older = n.versions
+    vc_store_ptr(<void**>&n.versions, v)
+    m.nversions += 1
+    return 0
+
+
+cdef inline vc_version* visible(vc_node* n, uint64_t snapshot_ts) noexcept nogil:
+    cdef vc_version* v = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
+    while v != NULL and v.commit_ts > snapshot_ts:
+        v = v.older
+    return v
+
+
+# ---------------------------------------------------------------- open / close / recovery
+
+cdef int encode_put(vc_buf* b, int kind, const unsigned char* key, uint32_t klen,
+                    const unsigned char* value, uint32_t vlen) noexcept nogil:
+    cdef size_t need = b.len + 1 + 4 + klen + (4 + vlen if kind == VC_PUT else 0)
+    cdef unsigned char* p
+    if vc_buf_reserve(b, need) < 0:
+        return -1
+    p = b.data + b.len
+    p[0] = <unsigned char>kind
+    memcpy(p + 1, &klen, 4)
+    memcpy(p + 5, key, klen)
+    if kind == VC_PUT:
+        memcpy(p + 5 + klen, &vlen, 4)
+        if vlen:
+            memcpy(p + 9 + klen, value, vlen)
+    b.len = need
+    return 0
+
+
+cdef int replay_record(void* ctx, uint64_t commit_ts, const unsigned char* payload,
+                       size_t payload_len, vc_err* err) noexcept nogil:
+    """Install one logged transaction into the active memtable."""
+    cdef vc_db* db = <vc_db*>ctx
+    cdef size_t off = 0
+    cdef uint32_t klen, vlen
+    cdef int kind
+    cdef const unsigned char* key
+    cdef vc_node* n
+    while off < payload_len:
+        kind = payload[off]
+        if (kind != VC_PUT and kind != VC_DEL) or off + 5 > payload_len:
+            return vc_fail(err, VC_E_CORRUPT, "log record ts=%llu: bad operation at byte %llu",
+                           <unsigned long long>commit_ts, <unsigned long long>off)
+        memcpy(&klen, payload + off + 1, 4)
+        if klen == 0 or klen > VC_MAX_KEY or off + 5 + klen > payload_len:
+            return vc_fail(err, VC_E_CORRUPT, "log record ts=%llu: bad key length at byte %llu",
+                           <unsigned long long>commit_ts, <unsigned long long>off)
+        key = payload + off + 5
+        off += 5 + klen
+        vlen = 0
+        if kind == VC_PUT:
+            if off + 4 > payload_len:
+                return vc_fail(err, VC_E_CORRUPT, "log record ts=%llu: truncated value",
+                               <unsigned long long>commit_ts)
+            memcpy(&vlen, payload + off, 4)
+            if vlen > payload_len - off - 4:
+                return vc_fail(err, VC_E_CORRUPT, "log record ts=%llu: bad value length",
+                               <unsigned long long>commit_ts)
+            off += 4
+        n = sl_upsert(db.view.active, key, klen)
+        if n == NULL or mem_add_version(db.view.active, n, commit_ts, kind, payload + off, vlen) < 0:
+            return vc_fail(err, VC_E_NOMEM, "out of memory replaying the log")
+        off += vlen
+    if commit_ts > db.view.active.max_ts:
+        db.view.active.max_ts = commit_ts
+    if commit_ts > db.last_ts:
+        db.last_ts = commit_ts
+    return 0
+
+
+cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode, size_t cache_bytes,
+                    uint64_t checkpoint_bytes, vc_err* err) noexcept nogil:
+    cdef vc_db* db = <vc_db*>calloc(1, sizeof(vc_db))
+    cdef char lock_path[4200]
+    cdef char seg_path[4200]
+    cdef vc_meta meta
+    cdef uint64_t last_ts = 0
+    cdef struct_stat st
+    if db == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
+    out[0] = db
+    db.lock_fd = -1
+    db.readonly = readonly
+    db.sync_mode = sync_mode
+    db.checkpoint_bytes = checkpoint_bytes
+    pthread_mutex_init(&db.commit_lock, NULL)
+    pthread_mutex_init(&db.reg_lock, NULL)
+    pthread_mutex_init(&db.ckpt_lock, NULL)
+    if path != NULL:
+        snprintf(lock_path, sizeof(lock_path), "%s/LOCK", path)
+        db.lock_fd = c_open(lock_path, O_RDWR | O_CREAT, 0o644)
+        if db.lock_fd < 0 and readonly:
+            db.lock_fd = c_open(lock_path, O_RDONLY)
+        if db.lock_fd < 0:
+            if errno == ENOENT:
+                return vc_fail_errno(err, VC_E_NOFILE, errno, "%s", lock_path)
+            return vc_fail_errno(err, VC_E_IO, errno, "%s", lock_path)
+        if flock(db.lock_fd, LOCK_EX | LOCK_NB) < 0:
+            if errno == EWOULDBLOCK:
+                close(db.lock_fd)
+                db.lock_fd = -1
+                return vc_fail(err, VC_E_LOCKED, "%s is open elsewhere (lock held on %s)", path, lock_path)
+            return vc_fail_errno(err, VC_E_IO, errno, "flock %s", lock_path)
+    if vc_pager_open(&db.pager, path, readonly, cache_bytes, &meta, err) < 0:
+        return -1
+    db.next_gen = 1
+    db.view.active = mem_new(db.next_gen)
+    if db.view.active == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
+    db.next_gen += 1
+    db.mems = db.view.active
+    db.view.root = meta.root
+    db.view.height = meta.height
+    db.view.tree_version = 1
+    db.last_ts = meta.checkpoint_ts
+    db.checkpoint_ts = meta.checkpoint_ts
+    if path != NULL:
+        if meta.checkpoint_seq > 1:
+            # the meta names the first log segment it needs; a checkpoint creates it first
+            snprintf(seg_path, sizeof(seg_path), "%s/wal/%08llu.log", path,
+                     <unsigned long long>meta.log_start_seg)
+            if c_stat(seg_path, &st) < 0:
+                return vc_fail(err, VC_E_CORRUPT,
+                               "%s: log segment %s named by the checkpoint (meta slot %u) is missing",
+                               db.pager.path, seg_path, meta.hdr.page_id)
+        if vc_wal_open(&db.wal, path, sync_mode, readonly, meta.log_start_seg, meta.checkpoint_ts,
+                       replay_record, db, &last_ts, err) < 0:
+            return -1
+    if last_ts > db.last_ts:
+        db.last_ts = last_ts
+    db.visible_ts = db.last_ts
+    return 0
+
+
+cdef void vc_db_close(vc_db* db) noexcept nogil:
+    cdef vc_txn* t
+    cdef vc_txn* nx
+    cdef vc_memtable* m
+    cdef vc_memtable* mn
+    cdef vc_err ignored
+    if db == NULL:
+        return
+    vc_err_reset(&ignored)
+    # end every live transaction (the facade no longer touches them)
+    t = db.txns
+    while t != NULL:
+        nx = t.next
+        txn_release(t)
+        free(t)
+        t = nx
+    db.txns = NULL
+    if db.wal != NULL:
+        vc_wal_close(db.wal, &ignored)
+        db.wal = NULL
+    vc_pager_close(db.pager)
+    m = db.mems
+    while m != NULL:
+        mn = m.older
+        mem_free(m)
+        m = mn
+    if db.lock_fd >= 0:
+        flock(db.lock_fd, LOCK_UN)
+        close(db.lock_fd)
+    pthread_mutex_destroy(&db.commit_lock)
+    pthread_mutex_destroy(&db.reg_lock)
+    pthread_mutex_destroy(&db.ckpt_lock)
+    free(db)
+
+
+cdef inline void vc_err_reset(vc_err* e) noexcept nogil:
+    e.code = VC_E_NONE
+    e.sys_errno = 0
+    e.msg[0] = 0
+
+
+cdef int db_fail(vc_db* db, vc_err* err) noexcept nogil:
+    """A flush or checkpoint failed: refuse further writes (the store must be reopened)."""
+    if not db.failed:
+        snprintf(db.failed_msg, sizeof(db.failed_msg), "%s", err.msg)
+        db.failed = 1
+    return -1
+
+
+# ---------------------------------------------------------------- transactions
+
+cdef void txn_release(vc_txn* t) noexcept nogil:
+    if t.ws != NULL:
+        mem_free(t.ws)
+        t.ws = NULL
+    vc_buf_free(&t.scratch)
+    vc_buf_free(&t.payload)
+    t.state = VC_TXN_ENDED
+
+
+cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexcept nogil:
+    cdef vc_txn* t = <vc_txn*>calloc(1, sizeof(vc_txn))
+    if t == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory beginning a transaction")
+    t.db = db
+    t.readonly = readonly
+    pthread_mutex_lock(&db.reg_lock)
+    t.view = db.view
+    t.snapshot_ts = vc_load_u64(&db.visible_ts)
+    t.next = db.txns
+    if db.txns != NULL:
+        db.txns.prev = t
+    db.txns = t
+    db.ntxns += 1
+    pthread_mutex_unlock(&db.reg_lock)
+    out[0] = t
+    return 0
+
+
+cdef void reclaim(vc_db* db) noexcept nogil:
+    """Free retired memtables and reuse pages no live transaction can read any more."""
+    cdef vc_txn* t
+    cdef uint64_t min_version
+    cdef vc_memtable** link
+    cdef vc_memtable* m
+    cdef bint still = False
+    pthread_mutex_lock(&db.commit_lock)
+    pthread_mutex_lock(&db.reg_lock)
+    min_version = db.view.tree_version
+    t = db.txns
+    while t != NULL:
+        if t.view.tree_version < min_version:
+            min_version = t.view.tree_version
+        t = t.next
+    link = &db.mems
+    while link[0] != NULL:
+        m = link[0]
+        if m.retired_version != 0:
+            if m.retired_version <= min_version:
+                link[0] = m.older
+                mem_free(m)
+                continue
+            still = True
+        link = &m.older
+    vc_pager_reclaim(db.pager, min_version)
+    if min_version < db.view.tree_version:
+        still = True
+    db.reclaim_pending = still
+    pthread_mutex_unlock(&db.reg_lock)
+    pthread_mutex_unlock(&db.commit_lock)
+
+
+cdef void txn_unregister(vc_txn* t) noexcept nogil:
+    cdef vc_db* db = t.db
+    pthread_mutex_lock(&db.reg_lock)
+    if t.prev != NULL:
+        t.prev.next = t.next
+    else:
+        db.txns = t.next
+    if t.next != NULL:
+        t.next.prev = t.prev
+    t.prev = NULL
+    t.next = NULL
+    db.ntxns -= 1
+    pthread_mutex_unlock(&db.reg_lock)
+    txn_release(t)
+    if db.reclaim_pending:
+        reclaim(db)
+
+
+cdef void vc_txn_abort(vc_txn* t) noexcept nogil:
+    if t.state == VC_TXN_ACTIVE:
+        txn_unregister(t)
+
+
+cdef void vc_txn_free(vc_txn* t) noexcept nogil:
+    if t != NULL:
+        vc_txn_abort(t)
+        free(t)
+
+
+cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char** value,
+                    size_t* vlen, vc_err* err) noexcept nogil:
+    cdef vc_node* n
+    cdef vc_version* v
+    cdef vc_memtable* m
+    cdef int i, rc
+    if t.ws != NULL:
+        n = sl_find_eq(t.ws, key, klen)
+        if n != NULL and n.versions.kind != VC_CHECK:
+            if n.versions.kind == VC_DEL:
+                return VC_NOTFOUND
+            value[0] = n.versions.value
+            vlen[0] = n.versions.vlen
+            return VC_OK
+    for i in range(2):
+        m = t.view.active if i == 0 else t.view.frozen
+        if m == NULL:
+            continue
+        n = sl_find_eq(m, key, klen)
+        if n != NULL:
+            v = visible(n, t.snapshot_ts)
+            if v != NULL:
+                if v.kind == VC_DEL:
+                    return VC_NOTFOUND
+                value[0] = v.value
+                vlen[0] = v.vlen
+                return VC_OK
+    rc = vc_tree_get(t.db.pager, t.view.root, t.view.height, key, klen, &t.scratch, err)
+    if rc == VC_OK:
+        value[0] = t.scratch.data
+        vlen[0] = t.scratch.len
+    return rc
+
+
+cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
+                      uint32_t vlen, int kind, vc_err* err) noexcept nogil:
+    """Record a put, delete, or (VC_CHECK) a key whose change by others must abort this txn."""
+    cdef vc_node* n
+    cdef int old_kind = 0
+    if t.readonly:
+        return vc_fail(err, VC_E_READONLY, "this transaction is read-only")
+    if t.ws == NULL:
+        t.ws = mem_new(0)
+        if t.ws == NULL:
+            return vc_fail(err, VC_E_NOMEM, "out of memory")
+    n = sl_upsert(t.ws, key, klen)
+    if n == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory")
+    if n.versions != NULL:
+        old_kind = n.versions.kind
+        if kind == VC_CHECK:
+            return 0
+    if mem_add_version(t.ws, n, 0, kind, value, vlen) < 0:
+        return vc_fail(err, VC_E_NOMEM, "out of memory buffering a %u-byte value", vlen)
+    n.versions.older = NULL          # a write set keeps only the latest write of a key
+    if kind != VC_CHECK and (old_kind == 0 or old_kind == VC_CHECK):
+        t.nwrites += 1
+    return 0
+
+
+cdef bint conflicts(vc_db* db, vc_txn* t) noexcept nogil:
+    """First committer wins: a key this txn wrote has a version committed after its snapshot."""
+    cdef vc_node* w = sl_next(t.ws.head, 0)
+    cdef vc_node* n
+    cdef vc_memtable* m
+    cdef vc_version* head
+    while w != NULL:
+        m = db.mems
+        while m != NULL and m.max_ts > t.snapshot_ts:
+            n = sl_find_eq(m, w.key, w.klen)
+            if n != NULL:
+                head = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
+                if head != NULL and head.commit_ts > t.snapshot_ts:
+                    return True
+            m = m.older
+        w = sl_next(w, 0)
+    return False
+
+
+cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
+    cdef vc_db* db = t.db
+    cdef vc_node* w
+    cdef vc_node* n
+    cdef vc_version* v
+    cdef uint64_t ts, lsn = 0
+    cdef int rc
+    if t.state != VC_TXN_ACTIVE:
+        return vc_fail(err, VC_E_CLOSED, "the transaction has ended")
+    if t.doomed:
+        txn_unregister(t)
+        return vc_fail(err, VC_E_CONFLICT, "the transaction had a write conflict and cannot commit")
+    if t.ws == NULL or t.nwrites == 0:
+        if t.ws != NULL:
+            pthread_mutex_lock(&db.commit_lock)
+            rc = conflicts(db, t)
+            pthread_mutex_unlock(&db.commit_lock)
+            if rc:
+                txn_unregister(t)
+                return vc_fail(err, VC_E_CONFLICT, "write conflict: a table this transaction used was "
+                               "dropped or created concurrently")
+        txn_unregister(t)
+        return 0
+    if db.readonly:
+        txn_unregister(t)
+        return vc_fail(err, VC_E_READONLY, "the store is read-only")
+    # the redo record, built outside the lock
+    t.payload.len = 0
+    w = sl_next(t.ws.head, 0)
+    while w != NULL:
+        v = w.versions
+        if v.kind != VC_CHECK:
+            if encode_put(&t.payload, v.kind, w.key, w.klen, v.value, v.vlen) < 0:
+                txn_unregister(t)
+                return vc_fail(err, VC_E_NOMEM, "out of memory building the log record")
+        w = sl_next(w, 0)
+    pthread_mutex_lock(&db.commit_lock)
+    if db.failed:
+        pthread_mutex_unlock(&db.commit_lock)
+        txn_unregister(t)
+        return vc_fail(err, VC_E_IO, "the store stopped accepting writes after an error: %s",
+                       db.failed_msg)
+    if conflicts(db, t):
+        db.conflicts += 1
+        pthread_mutex_unlock(&db.commit_lock)
+        txn_unregister(t)
+        return vc_fail(err, VC_E_CONFLICT, "write conflict: another transaction committed a change "
+                       "to a key this transaction wrote")
+    ts = db.last_ts + 1
+    if db.wal != NULL:
+        if vc_wal_append(db.wal, ts, t.payload.data, t.payload.len, &lsn, err) < 0:
+            db_fail(db, err)
+            pthread_mutex_unlock(&db.commit_lock)
+            txn_unregister(t)
+            return -1
+    w = sl_next(t.ws.head, 0)
+    rc = 0
+    while w != NULL:
+        v = w.versions
+        if v.kind != VC_CHECK:
+            n = sl_upsert(db.view.active, w.key, w.klen)
+            if n == NULL or mem_add_version(db.view.active, n, ts, v.kind, v.value, v.vlen) < 0:
+                # logged but not installed: the store must be reopened to be consistent
+                vc_fail(err, VC_E_NOMEM, "out of memory installing a commit")
+                db_fail(db, err)
+                rc = -1
+                break
+        w = sl_next(w, 0)
+    db.view.active.max_ts = ts
+    db.last_ts = ts
+    db.commits += 1
+    if db.wal == NULL or db.sync_mode != VC_SYNC_FULL:
+        vc_store_u64(&db.visible_ts, ts)
+    pthread_mutex_unlock(&db.commit_lock)
+    if rc == 0 and db.wal != NULL and db.sync_mode == VC_SYNC_FULL:
+        rc = vc_wal_sync_to(db.wal, lsn, err)
+        if rc < 0:
+            db_fail(db, err)
+        else:
+            vc_max_u64(&db.visible_ts, ts)
+    txn_unregister(t)
+    if rc < 0:
+        return -1
+    return vc_db_checkpoint(db, True, err)
+
+
+# ---------------------------------------------------------------- checkpoint
+
+cdef int cmp_u32(const void* a, const void* b) noexcept nogil:
+    cdef uint32_t x = (<const uint32_t*>a)[0]
+    cdef uint32_t y = (<const uint32_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef uint64_t memtable_bytes(vc_db* db) noexcept nogil:
+    return db.view.active.arena.bytes
+
+
+cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nogil:
+    """Fold the active memtable into a new copy-on-write tree and flip the meta slot."""
+    cdef vc_memtable* frozen
+    cdef vc_memtable* fresh
+    cdef uint64_t C, new_seg = 0, tree_version
+    cdef vc_op* ops = NULL
+    cdef uint32_t* dropped = NULL
+    cdef size_t nops = 0, ndropped = 0, i, k
+    cdef vc_node* n
+    cdef vc_version* v
+    cdef uint32_t root, height, tid
+    cdef vc_meta meta
+    cdef timespec now
+    cdef int rc = 0
+    if db.readonly:
+        return 0
+    if only_if_due:
+        if db.wal != NULL:
+            if db.wal.total_bytes < db.checkpoint_bytes:
+                return 0
+        elif memtable_bytes(db) < db.checkpoint_bytes:
+            return 0
+        if pthread_mutex_trylock(&db.ckpt_lock) != 0:
+            return 0     # another thread is checkpointing
+    else:
+        pthread_mutex_lock(&db.ckpt_lock)
+
+    # 1. freeze: new commits go to a fresh memtable and a fresh log segment
+    pthread_mutex_lock(&db.commit_lock)
+    if db.failed:
+        pthread_mutex_unlock(&db.commit_lock)
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return vc_fail(err, VC_E_IO, "the store stopped accepting writes after an error: %s",
+                       db.failed_msg)
+    if db.view.active.nkeys == 0:
+        pthread_mutex_unlock(&db.commit_lock)
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return 0
+    fresh = mem_new(db.next_gen)
+    if fresh == NULL:
+        pthread_mutex_unlock(&db.commit_lock)
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return vc_fail(err, VC_E_NOMEM, "out of memory starting a checkpoint")
+    if db.wal != NULL and vc_wal_rotate(db.wal, &new_seg, err) < 0:
+        mem_free(fresh)
+        db_fail(db, err)
+        pthread_mutex_unlock(&db.commit_lock)
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return -1
+    C = db.last_ts
+    db.next_gen += 1
+    frozen = db.view.active
+    fresh.older = db.mems
+    # the rotation flushed the log, so every commit up to C is durable: let snapshots see it
+    vc_max_u64(&db.visible_ts, C)
+    pthread_mutex_lock(&db.reg_lock)
+    db.mems = fresh
+    db.view.active = fresh
+    db.view.frozen = frozen
+    pthread_mutex_unlock(&db.reg_lock)
+    pthread_mutex_unlock(&db.commit_lock)
+
+    # 2. the frozen memtable's newest versions, in key order (all are <= C)
+    ops = <vc_op*>malloc((frozen.nkeys + 1) * sizeof(vc_op))
+    dropped = <uint32_t*>malloc((frozen.nkeys + 1) * sizeof(uint32_t))
+    if ops == NULL or dropped == NULL:
+        rc = vc_fail(err, VC_E_NOMEM, "out of memory in checkpoint")
+    n = sl_next(frozen.head, 0)
+    while rc == 0 and n != NULL:
+        v = n.versions
+        if n.klen == 9 and memcmp(n.key, b"\0\0\0\0", 4) == 0 and n.key[4] == VC_CATALOG_DROP:
+            tid = (<uint32_t>n.key[5] << 24) | (<uint32_t>n.key[6] << 16) | (<uint32_t>n.key[7] << 8) | n.key[8]
+            dropped[ndropped] = tid
+            ndropped += 1
+        else:
+            ops[nops].key = n.key
+            ops[nops].klen = n.klen
+            ops[nops].value = v.value if v.kind == VC_PUT else NULL
+            ops[nops].vlen = v.vlen if v.kind == VC_PUT else 0
+            nops += 1
+        n = sl_next(n, 0)
+    if rc == 0 and ndropped:
+        qsort(dropped, ndropped, sizeof(uint32_t), cmp_u32)
+        # writes to a dropped table in the same memtable go with it
+        k = 0
+        for i in range(nops):
+            if not table_in(ops[i].key, dropped, ndropped):
+                ops[k] = ops[i]
+                k += 1
+        nops = k
+
+    # 3. copy-on-write merge, then make it durable and flip the meta slot
+    if rc == 0:
+        rc = vc_tree_merge(db.pager, db.view.root, db.view.height, ops, nops, dropped, ndropped,
+                           &root, &height, err)
+    if rc == 0:
+        memset(&meta, 0, sizeof(meta))
+        meta.checkpoint_ts = C
+        meta.log_start_seg = new_seg
+        meta.root = root
+        meta.height = height
+        tree_version = db.view.tree_version + 1
+        rc = vc_pager_commit_meta(db.pager, &meta, tree_version, err)
+    free(ops)
+    free(dropped)
+    if rc < 0:
+        db_fail(db, err)
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return -1
+
+    # 4. publish the new tree; the frozen memtable retires until its readers are gone
+    pthread_mutex_lock(&db.reg_lock)
+    db.view.root = root
+    db.view.height = height
+    db.view.tree_version = tree_version
+    db.view.frozen = NULL
+    frozen.retired_version = tree_version
+    db.reclaim_pending = True
+    db.checkpoint_ts = C
+    db.checkpoints += 1
+    clock_gettime(CLOCK_REALTIME, &now)
+    db.checkpoint_time = now.tv_sec + now.tv_nsec * 1e-9
+    pthread_mutex_unlock(&db.reg_lock)
+    if db.wal != NULL and vc_wal_remove_before(db.wal, new_seg, err) < 0:
+        db_fail(db, err)
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return -1
+    reclaim(db)
+    pthread_mutex_unlock(&db.ckpt_lock)
+    return 0
+
+
+cdef bint table_in(const unsigned char* key, const uint32_t* tids, size_t n) noexcept nogil:
+    cdef uint32_t t = (<uint32_t>key[0] << 24) | (<uint32_t>key[1] << 16) | (<uint32_t>key[2] << 8) | key[3]
+    cdef size_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if tids[mid] < t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < n and tids[lo] == t
+
+
+cdef long vc_db_check(vc_db* db, vc_buf* report, uint64_t* nkeys, vc_err* err) noexcept nogil:
+    cdef long r
+    pthread_mutex_lock(&db.ckpt_lock)
+    r = vc_tree_check(db.pager, db.view.root, db.view.height, report, nkeys, err)
+    pthread_mutex_unlock(&db.ckpt_lock)
+    return r
+
+
+cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
+    """out[0..15]: see _store.pyx Store.info for the meaning of each slot."""
+    cdef vc_txn* t
+    cdef vc_memtable* m
+    cdef uint64_t oldest = 0, mem_bytes = 0, versions = 0, nmems = 0
+    pthread_mutex_lock(&db.reg_lock)
+    t = db.txns
+    oldest = 0
+    while t != NULL:
+        if oldest == 0 or t.snapshot_ts < oldest:
+            oldest = t.snapshot_ts
+        t = t.next
+    m = db.mems
+    while m != NULL:
+        mem_bytes += m.arena.bytes
+        versions += m.nversions
+        nmems += 1
+        m = m.older
+    out[0] = db.pager.page_count
+    out[1] = db.view.height
+    out[2] = db.pager.hits
+    out[3] = db.pager.misses
+    out[4] = db.wal.total_bytes if db.wal != NULL else 0
+    out[5] = db.ntxns
+    out[6] = oldest
+    out[7] = db.checkpoint_ts
+    out[8] = db.checkpoints
+    out[9] = db.last_ts
+    out[10] = vc_load_u64(&db.visible_ts)
+    out[11] = mem_bytes
+    out[12] = versions
+    out[13] = nmems
+    out[14] = db.commits
+    out[15] = db.pager.free_now.len
+    pthread_mutex_unlock(&db.reg_lock)
+
+
+# ---------------------------------------------------------------- iterators
+
+cdef inline bint node_relevant(vc_iter* it, int s, vc_node* n) noexcept nogil:
+    if s == 0:
+        return n.versions.kind != VC_CHECK
+    return visible(n, it.txn.snapshot_ts) != NULL
+
+
+cdef void src_settle(vc_iter* it, int s) noexcept nogil:
+    """Move source s off nodes that hold nothing for this reader."""
+    cdef vc_node* n = it.node[s]
+    while n != NULL and not node_relevant(it, s, n):
+        if it.reverse:
+            n = sl_find_lt(it.mem[s], n.key, n.klen)
+        else:
+            n = sl_next(n, 0)
+    it.node[s] = n
+
+
+cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t lolen,
+                      const unsigned char* hi, uint32_t hilen, bint reverse, vc_err* err) noexcept nogil:
+    cdef int s
+    memset(it, 0, sizeof(vc_iter))
+    it.txn = t
+    it.reverse = reverse
+    memcpy(it.lo, lo, lolen)
+    it.lolen = lolen
+    memcpy(it.hi, hi, hilen)
+    it.hilen = hilen
+    it.mem[0] = t.ws
+    it.mem[1] = t.view.active
+    it.mem[2] = t.view.frozen
+    vc_cursor_init(&it.tree, t.db.pager, t.view.root, t.view.height)
+    if vc_key_cmp(lo, lolen, hi, hilen) >= 0:
+        it.done = True
+        return 0
+    for s in range(3):
+        if it.mem[s] == NULL:
+            continue
+        if reverse:
+            it.node[s] = sl_find_lt(it.mem[s], hi, hilen)
+        else:
+            it.node[s] = sl_find_ge(it.mem[s], lo, lolen)
+        src_settle(it, s)
+    if reverse:
+        return vc_cursor_seek_lt(&it.tree, hi, hilen, err)
+    return vc_cursor_seek_ge(&it.tree, lo, lolen, err)
+
+
+cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
+    cdef int s, best, c
+    cdef const unsigned char* bk
+    cdef uint32_t bkl
+    cdef const unsigned char* k
+    cdef uint32_t kl
+    cdef vc_version* v
+    if it.done:
+        return VC_NOTFOUND
+    while True:
+        # step every source off the key returned last
+        if it.started:
+            for s in range(3):
+                if it.node[s] != NULL and vc_key_cmp(it.node[s].key, it.node[s].klen, it.cur, it.curlen) == 0:
+                    if it.reverse:
+                        it.node[s] = sl_find_lt(it.mem[s], it.cur, it.curlen)
+                    else:
+                        it.node[s] = sl_next(it.node[s], 0)
+                    src_settle(it, s)
+            if it.tree.valid:
+                vc_cursor_key(&it.tree, &k, &kl)
+                if vc_key_cmp(k, kl, it.cur, it.curlen) == 0:
+                    if (vc_cursor_prev(&it.tree, err) if it.reverse else vc_cursor_next(&it.tree, err)) < 0:
+                        return -1
+        it.started = True
+        # the smallest (largest, reversed) key among the sources; earlier sources win ties
+        best = -1
+        bk = NULL
+        bkl = 0
+        for s in range(3):
+            if it.node[s] != NULL:
+                if best < 0:
+                    c = -1
+                else:
+                    c = vc_key_cmp(it.node[s].key, it.node[s].klen, bk, bkl)
+                    if it.reverse:
+                        c = -c
+                if c < 0:
+                    best = s
+                    bk = it.node[s].key
+                    bkl = it.node[s].klen
+        if it.tree.valid:
+            vc_cursor_key(&it.tree, &k, &kl)
+            if k == NULL:
+                return vc_fail(err, VC_E_CORRUPT, "%s: damaged leaf entry", it.txn.db.pager.path)
+            if best < 0:
+                c = -1
+            else:
+                c = vc_key_cmp(k, kl, bk, bkl)
+                if it.reverse:
+                    c = -c
+            if c < 0:
+                best = 3
+                bk = k
+                bkl = kl
+        if best < 0:
+            it.done = True
+            return VC_NOTFOUND
+        if (not it.reverse and vc_key_cmp(bk, bkl, it.hi, it.hilen) >= 0) or \
+           (it.reverse and vc_key_cmp(bk, bkl, it.lo, it.lolen) < 0):
+            it.done = True
+            return VC_NOTFOUND
+        memcpy(it.cur, bk, bkl)
+        it.curlen = bkl
+        if best == 3:
+            if vc_cursor_value(&it.tree, &it.value, &it.vlen, err) < 0:
+                return -1
+            return VC_OK
+        if best == 0:
+            v = it.node[0].versions
+        else:
+            v = visible(it.node[best], it.txn.snapshot_ts)
+        if v.kind == VC_DEL:
+            continue
+        it.value = v.value
+        it.vlen = v.vlen
+        return VC_OK
+
+
+cdef void vc_iter_close(vc_iter* it) noexcept nogil:
+    vc_cursor_close(&it.tree)
+    it.done = True

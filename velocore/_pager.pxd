@@ -1,0 +1,97 @@
+# Page file, page cache, meta slots and free-space bookkeeping.
+#
+# Pages are VC_PAGE_SIZE bytes.  Every page starts with a vc_page_hdr whose crc covers
+# bytes [4, VC_PAGE_SIZE) and whose page_id must equal the page's position (a misplaced
+# write is caught like a flipped bit).  Pages are written only by a checkpoint, into
+# pages no reader can see (copy-on-write), so a cached page is never dirty.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from velocore._common cimport vc_err, vc_u32vec, pthread_mutex_t
+
+cdef enum:
+    VC_PAGE_SIZE = 4096
+    VC_HDR_SIZE = 16
+    VC_PAGE_META = 0x4D      # 'M'
+    VC_PAGE_LEAF = 0x4C      # 'L'
+    VC_PAGE_BRANCH = 0x42    # 'B'
+    VC_PAGE_OVERFLOW = 0x4F  # 'O'
+    VC_PAGE_FREELIST = 0x46  # 'F'
+    VC_FORMAT_VERSION = 1
+    VC_NO_FRAME = 0xFFFFFFFF # handle of a page that needs no release (in-memory store)
+
+cdef packed struct vc_page_hdr:
+    uint32_t crc             # CRC32C of bytes [4, VC_PAGE_SIZE)
+    uint8_t type             # VC_PAGE_*
+    uint8_t level            # branch: height above the leaves (1 = children are leaves)
+    uint16_t count           # leaf: entries; branch: separators (children = count + 1)
+    uint32_t page_id         # this page's own number
+    uint32_t aux             # branch: leftmost child; overflow/freelist: next page or 0
+
+cdef packed struct vc_meta:
+    vc_page_hdr hdr          # type VC_PAGE_META, page_id 0 or 1
+    char magic[8]            # "VELOCORE"
+    uint32_t format_version  # VC_FORMAT_VERSION
+    uint32_t page_size       # VC_PAGE_SIZE
+    uint64_t checkpoint_seq  # increases by one per checkpoint; the higher valid slot wins
+    uint64_t checkpoint_ts   # every commit with commit_ts <= this is in the tree
+    uint64_t log_start_seg   # first log segment recovery must read
+    uint32_t root            # root page of the tree, 0 when empty
+    uint32_t height          # 0 empty, 1 root is a leaf, ...
+    uint32_t freelist_head   # first freelist page, 0 when none
+    uint32_t page_count      # pages in use by this checkpoint (file high-water mark)
+    uint64_t free_count      # page ids listed in the freelist chain
+
+cdef struct vc_frame:
+    uint32_t page_id         # page held, or VC_NO_FRAME when empty
+    int32_t pins             # readers using the frame; evictable only at 0
+    uint8_t referenced       # CLOCK bit, set on every hit
+
+cdef struct vc_pending:
+    uint64_t tree_version    # reusable once no reader holds a tree version below this
+    vc_u32vec pages          # page ids freed by the checkpoint that made tree_version
+
+cdef struct vc_pager:
+    int fd                   # data.vc, or -1 for an in-memory store
+    bint readonly
+    uint32_t page_count      # high-water mark: pages 0 .. page_count-1 exist
+    unsigned char*** mem_dir # in-memory backend: 65536 chunks of 65536 page pointers
+    # cache (file backend only)
+    uint32_t nframes
+    unsigned char* frame_mem # nframes * VC_PAGE_SIZE, page aligned
+    vc_frame* frames
+    uint32_t* slots          # open addressing: frame index + 1, 0 = empty; size slot_mask+1
+    uint32_t slot_mask
+    uint32_t clock_hand
+    pthread_mutex_t lock     # guards cache structures and the counters below
+    uint64_t hits
+    uint64_t misses
+    # free space (touched by the checkpointer, and reclaim under the store's lock)
+    vc_u32vec free_now       # reusable at once
+    vc_u32vec freed_cur      # freed by the checkpoint in progress
+    vc_pending* pending      # freed by earlier checkpoints, waiting for readers to move on
+    size_t npending
+    size_t pending_cap
+    vc_u32vec chain_pages    # pages of the freelist chain recorded in the durable meta
+    pthread_mutex_t free_lock # guards free_now, freed_cur, pending, chain_pages, page_count growth
+    uint32_t freelist_head   # chain currently recorded in the durable meta
+    uint64_t meta_seq        # checkpoint_seq of the durable meta
+    char path[4096]          # path of data.vc (for messages)
+
+cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, size_t cache_bytes,
+                       vc_meta* meta, vc_err* err) noexcept nogil
+cdef void vc_pager_close(vc_pager* p) noexcept nogil
+
+# Read access: pin the page and return a pointer to its bytes (checksum verified on load).
+# *handle must be passed to vc_page_release.  Never writes the page.
+cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
+                     uint32_t* handle, vc_err* err) noexcept nogil
+cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil
+# Read a page straight into buf, bypassing the cache (overflow chains, check).
+cdef int vc_page_read_into(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil
+
+# Checkpoint side (one checkpointer at a time).
+cdef int vc_page_alloc(vc_pager* p, uint32_t* page_id, vc_err* err) noexcept nogil
+cdef int vc_page_write(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil
+cdef int vc_page_free(vc_pager* p, uint32_t page_id, vc_err* err) noexcept nogil
+cdef int vc_pager_commit_meta(vc_pager* p, vc_meta* meta, uint64_t tree_version, vc_err* err) noexcept nogil
+cdef void vc_pager_reclaim(vc_pager* p, uint64_t min_tree_version) noexcept nogil
+cdef uint32_t vc_page_crc(const unsigned char* page) noexcept nogil

@@ -1,0 +1,629 @@
+# Page file, page cache (CLOCK), meta slots, free-space bookkeeping.  No Python objects.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memset, memcpy, memcmp, strlen
+from libc.stdio cimport snprintf
+from libc.errno cimport errno, EINTR
+from posix.unistd cimport pread, pwrite, close, fdatasync
+from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
+from posix.stat cimport struct_stat, fstat
+from posix.stdlib cimport posix_memalign
+
+from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32vec,
+                               vc_u32vec_push, vc_u32vec_free, VC_E_IO, VC_E_CORRUPT,
+                               VC_E_NOMEM, VC_E_NOFILE, pthread_mutex_init,
+                               pthread_mutex_destroy, pthread_mutex_lock, pthread_mutex_unlock)
+
+cdef enum:
+    MEM_CHUNK_BITS = 16
+    MEM_CHUNK = 65536
+    FREELIST_PER_PAGE = (VC_PAGE_SIZE - VC_HDR_SIZE) // 4
+    MIN_FRAMES = 64
+
+cdef const char* META_MAGIC = b"VELOCORE"
+
+
+cdef uint32_t vc_page_crc(const unsigned char* page) noexcept nogil:
+    return vc_crc32c(0, page + 4, VC_PAGE_SIZE - 4)
+
+
+cdef inline uint32_t slot_hash(uint32_t page_id) noexcept nogil:
+    # Fibonacci hashing spreads consecutive page ids over the table.
+    return <uint32_t>((<uint64_t>page_id * 0x9E3779B97F4A7C15ULL) >> 32)
+
+
+cdef int full_pread(int fd, unsigned char* buf, size_t n, uint64_t off) noexcept nogil:
+    """Read exactly n bytes; returns bytes read (short only at end of file), -1 on error."""
+    cdef size_t done = 0
+    cdef ssize_t r
+    while done < n:
+        r = pread(fd, buf + done, n - done, <long>(off + done))
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        if r == 0:
+            break
+        done += <size_t>r
+    return <int>done
+
+
+cdef int full_pwrite(int fd, const unsigned char* buf, size_t n, uint64_t off) noexcept nogil:
+    cdef size_t done = 0
+    cdef ssize_t r
+    while done < n:
+        r = pwrite(fd, buf + done, n - done, <long>(off + done))
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        done += <size_t>r
+    return 0
+
+
+cdef int check_page(vc_pager* p, const unsigned char* page, uint32_t page_id, vc_err* err) noexcept nogil:
+    cdef const vc_page_hdr* h = <const vc_page_hdr*>page
+    if h.crc != vc_page_crc(page):
+        return vc_fail(err, VC_E_CORRUPT, "%s: page %u: checksum mismatch (offset %llu)",
+                       p.path, page_id, <unsigned long long>page_id * VC_PAGE_SIZE)
+    if h.page_id != page_id:
+        return vc_fail(err, VC_E_CORRUPT, "%s: page %u: header names page %u (misplaced write)",
+                       p.path, page_id, h.page_id)
+    return 0
+
+
+cdef int meta_valid(const unsigned char* page, uint32_t slot) noexcept nogil:
+    cdef const vc_meta* m = <const vc_meta*>page
+    if m.hdr.crc != vc_page_crc(page) or m.hdr.type != VC_PAGE_META or m.hdr.page_id != slot:
+        return 0
+    if memcmp(m.magic, META_MAGIC, 8) != 0 or m.format_version != VC_FORMAT_VERSION:
+        return 0
+    if m.page_size != VC_PAGE_SIZE or m.page_count < 2:
+        return 0
+    return 1
+
+
+# ---------------------------------------------------------------- open / close
+
+cdef int write_initial_metas(vc_pager* p, vc_meta* meta, vc_err* err) noexcept nogil:
+    cdef unsigned char buf[VC_PAGE_SIZE]
+    cdef vc_meta* m = <vc_meta*>buf
+    cdef uint32_t slot
+    for slot in range(2):
+        memset(buf, 0, VC_PAGE_SIZE)
+        m.hdr.type = VC_PAGE_META
+        m.hdr.page_id = slot
+        memcpy(m.magic, META_MAGIC, 8)
+        m.format_version = VC_FORMAT_VERSION
+        m.page_size = VC_PAGE_SIZE
+        m.checkpoint_seq = 1 - slot        # slot 0 holds seq 1, slot 1 seq 0
+        m.checkpoint_ts = 0
+        m.log_start_seg = 1
+        m.page_count = 2
+        m.hdr.crc = vc_page_crc(buf)
+        if full_pwrite(p.fd, buf, VC_PAGE_SIZE, <uint64_t>slot * VC_PAGE_SIZE) < 0:
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: writing meta page %u", p.path, slot)
+        if slot == 0:
+            memcpy(meta, buf, sizeof(vc_meta))
+    if fdatasync(p.fd) < 0:
+        return vc_fail_errno(err, VC_E_IO, errno, "%s: fdatasync", p.path)
+    return 0
+
+
+cdef int load_freelist(vc_pager* p, vc_meta* meta, vc_err* err) noexcept nogil:
+    cdef unsigned char buf[VC_PAGE_SIZE]
+    cdef const vc_page_hdr* h = <const vc_page_hdr*>buf
+    cdef const uint32_t* ids
+    cdef uint32_t pid = meta.freelist_head
+    cdef uint32_t i
+    cdef uint64_t seen = 0
+    cdef uint64_t hops = 0
+    while pid != 0:
+        hops += 1
+        if pid < 2 or pid >= p.page_count or hops > p.page_count:
+            return vc_fail(err, VC_E_CORRUPT, "%s: freelist chain points at page %u (page count %u)",
+                           p.path, pid, p.page_count)
+        if vc_page_read_into(p, pid, buf, err) < 0:
+            return -1
+        if h.type != VC_PAGE_FREELIST or h.count > FREELIST_PER_PAGE:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u: expected a freelist page", p.path, pid)
+        ids = <const uint32_t*>(buf + VC_HDR_SIZE)
+        for i in range(h.count):
+            if ids[i] < 2 or ids[i] >= p.page_count:
+                return vc_fail(err, VC_E_CORRUPT, "%s: page %u: freelist entry %u out of range",
+                               p.path, pid, ids[i])
+            if vc_u32vec_push(&p.free_now, ids[i]) < 0:
+                return vc_fail(err, VC_E_NOMEM, "out of memory loading the freelist")
+        seen += h.count
+        if vc_u32vec_push(&p.chain_pages, pid) < 0:
+            return vc_fail(err, VC_E_NOMEM, "out of memory loading the freelist")
+        pid = h.aux
+    if seen != meta.free_count:
+        return vc_fail(err, VC_E_CORRUPT, "%s: freelist holds %llu pages, meta says %llu", p.path,
+                       <unsigned long long>seen, <unsigned long long>meta.free_count)
+    return 0
+
+
+cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, size_t cache_bytes,
+                       vc_meta* meta, vc_err* err) noexcept nogil:
+    cdef vc_pager* p = <vc_pager*>calloc(1, sizeof(vc_pager))
+    cdef struct_stat st
+    cdef unsigned char buf0[VC_PAGE_SIZE]
+    cdef unsigned char buf1[VC_PAGE_SIZE]
+    cdef int ok0, ok1, n0, n1
+    cdef uint32_t i
+    cdef void* mem = NULL
+    if p == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
+    out[0] = p
+    p.fd = -1
+    p.readonly = readonly
+    pthread_mutex_init(&p.lock, NULL)
+    pthread_mutex_init(&p.free_lock, NULL)
+    memset(meta, 0, sizeof(vc_meta))
+    if store_dir == NULL:
+        snprintf(p.path, sizeof(p.path), "<memory>")
+        p.mem_dir = <unsigned char***>calloc(MEM_CHUNK, sizeof(unsigned char**))
+        if p.mem_dir == NULL:
+            return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
+        p.page_count = 2
+        meta.page_count = 2
+        meta.log_start_seg = 1
+        return 0
+
+    snprintf(p.path, sizeof(p.path), "%s/data.vc", store_dir)
+    p.fd = c_open(p.path, O_RDONLY if readonly else (O_RDWR | O_CREAT), 0o644)
+    if p.fd < 0:
+        if readonly:
+            return vc_fail_errno(err, VC_E_NOFILE, errno, "%s", p.path)
+        return vc_fail_errno(err, VC_E_IO, errno, "%s", p.path)
+    if fstat(p.fd, &st) < 0:
+        return vc_fail_errno(err, VC_E_IO, errno, "%s", p.path)
+    if st.st_size == 0:
+        if readonly:
+            # A store created but never written: nothing to read.
+            p.page_count = 2
+            meta.page_count = 2
+            meta.log_start_seg = 1
+            p.meta_seq = 0
+        else:
+            if write_initial_metas(p, meta, err) < 0:
+                return -1
+            p.page_count = 2
+            p.meta_seq = 1
+    else:
+        n0 = full_pread(p.fd, buf0, VC_PAGE_SIZE, 0)
+        n1 = full_pread(p.fd, buf1, VC_PAGE_SIZE, VC_PAGE_SIZE)
+        if n0 < 0 or n1 < 0:
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: reading meta pages", p.path)
+        ok0 = n0 == VC_PAGE_SIZE and meta_valid(buf0, 0)
+        ok1 = n1 == VC_PAGE_SIZE and meta_valid(buf1, 1)
+        if not ok0 and not ok1:
+            return vc_fail(err, VC_E_CORRUPT,
+                           "%s: no valid meta page at offset 0 or 4096: not a velocore data file, "
+                           "or both meta slots are damaged", p.path)
+        if ok0 and (not ok1 or (<vc_meta*>buf0).checkpoint_seq > (<vc_meta*>buf1).checkpoint_seq):
+            memcpy(meta, buf0, sizeof(vc_meta))
+        else:
+            memcpy(meta, buf1, sizeof(vc_meta))
+        p.page_count = meta.page_count
+        p.meta_seq = meta.checkpoint_seq
+        if <uint64_t>st.st_size < <uint64_t>p.page_count * VC_PAGE_SIZE:
+            return vc_fail(err, VC_E_CORRUPT, "%s: file is %lld bytes, the checkpoint needs %llu",
+                           p.path, <long long>st.st_size,
+                           <unsigned long long>p.page_count * VC_PAGE_SIZE)
+        if meta.root >= p.page_count or meta.height > 40 or (meta.root == 0) != (meta.height == 0):
+            return vc_fail(err, VC_E_CORRUPT, "%s: meta page %u: bad root %u / height %u", p.path,
+                           meta.hdr.page_id, meta.root, meta.height)
+        p.freelist_head = meta.freelist_head
+
+    # page cache
+    p.nframes = <uint32_t>(cache_bytes // VC_PAGE_SIZE)
+    if p.nframes < MIN_FRAMES:
+        p.nframes = MIN_FRAMES
+    if posix_memalign(&mem, VC_PAGE_SIZE, <size_t>p.nframes * VC_PAGE_SIZE) != 0:
+        return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
+    p.frame_mem = <unsigned char*>mem
+    p.frames = <vc_frame*>malloc(p.nframes * sizeof(vc_frame))
+    p.slot_mask = 1
+    while p.slot_mask < p.nframes * 2:
+        p.slot_mask <<= 1
+    p.slots = <uint32_t*>calloc(p.slot_mask, sizeof(uint32_t))
+    p.slot_mask -= 1
+    if p.frames == NULL or p.slots == NULL:
+        return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
+    for i in range(p.nframes):
+        p.frames[i].page_id = VC_NO_FRAME
+        p.frames[i].pins = 0
+        p.frames[i].referenced = 0
+    if st.st_size > 0:
+        if load_freelist(p, meta, err) < 0:
+            return -1
+    return 0
+
+
+cdef void vc_pager_close(vc_pager* p) noexcept nogil:
+    cdef size_t i, j
+    if p == NULL:
+        return
+    if p.fd >= 0:
+        close(p.fd)
+    if p.mem_dir != NULL:
+        for i in range(MEM_CHUNK):
+            if p.mem_dir[i] != NULL:
+                for j in range(MEM_CHUNK):
+                    free(p.mem_dir[i][j])
+                free(p.mem_dir[i])
+        free(p.mem_dir)
+    free(p.frame_mem)
+    free(p.frames)
+    free(p.slots)
+    vc_u32vec_free(&p.free_now)
+    vc_u32vec_free(&p.freed_cur)
+    vc_u32vec_free(&p.chain_pages)
+    for i in range(p.npending):
+        vc_u32vec_free(&p.pending[i].pages)
+    free(p.pending)
+    pthread_mutex_destroy(&p.lock)
+    pthread_mutex_destroy(&p.free_lock)
+    free(p)
+
+
+# ---------------------------------------------------------------- cache
+
+cdef inline unsigned char* mem_page(vc_pager* p, uint32_t page_id) noexcept nogil:
+    cdef unsigned char** chunk = p.mem_dir[page_id >> MEM_CHUNK_BITS]
+    if chunk == NULL:
+        return NULL
+    return chunk[page_id & (MEM_CHUNK - 1)]
+
+
+cdef void slot_remove(vc_pager* p, uint32_t page_id) noexcept nogil:
+    """Unmap page_id (backward-shift deletion keeps linear probing chains intact)."""
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    cdef uint32_t j, k, f
+    while True:
+        f = p.slots[i]
+        if f == 0:
+            return
+        if p.frames[f - 1].page_id == page_id:
+            break
+        i = (i + 1) & p.slot_mask
+    p.slots[i] = 0
+    j = i
+    while True:
+        j = (j + 1) & p.slot_mask
+        f = p.slots[j]
+        if f == 0:
+            return
+        k = slot_hash(p.frames[f - 1].page_id) & p.slot_mask
+        # move slot j into the hole at i unless its home k lies cyclically in (i, j]
+        if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+            p.slots[i] = f
+            p.slots[j] = 0
+            i = j
+
+
+cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
+                     uint32_t* handle, vc_err* err) noexcept nogil:
+    cdef uint32_t i, f, scanned
+    cdef vc_frame* fr
+    cdef unsigned char* buf
+    cdef int n
+    if page_id < 2 or page_id >= p.page_count:
+        return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u outside the file (page count %u)",
+                       p.path, page_id, p.page_count)
+    if p.fd < 0:
+        buf = mem_page(p, page_id)
+        if buf == NULL:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u was never written", p.path, page_id)
+        page[0] = buf
+        handle[0] = VC_NO_FRAME
+        return 0
+    pthread_mutex_lock(&p.lock)
+    i = slot_hash(page_id) & p.slot_mask
+    while True:
+        f = p.slots[i]
+        if f == 0:
+            break
+        fr = &p.frames[f - 1]
+        if fr.page_id == page_id:
+            fr.pins += 1
+            fr.referenced = 1
+            p.hits += 1
+            pthread_mutex_unlock(&p.lock)
+            page[0] = p.frame_mem + <size_t>(f - 1) * VC_PAGE_SIZE
+            handle[0] = f - 1
+            return 0
+        i = (i + 1) & p.slot_mask
+    p.misses += 1
+    # CLOCK: two sweeps at most, clearing reference bits on the first
+    scanned = 0
+    while scanned < 2 * p.nframes:
+        fr = &p.frames[p.clock_hand]
+        f = p.clock_hand
+        p.clock_hand += 1
+        if p.clock_hand == p.nframes:
+            p.clock_hand = 0
+        scanned += 1
+        if fr.pins == 0:
+            if fr.referenced:
+                fr.referenced = 0
+            else:
+                break
+    else:
+        pthread_mutex_unlock(&p.lock)
+        return vc_fail(err, VC_E_NOMEM, "page cache exhausted: all %u frames are pinned", p.nframes)
+    if fr.page_id != VC_NO_FRAME:
+        slot_remove(p, fr.page_id)
+        fr.page_id = VC_NO_FRAME
+    buf = p.frame_mem + <size_t>f * VC_PAGE_SIZE
+    n = full_pread(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE)
+    if n != VC_PAGE_SIZE:
+        pthread_mutex_unlock(&p.lock)
+        if n < 0:
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: reading page %u", p.path, page_id)
+        return vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
+    if check_page(p, buf, page_id, err) < 0:
+        pthread_mutex_unlock(&p.lock)
+        return -1
+    fr.page_id = page_id
+    fr.pins = 1
+    fr.referenced = 1
+    i = slot_hash(page_id) & p.slot_mask
+    while p.slots[i] != 0:
+        i = (i + 1) & p.slot_mask
+    p.slots[i] = f + 1
+    pthread_mutex_unlock(&p.lock)
+    page[0] = buf
+    handle[0] = f
+    return 0
+
+
+cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil:
+    if handle == VC_NO_FRAME:
+        return
+    pthread_mutex_lock(&p.lock)
+    p.frames[handle].pins -= 1
+    pthread_mutex_unlock(&p.lock)
+
+
+cdef int vc_page_read_into(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil:
+    cdef unsigned char* src
+    cdef int n
+    if page_id < 2 or page_id >= p.page_count:
+        return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u outside the file (page count %u)",
+                       p.path, page_id, p.page_count)
+    if p.fd < 0:
+        src = mem_page(p, page_id)
+        if src == NULL:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u was never written", p.path, page_id)
+        memcpy(buf, src, VC_PAGE_SIZE)
+        return 0
+    n = full_pread(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE)
+    if n != VC_PAGE_SIZE:
+        if n < 0:
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: reading page %u", p.path, page_id)
+        return vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
+    return check_page(p, buf, page_id, err)
+
+
+# ---------------------------------------------------------------- checkpoint side
+
+cdef int vc_page_alloc(vc_pager* p, uint32_t* page_id, vc_err* err) noexcept nogil:
+    pthread_mutex_lock(&p.free_lock)
+    if p.free_now.len > 0:
+        p.free_now.len -= 1
+        page_id[0] = p.free_now.items[p.free_now.len]
+    else:
+        if p.page_count >= <uint32_t>0xFFFFFFF0U:
+            pthread_mutex_unlock(&p.free_lock)
+            return vc_fail(err, VC_E_IO, "%s: the data file is full (2^32 pages)", p.path)
+        page_id[0] = p.page_count
+        p.page_count += 1
+    pthread_mutex_unlock(&p.free_lock)
+    return 0
+
+
+cdef int vc_page_write(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil:
+    cdef vc_page_hdr* h = <vc_page_hdr*>buf
+    cdef unsigned char** chunk
+    cdef unsigned char* dst
+    h.page_id = page_id
+    if p.fd < 0:
+        chunk = p.mem_dir[page_id >> MEM_CHUNK_BITS]
+        if chunk == NULL:
+            chunk = <unsigned char**>calloc(MEM_CHUNK, sizeof(unsigned char*))
+            if chunk == NULL:
+                return vc_fail(err, VC_E_NOMEM, "out of memory (in-memory store)")
+            p.mem_dir[page_id >> MEM_CHUNK_BITS] = chunk
+        dst = chunk[page_id & (MEM_CHUNK - 1)]
+        if dst == NULL:
+            dst = <unsigned char*>malloc(VC_PAGE_SIZE)
+            if dst == NULL:
+                return vc_fail(err, VC_E_NOMEM, "out of memory (in-memory store)")
+            chunk[page_id & (MEM_CHUNK - 1)] = dst
+        memcpy(dst, buf, VC_PAGE_SIZE)
+        return 0
+    h.crc = vc_page_crc(buf)
+    # The page was free: no reader holds it, but an old image may still be cached.
+    pthread_mutex_lock(&p.lock)
+    slot_remove_frame(p, page_id)
+    pthread_mutex_unlock(&p.lock)
+    if full_pwrite(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE) < 0:
+        return vc_fail_errno(err, VC_E_IO, errno, "%s: writing page %u", p.path, page_id)
+    return 0
+
+
+cdef void slot_remove_frame(vc_pager* p, uint32_t page_id) noexcept nogil:
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    cdef uint32_t f
+    while True:
+        f = p.slots[i]
+        if f == 0:
+            return
+        if p.frames[f - 1].page_id == page_id:
+            slot_remove(p, page_id)
+            p.frames[f - 1].page_id = VC_NO_FRAME
+            p.frames[f - 1].referenced = 0
+            return
+        i = (i + 1) & p.slot_mask
+
+
+cdef int vc_page_free(vc_pager* p, uint32_t page_id, vc_err* err) noexcept nogil:
+    if page_id < 2 or page_id >= p.page_count:
+        return vc_fail(err, VC_E_CORRUPT, "%s: freeing page %u outside the file", p.path, page_id)
+    pthread_mutex_lock(&p.free_lock)
+    if vc_u32vec_push(&p.freed_cur, page_id) < 0:
+        pthread_mutex_unlock(&p.free_lock)
+        return vc_fail(err, VC_E_NOMEM, "out of memory")
+    pthread_mutex_unlock(&p.free_lock)
+    return 0
+
+
+cdef int write_freelist(vc_pager* p, vc_meta* meta, vc_err* err) noexcept nogil:
+    """Write a new freelist chain listing free_now + pending + freed_cur (caller holds free_lock)."""
+    cdef unsigned char buf[VC_PAGE_SIZE]
+    cdef vc_page_hdr* h = <vc_page_hdr*>buf
+    cdef uint32_t* ids = <uint32_t*>(buf + VC_HDR_SIZE)
+    cdef vc_u32vec chain
+    cdef vc_u32vec* src
+    cdef size_t total, need, i, k, s, pos
+    cdef uint32_t pid
+    chain.items = NULL
+    chain.len = 0
+    chain.cap = 0
+    # the old chain is only read at open: free it with this checkpoint
+    for i in range(p.chain_pages.len):
+        if vc_u32vec_push(&p.freed_cur, p.chain_pages.items[i]) < 0:
+            return vc_fail(err, VC_E_NOMEM, "out of memory")
+    p.chain_pages.len = 0
+    total = p.free_now.len + p.freed_cur.len
+    for i in range(p.npending):
+        total += p.pending[i].pages.len
+    need = (total + FREELIST_PER_PAGE - 1) // FREELIST_PER_PAGE
+    for i in range(need):
+        if p.free_now.len > 0:
+            p.free_now.len -= 1
+            pid = p.free_now.items[p.free_now.len]
+        else:
+            pid = p.page_count
+            p.page_count += 1
+        if vc_u32vec_push(&chain, pid) < 0:
+            vc_u32vec_free(&chain)
+            return vc_fail(err, VC_E_NOMEM, "out of memory")
+    total = p.free_now.len + p.freed_cur.len
+    for i in range(p.npending):
+        total += p.pending[i].pages.len
+    # stream the ids: free_now, then freed_cur, then each pending list
+    s = 0
+    pos = 0
+    k = 0
+    src = &p.free_now
+    for i in range(chain.len):
+        memset(buf, 0, VC_PAGE_SIZE)
+        h.type = VC_PAGE_FREELIST
+        h.aux = chain.items[i + 1] if i + 1 < chain.len else 0
+        while h.count < FREELIST_PER_PAGE:
+            while src != NULL and pos >= src.len:
+                pos = 0
+                if s == 0:
+                    src = &p.freed_cur
+                elif s - 1 < p.npending:
+                    src = &p.pending[s - 1].pages
+                else:
+                    src = NULL
+                s += 1
+            if src == NULL:
+                break
+            ids[h.count] = src.items[pos]
+            h.count += 1
+            pos += 1
+            k += 1
+        if vc_page_write(p, chain.items[i], buf, err) < 0:
+            vc_u32vec_free(&chain)
+            return -1
+    meta.freelist_head = chain.items[0] if chain.len else 0
+    meta.free_count = k
+    vc_u32vec_free(&p.chain_pages)
+    p.chain_pages = chain
+    return 0
+
+
+cdef int vc_pager_commit_meta(vc_pager* p, vc_meta* meta, uint64_t tree_version, vc_err* err) noexcept nogil:
+    """Make a checkpoint durable: freelist chain, fdatasync, the alternate meta slot, fdatasync.
+    Then the pages freed by this checkpoint wait (pending) until no reader is older than
+    tree_version."""
+    cdef unsigned char buf[VC_PAGE_SIZE]
+    cdef vc_meta* m = <vc_meta*>buf
+    cdef vc_pending* np
+    cdef uint32_t slot
+    pthread_mutex_lock(&p.free_lock)
+    if p.fd >= 0:
+        if write_freelist(p, meta, err) < 0:
+            pthread_mutex_unlock(&p.free_lock)
+            return -1
+        if fdatasync(p.fd) < 0:
+            pthread_mutex_unlock(&p.free_lock)
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: fdatasync", p.path)
+        memset(buf, 0, VC_PAGE_SIZE)
+        memcpy(buf, meta, sizeof(vc_meta))
+        m.checkpoint_seq = p.meta_seq + 1
+        slot = <uint32_t>(m.checkpoint_seq & 1)
+        m.hdr.type = VC_PAGE_META
+        m.hdr.level = 0
+        m.hdr.count = 0
+        m.hdr.aux = 0
+        m.hdr.page_id = slot
+        memcpy(m.magic, META_MAGIC, 8)
+        m.format_version = VC_FORMAT_VERSION
+        m.page_size = VC_PAGE_SIZE
+        m.page_count = p.page_count
+        m.hdr.crc = vc_page_crc(buf)
+        if full_pwrite(p.fd, buf, VC_PAGE_SIZE, <uint64_t>slot * VC_PAGE_SIZE) < 0:
+            pthread_mutex_unlock(&p.free_lock)
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: writing meta page %u", p.path, slot)
+        if fdatasync(p.fd) < 0:
+            pthread_mutex_unlock(&p.free_lock)
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: fdatasync", p.path)
+        memcpy(meta, buf, sizeof(vc_meta))
+    p.meta_seq += 1
+    if p.freed_cur.len > 0:
+        if p.npending == p.pending_cap:
+            np = <vc_pending*>realloc_pending(p.pending, (p.pending_cap * 2 + 4))
+            if np == NULL:
+                pthread_mutex_unlock(&p.free_lock)
+                return vc_fail(err, VC_E_NOMEM, "out of memory")
+            p.pending = np
+            p.pending_cap = p.pending_cap * 2 + 4
+        p.pending[p.npending].tree_version = tree_version
+        p.pending[p.npending].pages = p.freed_cur
+        p.npending += 1
+        p.freed_cur.items = NULL
+        p.freed_cur.len = 0
+        p.freed_cur.cap = 0
+    pthread_mutex_unlock(&p.free_lock)
+    return 0
+
+
+cdef void* realloc_pending(vc_pending* old, size_t n) noexcept nogil:
+    return realloc(old, n * sizeof(vc_pending))
+
+
+cdef void vc_pager_reclaim(vc_pager* p, uint64_t min_tree_version) noexcept nogil:
+    """Pages freed by checkpoints whose tree version <= min_tree_version become reusable."""
+    cdef size_t i, j, keep = 0
+    cdef vc_pending* e
+    pthread_mutex_lock(&p.free_lock)
+    for i in range(p.npending):
+        e = &p.pending[i]
+        if e.tree_version <= min_tree_version:
+            for j in range(e.pages.len):
+                if vc_u32vec_push(&p.free_now, e.pages.items[j]) < 0:
+                    break       # out of memory: the pages are simply not reused
+            vc_u32vec_free(&e.pages)
+        else:
+            p.pending[keep] = e[0]
+            keep += 1
+    p.npending = keep
+    pthread_mutex_unlock(&p.free_lock)

@@ -1,0 +1,1151 @@
+# The facade: Python objects that check arguments, call the nogil core, and turn its
+# status codes into exceptions (raise_error is the one place that happens).
+import os
+import time
+
+from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE,
+                            PyBytes_CheckExact)
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_OK, VC_NOTFOUND,
+                               VC_E_NONE, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_CONFLICT,
+                               VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID, VC_E_NOFILE)
+from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc_db_checkpoint,
+                             vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
+                             vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
+                             vc_iter_close, VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE)
+from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
+from velocore._btree cimport VC_MAX_VALUE
+
+cdef extern from *:
+    """
+    static int vc_simd_detect(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) return 3;
+        if (__builtin_cpu_supports("avx2")) return 2;
+        return 0;
+    #elif defined(__aarch64__)
+        return 1;
+    #else
+        return 0;
+    #endif
+    }
+    """
+    int vc_simd_detect() nogil
+
+DEF MAX_KEY = 1024
+DEF TID_LEN = 4
+MAX_VALUE = VC_MAX_VALUE
+
+
+# ---------------------------------------------------------------- errors
+
+class Error(Exception):
+    """Base class of velocore's errors."""
+
+
+class ConflictError(Error):
+    """Write-write conflict: another transaction committed a change to the same key first."""
+
+
+class ClosedError(Error):
+    """A store, transaction or iterator was used after it ended."""
+
+
+class ReadOnlyError(Error):
+    """A write on a read-only store or snapshot."""
+
+
+class LockedError(Error):
+    """The store directory is open elsewhere (this process or another)."""
+
+
+class CorruptionError(Error):
+    """A checksum or structure check failed."""
+
+
+class NoSuchTableError(Error, KeyError):
+    """The named table does not exist."""
+
+    def __str__(self):
+        return Exception.__str__(self)
+
+
+cdef object raise_error(vc_err* e):
+    """The one place where a core status becomes an exception."""
+    msg = e.msg.decode("utf-8", "replace")
+    code = e.code
+    if code == VC_E_CONFLICT:
+        raise ConflictError(msg)
+    if code == VC_E_CORRUPT:
+        raise CorruptionError(msg)
+    if code == VC_E_LOCKED:
+        raise LockedError(msg)
+    if code == VC_E_READONLY:
+        raise ReadOnlyError(msg)
+    if code == VC_E_CLOSED:
+        raise ClosedError(msg)
+    if code == VC_E_NOMEM:
+        raise MemoryError(msg)
+    if code == VC_E_INVALID:
+        raise ValueError(msg)
+    if code == VC_E_NOFILE:
+        raise FileNotFoundError(e.sys_errno, msg)
+    if code == VC_E_IO:
+        raise OSError(e.sys_errno, msg)
+    raise Error(msg or "unknown error")
+
+
+# ---------------------------------------------------------------- argument helpers
+
+cdef struct keybuf:
+    unsigned char data[1028]     # table id + user key
+    uint32_t len
+
+
+cdef inline void put_tid(unsigned char* p, uint32_t tid) noexcept:
+    p[0] = <unsigned char>(tid >> 24)
+    p[1] = <unsigned char>(tid >> 16)
+    p[2] = <unsigned char>(tid >> 8)
+    p[3] = <unsigned char>tid
+
+
+cdef int make_key(keybuf* kb, uint32_t tid, object key, str what) except -1:
+    """Table id + key bytes into kb; TypeError / ValueError for bad keys."""
+    cdef Py_buffer view
+    cdef Py_ssize_t n
+    if PyBytes_CheckExact(key):
+        n = PyBytes_GET_SIZE(key)
+        if n < 1 or n > MAX_KEY:
+            raise ValueError(f"{what} must be 1 to {MAX_KEY} bytes, got {n}")
+        put_tid(kb.data, tid)
+        memcpy(kb.data + TID_LEN, PyBytes_AS_STRING(key), n)
+        kb.len = <uint32_t>(n + TID_LEN)
+        return 0
+    if isinstance(key, str) or not PyObject_CheckBuffer(key):
+        raise TypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
+                        f"not {type(key).__name__}")
+    try:
+        PyObject_GetBuffer(key, &view, PyBUF_SIMPLE)
+    except BufferError as exc:
+        raise TypeError(f"{what} must be a contiguous buffer: {exc}") from None
+    try:
+        n = view.len
+        if n < 1 or n > MAX_KEY:
+            raise ValueError(f"{what} must be 1 to {MAX_KEY} bytes, got {n}")
+        put_tid(kb.data, tid)
+        memcpy(kb.data + TID_LEN, view.buf, n)
+        kb.len = <uint32_t>(n + TID_LEN)
+    finally:
+        PyBuffer_Release(&view)
+    return 0
+
+
+cdef bytes as_value(object value):
+    """Any contiguous buffer as bytes (a mutable buffer is copied here, at put)."""
+    cdef Py_buffer view
+    cdef bytes out
+    if PyBytes_CheckExact(value):
+        out = <bytes>value
+    else:
+        if isinstance(value, str) or not PyObject_CheckBuffer(value):
+            raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), "
+                            f"not {type(value).__name__}")
+        try:
+            PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
+        except BufferError as exc:
+            raise TypeError(f"value must be a contiguous buffer: {exc}") from None
+        try:
+            out = PyBytes_FromStringAndSize(<char*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+    if PyBytes_GET_SIZE(out) > VC_MAX_VALUE:
+        raise ValueError(f"value is {PyBytes_GET_SIZE(out)} bytes; the maximum is {VC_MAX_VALUE} (64 MiB)")
+    return out
+
+
+cdef bytes catalog_name_key(str name):
+    return b"\0\0\0\0N" + name.encode("utf-8")
+
+
+cdef str check_table_name(object name):
+    if not isinstance(name, str):
+        raise TypeError(f"table name must be str, not {type(name).__name__}")
+    if len(name) < 1 or len(name) > 255:
+        raise ValueError(f"table name must be 1 to 255 characters, got {len(name)}")
+    return <str>name
+
+
+cdef bytes prefix_end(bytes prefix):
+    """The smallest byte string greater than every string starting with prefix, or None."""
+    cdef bytearray b = bytearray(prefix)
+    while len(b) and b[len(b) - 1] == 0xFF:
+        b.pop()
+    if not len(b):
+        return None
+    b[len(b) - 1] += 1
+    return bytes(b)
+
+
+def simd_level():
+    """simd_level() -> str
+
+    The SIMD instruction set velocore's kernels use on this CPU: "avx512", "avx2",
+    "neon" or "scalar".
+    """
+    return ("scalar", "neon", "avx2", "avx512")[vc_simd_detect()]
+
+
+# ---------------------------------------------------------------- store
+
+cdef class Store:
+    """An open store.  Create with velocore.open()."""
+
+    cdef vc_db* db
+    cdef readonly object path
+    cdef readonly bint readonly
+    cdef readonly str sync
+    cdef readonly str wal_mode
+    cdef int busy                # calls running without the GIL
+    cdef bint closing
+
+    def __cinit__(self):
+        self.db = NULL
+
+    def __init__(self, path, bint readonly, str sync, size_t cache_bytes, str wal_mode,
+                 uint64_t checkpoint_bytes):
+        cdef vc_err err
+        cdef int rc
+        cdef bytes bpath
+        cdef const char* cpath = NULL
+        cdef int sync_mode = {"off": VC_SYNC_OFF, "normal": VC_SYNC_NORMAL, "full": VC_SYNC_FULL}[sync]
+        self.path = path
+        self.readonly = readonly
+        self.sync = sync
+        self.wal_mode = wal_mode
+        err.code = VC_E_NONE
+        err.msg[0] = 0
+        if path is not None:
+            bpath = os.fsencode(path)
+            cpath = bpath
+        with nogil:
+            rc = vc_db_open(&self.db, cpath, readonly, sync_mode, cache_bytes, checkpoint_bytes, &err)
+        if rc < 0:
+            vc_db_close(self.db)
+            self.db = NULL
+            raise_error(&err)
+
+    def __dealloc__(self):
+        if self.db != NULL:
+            vc_db_close(self.db)
+            self.db = NULL
+
+    cdef int check_open(self) except -1:
+        if self.db == NULL or self.closing:
+            raise ClosedError("the store is closed")
+        return 0
+
+    def __enter__(self):
+        self.check_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.db == NULL else ("read-only" if self.readonly else "open")
+        where = "in memory" if self.path is None else repr(self.path)
+        return f"<velocore.Store {where} {state}>"
+
+    def close(self):
+        """close() -> None
+
+        Close the store.  Live transactions, snapshots and iterators end with it; using
+        them afterwards raises ClosedError.  Closing twice does nothing.
+        """
+        cdef vc_db* db
+        if self.db == NULL:
+            return
+        self.closing = True
+        while self.busy > 0:            # let calls running without the GIL finish
+            time.sleep(0.0005)
+        db = self.db
+        self.db = NULL
+        with nogil:
+            vc_db_close(db)
+
+    def txn(self):
+        """txn() -> Txn
+
+        Begin a read-write transaction (a context manager: commits at the end of the
+        block, aborts if it raises).  ReadOnlyError on a read-only store.
+        """
+        self.check_open()
+        if self.readonly:
+            raise ReadOnlyError("the store was opened read-only")
+        return Txn._begin(self, False)
+
+    def snapshot(self):
+        """snapshot() -> Snapshot
+
+        Begin a read-only transaction that sees the store as it is now.
+        """
+        self.check_open()
+        return Snapshot._begin(self, True)
+
+    def retry(self, fn, attempts=10):
+        """retry(fn, attempts=10) -> object
+
+        Call fn(txn) in a fresh transaction and commit it, again on ConflictError, at most
+        `attempts` times in all; returns what fn returned.  Other exceptions abort and
+        propagate at once.
+        """
+        if not isinstance(attempts, int) or attempts < 1:
+            raise ValueError("attempts must be a positive integer")
+        for attempt in range(attempts):
+            t = self.txn()
+            try:
+                result = fn(t)
+                t.commit()
+                return result
+            except ConflictError:
+                t.abort()
+                if attempt + 1 == attempts:
+                    raise
+            except BaseException:
+                t.abort()
+                raise
+
+    # ---- tables
+
+    def table(self, name, key=None, columns=None):
+        """table(name) -> Table
+
+        The table called name, created (durably, in its own transaction) if missing.
+        """
+        name = check_table_name(name)
+        if key is not None or columns is not None:
+            raise NotImplementedError("typed tables (key=, columns=) are not available yet")
+        self.check_open()
+        with self.snapshot() as s:
+            if s._lookup(name) is not None:
+                return Table(self, name)
+        if self.readonly:
+            raise NoSuchTableError(f"no table named {name!r} (the store is read-only)")
+
+        def create(t):
+            if t._lookup(name) is None:
+                counter = t._raw_get(b"\0\0\0\0C")
+                tid = int.from_bytes(counter, "big") if counter is not None else 1
+                if tid >= 0xFFFFFFFF:
+                    raise Error("no table ids left")
+                t._raw_put(b"\0\0\0\0C", (tid + 1).to_bytes(4, "big"))
+                t._raw_put(catalog_name_key(name), tid.to_bytes(4, "big"))
+        self.retry(create, attempts=100)
+        return Table(self, name)
+
+    def tables(self):
+        """tables() -> list of str, sorted."""
+        self.check_open()
+        with self.snapshot() as s:
+            return [k[1:].decode("utf-8") for k in s._catalog_names()]
+
+    def drop_table(self, name):
+        """drop_table(name) -> None
+
+        Delete the table and everything in it (durably, in its own transaction).
+        NoSuchTableError if there is no such table.
+        """
+        name = check_table_name(name)
+        self.check_open()
+
+        def drop(t):
+            tid = t._lookup(name)
+            if tid is None:
+                raise NoSuchTableError(f"no table named {name!r}")
+            t._raw_delete(catalog_name_key(name))
+            t._raw_put(b"\0\0\0\0D" + tid.to_bytes(4, "big"), b"")
+        self.retry(drop, attempts=100)
+
+    # ---- operations
+
+    def checkpoint(self):
+        """checkpoint() -> None
+
+        Fold logged commits into the data file now (it also happens on its own).
+        """
+        cdef vc_err err
+        cdef int rc
+        self.check_open()
+        if self.readonly:
+            raise ReadOnlyError("the store was opened read-only")
+        err.code = VC_E_NONE
+        self.busy += 1
+        try:
+            with nogil:
+                rc = vc_db_checkpoint(self.db, False, &err)
+        finally:
+            self.busy -= 1
+        if rc < 0:
+            raise_error(&err)
+
+    def info(self):
+        """info() -> dict: sizes, counters and settings of the store."""
+        cdef uint64_t s[16]
+        self.check_open()
+        vc_db_stats(self.db, s)
+        data_bytes = None
+        log_bytes = s[4]
+        if self.path is not None:
+            try:
+                data_bytes = os.path.getsize(os.path.join(self.path, "data.vc"))
+            except OSError:
+                data_bytes = 0
+        ckpt_time = self.db.checkpoint_time
+        return {
+            "path": None if self.path is None else os.fspath(self.path),
+            "readonly": self.readonly,
+            "sync": self.sync,
+            "wal_mode": None if self.path is None else "file",
+            "simd": simd_level(),
+            "page_size": 4096,
+            "data_bytes": data_bytes,
+            "page_count": s[0],
+            "free_pages": s[15],
+            "tree_height": s[1],
+            "cache_pages": self.db.pager.nframes if self.db.pager.fd >= 0 else 0,
+            "cache_hits": s[2],
+            "cache_misses": s[3],
+            "log_bytes": log_bytes,
+            "active_transactions": s[5],
+            "oldest_snapshot_ts": s[6] if s[5] else None,
+            "checkpoint_ts": s[7],
+            "checkpoints": s[8],
+            "checkpoint_time": ckpt_time if ckpt_time else None,
+            "last_commit_ts": s[9],
+            "visible_ts": s[10],
+            "memtable_bytes": s[11],
+            "versions_retained": s[12],
+            "memtables": s[13],
+            "commits": s[14],
+        }
+
+    def check(self):
+        """check() -> dict
+
+        Verify every page checksum and tree invariant of the checkpointed tree and that
+        every page is either in the tree or free.  Returns {"ok", "errors", "pages",
+        "entries", "tables"}.
+        """
+        cdef vc_buf report
+        cdef vc_err err
+        cdef long problems
+        cdef uint64_t nkeys = 0
+        self.check_open()
+        memset(&report, 0, sizeof(report))
+        err.code = VC_E_NONE
+        self.busy += 1
+        try:
+            with nogil:
+                problems = vc_db_check(self.db, &report, &nkeys, &err)
+            text = PyBytes_FromStringAndSize(<char*>report.data, report.len).decode("utf-8", "replace") \
+                if report.len else ""
+        finally:
+            self.busy -= 1
+            vc_buf_free(&report)
+        if problems < 0:
+            raise_error(&err)
+        errors = [line for line in text.split("\n") if line]
+        if problems > len(errors):
+            errors.append(f"... {problems - len(errors)} more problems")
+        try:
+            ntables = len(self.tables())
+        except CorruptionError as exc:
+            errors.append(str(exc))
+            ntables = None
+        return {"ok": not errors, "errors": errors, "pages": self.db.pager.page_count,
+                "entries": nkeys, "tables": ntables}
+
+
+def open(path=None, *, readonly=False, sync="full", cache_mb=256, wal="file", checkpoint_mb=64):
+    """open(path=None, *, readonly=False, sync="full", cache_mb=256, wal="file", checkpoint_mb=64) -> Store
+
+    Open (creating if needed) the store in directory `path`; no path: an in-memory store.
+    Raises LockedError if the directory is open elsewhere, FileNotFoundError for a
+    read-only open of a missing store, CorruptionError for a damaged one, TypeError /
+    ValueError for bad options.
+    """
+    if not isinstance(readonly, bool):
+        raise TypeError(f"readonly must be True or False, not {type(readonly).__name__}")
+    if not isinstance(sync, str) or sync not in ("full", "normal", "off"):
+        raise ValueError(f"sync must be 'full', 'normal' or 'off', not {sync!r}")
+    if not isinstance(wal, str) or wal not in ("file", "pmem"):
+        raise ValueError(f"wal must be 'file' or 'pmem', not {wal!r}")
+    if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)):
+        raise TypeError(f"cache_mb must be a number, not {type(cache_mb).__name__}")
+    if not cache_mb > 0 or cache_mb > (1 << 40):
+        raise ValueError(f"cache_mb must be positive, not {cache_mb!r}")
+    if isinstance(checkpoint_mb, bool) or not isinstance(checkpoint_mb, (int, float)):
+        raise TypeError(f"checkpoint_mb must be a number, not {type(checkpoint_mb).__name__}")
+    if not checkpoint_mb > 0 or checkpoint_mb > (1 << 30):
+        raise ValueError(f"checkpoint_mb must be positive, not {checkpoint_mb!r}")
+    if path is None:
+        if readonly:
+            raise ValueError("readonly=True needs a path: an in-memory store starts empty")
+    else:
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+        path = os.path.abspath(os.fsdecode(os.fspath(path)))
+        if readonly:
+            if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "data.vc")):
+                raise FileNotFoundError(2, f"no velocore store at {path}", path)
+        else:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise NotADirectoryError(20, f"{path} exists and is not a directory", path)
+            os.makedirs(path, exist_ok=True)
+    # wal="pmem" (a memory-mapped log) is not built yet: the file log serves it,
+    # and info()["wal_mode"] says so.
+    return Store(path, readonly, sync, <size_t>(cache_mb * 1048576),
+                 "file", <uint64_t>(checkpoint_mb * 1048576))
+
+
+# ---------------------------------------------------------------- tables
+
+cdef class Table:
+    """A named ordered map of bytes to bytes.  Each method here is its own transaction."""
+
+    cdef readonly Store store
+    cdef readonly str name
+
+    def __init__(self, Store store, str name):
+        self.store = store
+        self.name = name
+
+    def __repr__(self):
+        return f"<velocore.Table {self.name!r}>"
+
+    def __eq__(self, other):
+        return isinstance(other, Table) and (<Table>other).store is self.store and \
+            (<Table>other).name == self.name
+
+    def __hash__(self):
+        return hash((id(self.store), self.name))
+
+    def get(self, key, default=None):
+        with self.store.snapshot() as s:
+            return s.get(self, key, default)
+
+    def put(self, key, value):
+        with self.store.txn() as t:
+            t.put(self, key, value)
+
+    def delete(self, key):
+        with self.store.txn() as t:
+            return t.delete(self, key)
+
+    def __getitem__(self, key):
+        cdef object v
+        with self.store.snapshot() as s:
+            v = s.get(self, key, None)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key, value):
+        self.put(key, value)
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def __len__(self):
+        with self.store.snapshot() as s:
+            return s.count(self)
+
+    def range(self, start=None, stop=None, *, reverse=False, prefix=None, keys_only=False):
+        s = self.store.snapshot()
+        it = s.range(self, start, stop, reverse=reverse, prefix=prefix, keys_only=keys_only)
+        (<RangeIterator>it).owns_txn = True
+        return it
+
+    def items(self):
+        return self.range()
+
+    def keys(self):
+        return self.range(keys_only=True)
+
+    def __iter__(self):
+        return self.range(keys_only=True)
+
+
+# ---------------------------------------------------------------- transactions
+
+cdef class Txn:
+    """A read-write transaction with snapshot isolation.  Use store.txn()."""
+
+    cdef vc_txn* t
+    cdef Store store
+    cdef dict tids               # table name -> [table id, catalog entry checked]
+    cdef bint ended
+    cdef bint in_use             # a call is running without the GIL
+    cdef bint is_snapshot
+    cdef object __weakref__
+
+    def __cinit__(self):
+        self.t = NULL
+        self.ended = True
+
+    @staticmethod
+    cdef Txn _begin(Store store, bint readonly):
+        cdef Txn self = Snapshot.__new__(Snapshot) if readonly else Txn.__new__(Txn)
+        cdef vc_err err
+        err.code = VC_E_NONE
+        if vc_txn_begin(store.db, readonly, &self.t, &err) < 0:
+            raise_error(&err)
+        self.store = store
+        self.tids = {}
+        self.ended = False
+        self.is_snapshot = readonly
+        return self
+
+    def __dealloc__(self):
+        if self.t == NULL:
+            return
+        if self.ended:
+            vc_txn_free(self.t)          # unregistered: owned by this object alone
+        elif self.store is not None and self.store.db != NULL:
+            vc_txn_free(self.t)          # still live: abort, then free
+        # else: the store closed and freed it
+        self.t = NULL
+
+    cdef inline int check(self) except -1:
+        if self.ended:
+            raise ClosedError("the transaction has ended")
+        if self.store.db == NULL or self.store.closing:
+            self.ended = True
+            self.t = NULL                # freed by the store's close
+            raise ClosedError("the store is closed")
+        if self.in_use:
+            raise Error("the transaction is in use by another thread")
+        return 0
+
+    cdef inline int check_write(self) except -1:
+        self.check()
+        if self.is_snapshot:
+            raise ReadOnlyError("a snapshot is read-only")
+        return 0
+
+    def __enter__(self):
+        self.check()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.ended:
+            return False
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+    # ---- catalog helpers (table 0)
+
+    def _raw_get(self, bytes ckey):
+        cdef const unsigned char* v
+        cdef size_t vlen
+        cdef vc_err err
+        cdef int rc
+        self.check()
+        err.code = VC_E_NONE
+        rc = vc_txn_get(self.t, <const unsigned char*>PyBytes_AS_STRING(ckey),
+                        <uint32_t>PyBytes_GET_SIZE(ckey), &v, &vlen, &err)
+        if rc < 0:
+            raise_error(&err)
+        if rc == VC_NOTFOUND:
+            return None
+        return PyBytes_FromStringAndSize(<const char*>v, vlen)
+
+    cdef int raw_write(self, bytes ckey, bytes value, int kind) except -1:
+        cdef vc_err err
+        self.check_write()
+        err.code = VC_E_NONE
+        if vc_txn_write(self.t, <const unsigned char*>PyBytes_AS_STRING(ckey),
+                        <uint32_t>PyBytes_GET_SIZE(ckey),
+                        <const unsigned char*>(PyBytes_AS_STRING(value) if value is not None else NULL),
+                        <uint32_t>(PyBytes_GET_SIZE(value) if value is not None else 0),
+                        kind, &err) < 0:
+            raise_error(&err)
+        return 0
+
+    def _raw_put(self, bytes ckey, bytes value):
+        self.raw_write(ckey, value, VC_PUT)
+
+    def _raw_delete(self, bytes ckey):
+        self.raw_write(ckey, None, VC_DEL)
+
+    def _lookup(self, str name):
+        v = self._raw_get(catalog_name_key(name))
+        if v is None:
+            return None
+        if len(v) != 4:
+            raise CorruptionError(f"catalog entry of table {name!r} is damaged")
+        return int.from_bytes(v, "big")
+
+    def _catalog_names(self):
+        cdef RangeIterator it = RangeIterator.__new__(RangeIterator)
+        it.setup(self, b"\0\0\0\0N", b"\0\0\0\0O", False, True, 4)
+        return list(it)
+
+    cdef uint32_t tid(self, object table, bint for_write) except? 0xFFFFFFFF:
+        cdef str name
+        cdef list entry
+        if isinstance(table, Table):
+            name = (<Table>table).name
+            if (<Table>table).store is not self.store:
+                raise ValueError(f"table {name!r} belongs to another store")
+        elif isinstance(table, str):
+            name = <str>table
+        else:
+            raise TypeError(f"table must be a Table or a table name, not {type(table).__name__}")
+        entry = self.tids.get(name)
+        if entry is None:
+            tid = self._lookup(name)
+            if tid is None:
+                raise NoSuchTableError(f"no table named {name!r}")
+            entry = [tid, False]
+            self.tids[name] = entry
+        if for_write and not entry[1]:
+            # a concurrent drop (or re-create) of the table must abort this transaction
+            self.raw_write(catalog_name_key(name), None, VC_CHECK)
+            entry[1] = True
+        return <uint32_t>entry[0]
+
+    # ---- reads
+
+    def get(self, table, key, default=None):
+        """get(table, key, default=None) -> bytes or default"""
+        cdef keybuf kb
+        cdef const unsigned char* v
+        cdef size_t vlen
+        cdef vc_err err
+        cdef int rc
+        self.check()
+        make_key(&kb, self.tid(table, False), key, "key")
+        err.code = VC_E_NONE
+        rc = vc_txn_get(self.t, kb.data, kb.len, &v, &vlen, &err)
+        if rc == VC_NOTFOUND:
+            return default
+        if rc < 0:
+            raise_error(&err)
+        return PyBytes_FromStringAndSize(<const char*>v, vlen)
+
+    def get_many(self, table, keys):
+        """get_many(table, keys) -> list of bytes or None, in the order of keys."""
+        cdef uint32_t tid
+        cdef Py_ssize_t n, i
+        cdef keybuf kb
+        cdef unsigned char* kdata = NULL
+        cdef uint32_t* klens = NULL
+        cdef int64_t* offs = NULL
+        cdef vc_buf out
+        cdef vc_err err
+        cdef int rc = 0
+        cdef const unsigned char* v
+        cdef size_t vlen
+        cdef Py_ssize_t failed_at = -1
+        self.check()
+        tid = self.tid(table, False)
+        keys = list(keys)
+        n = len(keys)
+        memset(&out, 0, sizeof(out))
+        kdata = <unsigned char*>malloc(<size_t>(n if n else 1) * 1028)
+        klens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        offs = <int64_t*>malloc(<size_t>(n + 1) * sizeof(int64_t))
+        try:
+            if kdata == NULL or klens == NULL or offs == NULL:
+                raise MemoryError()
+            for i in range(n):
+                make_key(&kb, tid, keys[i], "key")
+                memcpy(kdata + i * 1028, kb.data, kb.len)
+                klens[i] = kb.len
+            err.code = VC_E_NONE
+            self.in_use = True
+            self.store.busy += 1
+            with nogil:
+                for i in range(n):
+                    rc = vc_txn_get(self.t, kdata + i * 1028, klens[i], &v, &vlen, &err)
+                    if rc < 0:
+                        failed_at = i
+                        break
+                    if rc == VC_NOTFOUND:
+                        offs[i] = -1
+                        continue
+                    offs[i] = <int64_t>out.len
+                    if vc_buf_reserve(&out, out.len + vlen + 8) < 0:
+                        rc = -2
+                        break
+                    memcpy(out.data + out.len, &vlen, 8)
+                    if vlen:
+                        memcpy(out.data + out.len + 8, v, vlen)
+                    out.len += vlen + 8
+            self.in_use = False
+            self.store.busy -= 1
+            if rc == -2:
+                raise MemoryError("out of memory in get_many")
+            if failed_at >= 0:
+                raise_error(&err)
+            result = [None] * n
+            for i in range(n):
+                if offs[i] >= 0:
+                    memcpy(&vlen, out.data + offs[i], 8)
+                    result[i] = PyBytes_FromStringAndSize(<const char*>out.data + offs[i] + 8, vlen)
+            return result
+        finally:
+            free(kdata)
+            free(klens)
+            free(offs)
+            vc_buf_free(&out)
+
+    def range(self, table, start=None, stop=None, *, reverse=False, prefix=None, keys_only=False):
+        """range(table, start=None, stop=None, *, reverse=False, prefix=None, keys_only=False)
+
+        Iterate (key, value) pairs (keys with keys_only=True) with start <= key < stop,
+        and key starting with prefix when given, in key order (descending with reverse).
+        """
+        cdef keybuf kb
+        cdef uint32_t tid
+        cdef bytes lo, hi, plo, phi
+        self.check()
+        tid = self.tid(table, False)
+        tprefix = (<uint32_t>tid).to_bytes(4, "big")
+        lo = tprefix
+        hi = (tid + 1).to_bytes(4, "big")
+        if start is not None:
+            make_key(&kb, tid, start, "start")
+            lo = PyBytes_FromStringAndSize(<char*>kb.data, kb.len)
+        if stop is not None:
+            make_key(&kb, tid, stop, "stop")
+            hi = PyBytes_FromStringAndSize(<char*>kb.data, kb.len)
+        if prefix is not None:
+            make_key(&kb, tid, prefix, "prefix")
+            plo = PyBytes_FromStringAndSize(<char*>kb.data, kb.len)
+            phi = prefix_end(plo)
+            if plo > lo:
+                lo = plo
+            if phi is not None and phi < hi:
+                hi = phi
+        cdef RangeIterator it = RangeIterator.__new__(RangeIterator)
+        it.setup(self, lo, hi, bool(reverse), bool(keys_only), 4)
+        return it
+
+    def count(self, table):
+        """count(table) -> int: the number of keys in the table."""
+        cdef uint32_t tid
+        cdef vc_iter* it
+        cdef unsigned char lo[4]
+        cdef unsigned char hi[4]
+        cdef vc_err err
+        cdef int rc
+        cdef uint64_t n = 0
+        self.check()
+        tid = self.tid(table, False)
+        put_tid(lo, tid)
+        put_tid(hi, tid + 1)
+        it = <vc_iter*>malloc(sizeof(vc_iter))
+        if it == NULL:
+            raise MemoryError()
+        err.code = VC_E_NONE
+        self.in_use = True
+        self.store.busy += 1
+        with nogil:
+            rc = vc_iter_init(it, self.t, lo, 4, hi, 4, False, &err)
+            while rc == 0:
+                rc = vc_iter_next(it, &err)
+                if rc == VC_OK:
+                    n += 1
+                    rc = 0
+            vc_iter_close(it)
+        self.in_use = False
+        self.store.busy -= 1
+        free(it)
+        if rc < 0:
+            raise_error(&err)
+        return n
+
+    # ---- writes
+
+    def put(self, table, key, value):
+        """put(table, key, value) -> None"""
+        cdef keybuf kb
+        cdef bytes v
+        cdef vc_err err
+        self.check_write()
+        make_key(&kb, self.tid(table, True), key, "key")
+        v = as_value(value)
+        err.code = VC_E_NONE
+        if vc_txn_write(self.t, kb.data, kb.len, <const unsigned char*>PyBytes_AS_STRING(v),
+                        <uint32_t>PyBytes_GET_SIZE(v), VC_PUT, &err) < 0:
+            raise_error(&err)
+
+    def delete(self, table, key):
+        """delete(table, key) -> bool: whether the key existed."""
+        cdef keybuf kb
+        cdef const unsigned char* v
+        cdef size_t vlen
+        cdef vc_err err
+        cdef int rc
+        self.check_write()
+        make_key(&kb, self.tid(table, True), key, "key")
+        err.code = VC_E_NONE
+        rc = vc_txn_get(self.t, kb.data, kb.len, &v, &vlen, &err)
+        if rc < 0:
+            raise_error(&err)
+        if vc_txn_write(self.t, kb.data, kb.len, NULL, 0, VC_DEL, &err) < 0:
+            raise_error(&err)
+        return rc == VC_OK
+
+    def put_many(self, table, items=None, **columns):
+        """put_many(table, items) -> None
+
+        items: a mapping, or an iterable of (key, value) pairs; a repeated key: last wins.
+        """
+        cdef uint32_t tid
+        cdef Py_ssize_t n, i
+        cdef keybuf kb
+        cdef unsigned char* kdata = NULL
+        cdef uint32_t* klens = NULL
+        cdef const unsigned char** vptrs = NULL
+        cdef uint32_t* vlens = NULL
+        cdef list values
+        cdef vc_err err
+        cdef int rc = 0
+        if columns:
+            raise TypeError(f"unexpected keyword arguments {sorted(columns)}; column arrays need a typed table")
+        self.check_write()
+        tid = self.tid(table, True)
+        if items is None:
+            raise TypeError("put_many() needs items: a mapping or an iterable of (key, value) pairs")
+        if hasattr(items, "items") and callable(items.items):
+            items = items.items()
+        pairs = list(items)
+        n = len(pairs)
+        values = [None] * n
+        kdata = <unsigned char*>malloc(<size_t>(n if n else 1) * 1028)
+        klens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        vptrs = <const unsigned char**>malloc(<size_t>(n if n else 1) * sizeof(void*))
+        vlens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        try:
+            if kdata == NULL or klens == NULL or vptrs == NULL or vlens == NULL:
+                raise MemoryError()
+            for i in range(n):
+                pair = pairs[i]
+                if not isinstance(pair, tuple) or len(<tuple>pair) != 2:
+                    try:
+                        k, val = pair
+                    except (TypeError, ValueError):
+                        raise TypeError(f"put_many items must be (key, value) pairs, got "
+                                        f"{type(pair).__name__}") from None
+                else:
+                    k, val = <tuple>pair
+                make_key(&kb, tid, k, "key")
+                memcpy(kdata + i * 1028, kb.data, kb.len)
+                klens[i] = kb.len
+                v = as_value(val)
+                values[i] = v
+                vptrs[i] = <const unsigned char*>PyBytes_AS_STRING(v)
+                vlens[i] = <uint32_t>PyBytes_GET_SIZE(v)
+            err.code = VC_E_NONE
+            self.in_use = True
+            self.store.busy += 1
+            with nogil:
+                for i in range(n):
+                    rc = vc_txn_write(self.t, kdata + i * 1028, klens[i], vptrs[i], vlens[i], VC_PUT, &err)
+                    if rc < 0:
+                        break
+            self.in_use = False
+            self.store.busy -= 1
+            if rc < 0:
+                raise_error(&err)
+        finally:
+            free(kdata)
+            free(klens)
+            free(vptrs)
+            free(vlens)
+
+    def delete_many(self, table, keys):
+        """delete_many(table, keys) -> int: how many of the keys existed."""
+        cdef uint32_t tid
+        cdef Py_ssize_t n, i
+        cdef keybuf kb
+        cdef unsigned char* kdata = NULL
+        cdef uint32_t* klens = NULL
+        cdef const unsigned char* v
+        cdef size_t vlen
+        cdef vc_err err
+        cdef int rc = 0
+        cdef Py_ssize_t existed = 0
+        self.check_write()
+        tid = self.tid(table, True)
+        keys = list(keys)
+        n = len(keys)
+        kdata = <unsigned char*>malloc(<size_t>(n if n else 1) * 1028)
+        klens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        try:
+            if kdata == NULL or klens == NULL:
+                raise MemoryError()
+            for i in range(n):
+                make_key(&kb, tid, keys[i], "key")
+                memcpy(kdata + i * 1028, kb.data, kb.len)
+                klens[i] = kb.len
+            err.code = VC_E_NONE
+            self.in_use = True
+            self.store.busy += 1
+            with nogil:
+                for i in range(n):
+                    rc = vc_txn_get(self.t, kdata + i * 1028, klens[i], &v, &vlen, &err)
+                    if rc < 0:
+                        break
+                    if rc == VC_OK:
+                        existed += 1
+                    rc = vc_txn_write(self.t, kdata + i * 1028, klens[i], NULL, 0, VC_DEL, &err)
+                    if rc < 0:
+                        break
+            self.in_use = False
+            self.store.busy -= 1
+            if rc < 0:
+                raise_error(&err)
+            return existed
+        finally:
+            free(kdata)
+            free(klens)
+
+    # ---- end
+
+    def commit(self):
+        """commit() -> None
+
+        Make the transaction's writes durable (with sync="full") and visible.
+        ConflictError if another transaction committed a write to the same key first;
+        ClosedError if the transaction already ended.
+        """
+        cdef vc_err err
+        cdef int rc
+        self.check()
+        if self.is_snapshot:
+            self.abort()
+            return
+        err.code = VC_E_NONE
+        self.in_use = True
+        self.store.busy += 1
+        with nogil:
+            rc = vc_txn_commit(self.t, &err)
+        self.in_use = False
+        self.store.busy -= 1
+        self.ended = True
+        if rc < 0:
+            raise_error(&err)
+
+    def abort(self):
+        """abort() -> None: discard the transaction; nothing happens if it already ended."""
+        if self.ended:
+            return
+        if self.store.db == NULL or self.store.closing:
+            self.ended = True
+            self.t = NULL
+            return
+        if self.in_use:
+            raise Error("the transaction is in use by another thread")
+        vc_txn_abort(self.t)
+        self.ended = True
+
+
+cdef class Snapshot(Txn):
+    """A read-only transaction at a fixed point in time.  Use store.snapshot()."""
+    pass
+
+
+# ---------------------------------------------------------------- iterators
+
+cdef class RangeIterator:
+    """Iterates a key range in order; valid while its transaction is open."""
+
+    cdef vc_iter* it
+    cdef Txn txn
+    cdef bint keys_only
+    cdef bint owns_txn           # made by Table.range: ends its snapshot when exhausted
+    cdef bint finished
+    cdef int strip               # bytes of table id to cut from returned keys
+
+    def __cinit__(self):
+        self.it = NULL
+        self.finished = True
+
+    cdef int setup(self, Txn txn, bytes lo, bytes hi, bint reverse, bint keys_only, int strip) except -1:
+        cdef vc_err err
+        cdef int rc
+        self.txn = txn
+        self.keys_only = keys_only
+        self.strip = strip
+        self.it = <vc_iter*>malloc(sizeof(vc_iter))
+        if self.it == NULL:
+            raise MemoryError()
+        err.code = VC_E_NONE
+        rc = vc_iter_init(self.it, txn.t, <const unsigned char*>PyBytes_AS_STRING(lo),
+                          <uint32_t>PyBytes_GET_SIZE(lo), <const unsigned char*>PyBytes_AS_STRING(hi),
+                          <uint32_t>PyBytes_GET_SIZE(hi), reverse, &err)
+        self.finished = False
+        if rc < 0:
+            self.finish()
+            raise_error(&err)
+        return 0
+
+    cdef void finish(self):
+        if self.finished:
+            return
+        self.finished = True
+        if self.it != NULL and self.txn.store.db != NULL and not self.txn.store.closing:
+            vc_iter_close(self.it)
+        if self.owns_txn:
+            self.txn.abort()
+
+    def __dealloc__(self):
+        if self.it != NULL:
+            if not self.finished and self.txn is not None and self.txn.store is not None \
+                    and self.txn.store.db != NULL and not self.txn.store.closing:
+                vc_iter_close(self.it)
+            free(self.it)
+            self.it = NULL
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef vc_err err
+        cdef int rc
+        cdef vc_iter* it = self.it
+        if self.finished:
+            if self.txn is not None and (self.txn.ended or self.txn.store.db == NULL) and not self.owns_txn:
+                raise ClosedError("the iterator's transaction has ended")
+            raise StopIteration
+        if self.txn.ended or self.txn.store.db == NULL or self.txn.store.closing:
+            self.finished = True
+            raise ClosedError("the iterator's transaction has ended")
+        err.code = VC_E_NONE
+        rc = vc_iter_next(it, &err)
+        if rc == VC_NOTFOUND:
+            self.finish()
+            raise StopIteration
+        if rc < 0:
+            self.finish()
+            raise_error(&err)
+        key = PyBytes_FromStringAndSize(<const char*>it.cur + self.strip, it.curlen - self.strip)
+        if self.keys_only:
+            return key
+        return (key, PyBytes_FromStringAndSize(<const char*>it.value, it.vlen))
