@@ -1,0 +1,118 @@
+"""Helpers shared by several test modules (imported as a plain module)."""
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import threading
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# Generous upper bound for a child process: only a guard against a hung engine,
+# never a performance assertion.
+CHILD_TIMEOUT = 300
+
+
+def child_env():
+    env = dict(os.environ)
+    env.pop("PYTHONSTARTUP", None)
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash prints a C-level traceback to stderr
+    return env
+
+
+def run_python(code, *args, timeout=CHILD_TIMEOUT, cwd=None):
+    """Run `python -c code args...`; returns CompletedProcess (text mode)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, env=child_env(),
+    )
+
+
+def run_script(name, *args, timeout=CHILD_TIMEOUT, cwd=None):
+    """Run a helper script that lives in tests/."""
+    return subprocess.run(
+        [sys.executable, os.path.join(TESTS_DIR, name), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, env=child_env(),
+    )
+
+
+def run_cli(*args, timeout=CHILD_TIMEOUT, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "velocore", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, env=child_env(),
+    )
+
+
+def assert_no_signal(proc, what="child"):
+    """A negative return code means the child died from a signal (segfault, abort)."""
+    assert proc.returncode >= 0, (
+        f"{what} was killed by signal {-proc.returncode}\n"
+        f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+    )
+
+
+def value_for(key, size=None, salt=b""):
+    """Deterministic pseudo-random value for a key (reproducible in child processes)."""
+    seed = int.from_bytes(hashlib.blake2b(salt + key, digest_size=8).digest(), "little")
+    rnd = random.Random(seed)
+    if size is None:
+        size = rnd.randrange(0, 300)
+    return rnd.randbytes(size)
+
+
+def model_range(model, start=None, stop=None, prefix=None, reverse=False):
+    """Reference implementation of range() over a dict bytes -> bytes."""
+    keys = sorted(model)
+    out = []
+    for k in keys:
+        if start is not None and k < start:
+            continue
+        if stop is not None and k >= stop:
+            continue
+        if prefix is not None and not k.startswith(prefix):
+            continue
+        out.append((k, model[k]))
+    if reverse:
+        out.reverse()
+    return out
+
+
+def run_in_thread(fn, timeout=120):
+    """Run fn in a thread; fail if it does not finish (a deadlock guard only)."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            result["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    th.join(timeout)
+    if th.is_alive():
+        raise AssertionError(f"operation did not finish within {timeout}s (deadlock?)")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def file_digest_tree(root):
+    """{relative path: (size, sha256)} for every file under root."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            rel = os.path.relpath(p, root)
+            with open(p, "rb") as fh:
+                data = fh.read()
+            out[rel] = (len(data), hashlib.sha256(data).hexdigest())
+    return out
+
+
+def wal_segments(store_dir):
+    """Sorted absolute paths of the log segments of a store."""
+    d = os.path.join(store_dir, "wal")
+    if not os.path.isdir(d):
+        return []
+    return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".log"))

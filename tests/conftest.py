@@ -1,0 +1,64 @@
+"""Shared fixtures and hypothesis profiles for the velocore test suite.
+
+Profiles (env HYPOTHESIS_PROFILE):
+  ci        (default) quick: the whole stateful test stays well under a minute
+  thorough  many more examples and longer programs, for nightly / manual runs
+"""
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.filter_too_much],
+    print_blob=True,
+)
+settings.register_profile(
+    "thorough",
+    max_examples=600,
+    stateful_step_count=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.filter_too_much],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    """Path (str) of a not-yet-existing store directory."""
+    return str(tmp_path / "store.vc")
+
+
+@pytest.fixture
+def store(store_path):
+    """An open on-disk store (sync='full'), closed after the test."""
+    import velocore
+
+    s = velocore.open(store_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def mem_store():
+    import velocore
+
+    s = velocore.open()
+    try:
+        yield s
+    finally:
+        s.close()

@@ -1,0 +1,155 @@
+"""Child process for the crash tests (tests/test_crash.py).
+
+  crash_child.py write PATH SYNC SEED CKPT_EVERY NKEYS NEXT_IDS
+      NEXT_IDS is a comma-separated list, one first txn id per writer thread.
+      Each thread t commits txns i = NEXT_IDS[t], +1, ...; txn i writes the same id into
+      NKEYS shared keys b"T<t>-s<j>" and one per-txn key b"T<t>-txn<i>".  After commit()
+      returns it prints "t i" (flushed).  Every CKPT_EVERY commits (per thread 0) it calls
+      store.checkpoint().  It runs until killed.
+  crash_child.py commit-exit PATH SYNC NKEYS N
+      one thread, commits txns 1..N, then os._exit(0) without closing (needs recovery).
+  crash_child.py verify PATH NTHREADS NKEYS [ro]
+      opens the store (readonly with "ro"), checks every value, prints one JSON line.
+"""
+import json
+import os
+import random
+import sys
+import threading
+
+import velocore
+
+TABLE = "crash"
+SIZES = [0, 8, 100, 1000, 5000, 15000]
+
+
+def value(t, i, j):
+    """Deterministic value of key j (j == -1: the per-txn key) of txn i of thread t."""
+    rnd = random.Random((t * 1_000_003 + i) * 101 + j + 1)
+    return b"%d|" % i + rnd.randbytes(rnd.choice(SIZES))
+
+
+def shared_key(t, j):
+    return b"T%d-s%02d" % (t, j)
+
+
+def txn_key(t, i):
+    return b"T%d-txn%010d" % (t, i)
+
+
+def write_txn(store, table, t, i, nkeys):
+    with store.txn() as x:
+        for j in range(nkeys):
+            x.put(table, shared_key(t, j), value(t, i, j))
+            if j == nkeys // 2:
+                x.put(table, txn_key(t, i), value(t, i, -1))
+
+
+def mode_write(path, sync, seed, ckpt_every, nkeys, next_ids):
+    store = velocore.open(path, sync=sync, checkpoint_mb=1)
+    table = store.table(TABLE)
+    print("open", flush=True)
+    out_lock = threading.Lock()
+
+    def worker(t, first):
+        i = first
+        n = 0
+        while n < 1_000_000:
+            write_txn(store, table, t, i, nkeys)
+            with out_lock:
+                sys.stdout.write("%d %d\n" % (t, i))
+                sys.stdout.flush()
+            i += 1
+            n += 1
+            if t == 0 and n % ckpt_every == 0:
+                store.checkpoint()
+
+    ths = [threading.Thread(target=worker, args=(t, first))
+           for t, first in enumerate(next_ids)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+
+
+def mode_commit_exit(path, sync, nkeys, n):
+    store = velocore.open(path, sync=sync)
+    table = store.table(TABLE)
+    for i in range(1, n + 1):
+        write_txn(store, table, 0, i, nkeys)
+    sys.stdout.write("done\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def mode_verify(path, nthreads, nkeys, readonly):
+    out = {"threads": []}
+    try:
+        store = velocore.open(path, readonly=readonly)
+    except Exception as e:  # noqa: BLE001
+        print(json.dumps({"error": type(e).__name__, "msg": str(e)}))
+        return 3
+    try:
+        if TABLE not in store.tables():
+            out["threads"] = [{"X": 0, "ids": [], "partial": None, "bad": []}
+                              for _ in range(nthreads)]
+        else:
+            table = store.table(TABLE)
+            items = dict(table.items())
+            for t in range(nthreads):
+                shared = [items.get(shared_key(t, j)) for j in range(nkeys)]
+                bad = []
+                if all(v is None for v in shared):
+                    x, partial = 0, None
+                else:
+                    ids = set()
+                    for v in shared:
+                        ids.add(int(v.split(b"|", 1)[0]) if v is not None else None)
+                    partial = sorted(ids, key=str) if len(ids) != 1 else None
+                    x = max(i for i in ids if i is not None)
+                    for j, v in enumerate(shared):
+                        if v is not None and v != value(t, int(v.split(b"|", 1)[0]), j):
+                            bad.append(shared_key(t, j).decode())
+                prefix = b"T%d-txn" % t
+                ids = []
+                for k, v in items.items():
+                    if k.startswith(prefix):
+                        i = int(k[len(prefix):])
+                        ids.append(i)
+                        if v != value(t, i, -1):
+                            bad.append(k.decode())
+                out["threads"].append({"X": x, "ids": sorted(ids), "partial": partial,
+                                       "bad": bad})
+        chk = store.check()
+        out["check_ok"] = bool(chk["ok"])
+        out["errors"] = [str(e) for e in chk["errors"]][:20]
+    except Exception as e:  # noqa: BLE001
+        out = {"error": type(e).__name__, "msg": str(e)}
+        print(json.dumps(out))
+        return 3
+    finally:
+        store.close()
+    print(json.dumps(out))
+    return 0
+
+
+def main(argv):
+    mode = argv[1]
+    if mode == "write":
+        path, sync, seed, ckpt_every, nkeys, next_ids = argv[2:8]
+        mode_write(path, sync, int(seed), int(ckpt_every), int(nkeys),
+                   [int(x) for x in next_ids.split(",")])
+        return 0
+    if mode == "commit-exit":
+        path, sync, nkeys, n = argv[2:6]
+        mode_commit_exit(path, sync, int(nkeys), int(n))
+        return 0
+    if mode == "verify":
+        path, nthreads, nkeys = argv[2:5]
+        readonly = len(argv) > 5 and argv[5] == "ro"
+        return mode_verify(path, int(nthreads), int(nkeys), readonly)
+    raise SystemExit("unknown mode " + mode)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
