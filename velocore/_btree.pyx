@@ -574,6 +574,10 @@ cdef int write_leaf(mctx* m, size_t n, kidvec* out) noexcept nogil:
     cdef uint32_t pid, klen, first_klen, l, sep_len
     cdef const unsigned char* e
     cdef const unsigned char* first_key
+    size = (m.soff[n] if n < m.sn else m.sbuf_len) + 2 * n
+    if n == 0 or size > CAP:
+        return vc_fail(m.err, VC_E_CORRUPT, "internal error: %llu leaf bytes do not fit a page",
+                       <unsigned long long>size)
     memset(page, 0, VC_HDR_SIZE)
     h.type = VC_PAGE_LEAF
     h.count = <uint16_t>n
@@ -613,8 +617,6 @@ cdef int write_leaf(mctx* m, size_t n, kidvec* out) noexcept nogil:
             m.soff[i - n] = <uint32_t>(m.soff[i] - size)
     else:
         m.sbuf_len = 0
-    for i in range(n):
-        rest_bytes += 0
     m.sn -= n
     m.sbytes = m.sbuf_len + 2 * m.sn
     return 0
@@ -638,24 +640,24 @@ cdef int stream_emit_full(mctx* m, kidvec* out) noexcept nogil:
 
 
 cdef int stream_flush(mctx* m, kidvec* out) noexcept nogil:
-    """Write every waiting entry: one page, or two balanced pages."""
-    cdef size_t n, used, size
+    """Write every waiting entry into pages: the last two balanced, none over capacity."""
+    cdef size_t n, used, size, target
+    while m.sbytes > CAP:
+        target = m.sbytes // 2 if m.sbytes <= 2 * CAP else CAP
+        n = 0
+        used = 0
+        while n < m.sn:
+            size = (m.soff[n + 1] if n + 1 < m.sn else m.sbuf_len) - m.soff[n] + 2
+            if used + size > CAP or used >= target:
+                break
+            used += size
+            n += 1
+        if n == 0:
+            n = 1
+        if write_leaf(m, n, out) < 0:
+            return -1
     if m.sn == 0:
         return 0
-    if m.sbytes <= CAP:
-        return write_leaf(m, m.sn, out)
-    n = 0
-    used = 0
-    while n < m.sn:
-        size = (m.soff[n + 1] if n + 1 < m.sn else m.sbuf_len) - m.soff[n] + 2
-        if used + size > CAP or used >= m.sbytes // 2:
-            break
-        used += size
-        n += 1
-    if n == 0:
-        n = 1
-    if write_leaf(m, n, out) < 0:
-        return -1
     return write_leaf(m, m.sn, out)
 
 

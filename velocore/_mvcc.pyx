@@ -30,6 +30,15 @@ from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append, vc_wal_sync_to, 
                             vc_wal_rotate, vc_wal_remove_before, vc_wal_close, VC_SYNC_FULL,
                             VC_SYNC_OFF)
 
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR:
+        pass
+    struct dirent:
+        char d_name[256]
+    DIR* opendir(const char* name)
+    dirent* readdir(DIR* d)
+    int closedir(DIR* d)
+
 cdef extern from "<sys/file.h>" nogil:
     int flock(int fd, int operation)
     enum:
@@ -347,14 +356,17 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     db.last_ts = meta.checkpoint_ts
     db.checkpoint_ts = meta.checkpoint_ts
     if path != NULL:
-        if meta.checkpoint_seq > 1:
-            # the meta names the first log segment it needs; a checkpoint creates it first
-            snprintf(seg_path, sizeof(seg_path), "%s/wal/%08llu.log", path,
-                     <unsigned long long>meta.log_start_seg)
-            if c_stat(seg_path, &st) < 0:
-                return vc_fail(err, VC_E_CORRUPT,
-                               "%s: log segment %s named by the checkpoint (meta slot %u) is missing",
-                               db.pager.path, seg_path, meta.hdr.page_id)
+        # The meta names the first log segment it needs (a checkpoint creates it before
+        # flipping the meta).  If it is gone while the log has moved past it, the newest
+        # meta slot was damaged and an older one was chosen: commits would be lost.
+        snprintf(seg_path, sizeof(seg_path), "%s/wal/%08llu.log", path,
+                 <unsigned long long>meta.log_start_seg)
+        if c_stat(seg_path, &st) < 0 and (meta.checkpoint_seq > 1 or
+                                          wal_has_segment_after(path, meta.log_start_seg)):
+            return vc_fail(err, VC_E_CORRUPT,
+                           "%s: meta slot %u names log segment %08llu, which is missing: the newer "
+                           "meta slot is damaged or the log was removed", db.pager.path,
+                           meta.hdr.page_id, <unsigned long long>meta.log_start_seg)
         if vc_wal_open(&db.wal, path, sync_mode, readonly, meta.log_start_seg, meta.checkpoint_ts,
                        replay_record, db, &last_ts, err) < 0:
             return -1
@@ -362,6 +374,33 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
         db.last_ts = last_ts
     db.visible_ts = db.last_ts
     return 0
+
+
+cdef bint wal_has_segment_after(const char* path, uint64_t seg) noexcept nogil:
+    cdef char dir_path[4200]
+    cdef DIR* d
+    cdef dirent* e
+    cdef uint64_t n
+    cdef int i
+    cdef bint found = False
+    snprintf(dir_path, sizeof(dir_path), "%s/wal", path)
+    d = opendir(dir_path)
+    if d == NULL:
+        return False
+    while True:
+        e = readdir(d)
+        if e == NULL:
+            break
+        n = 0
+        i = 0
+        while i < 8 and e.d_name[i] >= 48 and e.d_name[i] <= 57:
+            n = n * 10 + <uint64_t>(e.d_name[i] - 48)
+            i += 1
+        if i == 8 and memcmp(e.d_name + 8, b".log", 5) == 0 and n > seg:
+            found = True
+            break
+    closedir(d)
+    return found
 
 
 cdef void vc_db_close(vc_db* db) noexcept nogil:

@@ -1,6 +1,7 @@
 # The facade: Python objects that check arguments, call the nogil core, and turn its
 # status codes into exceptions (raise_error is the one place that happens).
 import os
+import random
 import time
 
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE,
@@ -268,6 +269,7 @@ cdef class Store:
         them afterwards raises ClosedError.  Closing twice does nothing.
         """
         cdef vc_db* db
+        cdef vc_err err
         if self.db == NULL:
             return
         self.closing = True
@@ -275,7 +277,12 @@ cdef class Store:
             time.sleep(0.0005)
         db = self.db
         self.db = NULL
+        err.code = VC_E_NONE
         with nogil:
+            if not db.readonly and db.wal != NULL:
+                # fold the log into the data file so the next open has little to replay;
+                # if this fails the log still holds every commit
+                vc_db_checkpoint(db, False, &err)
             vc_db_close(db)
 
     def txn(self):
@@ -316,6 +323,8 @@ cdef class Store:
                 t.abort()
                 if attempt + 1 == attempts:
                     raise
+                # randomized exponential backoff: lets the winner's commit become visible
+                time.sleep(random.uniform(0, min(0.02, 0.0002 * (2 ** attempt))))
             except BaseException:
                 t.abort()
                 raise
