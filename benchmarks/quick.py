@@ -250,8 +250,8 @@ def main(argv=None):
 
     print("# velocore quick benchmark")
     print()
-    print("- command: `python benchmarks/quick.py %s`" % " ".join(
-        argv if argv is not None else sys.argv[1:]))
+    print("- command: `%s`" % " ".join(
+        ["python", "benchmarks/quick.py"] + list(argv if argv is not None else sys.argv[1:])))
     print("- velocore %s (simd %s), sqlite3 %s, Python %s" % (
         velocore_version(), velocore.simd_level(),
         sqlite3.sqlite_version, platform.python_version()))

@@ -62,7 +62,10 @@ def _format_value(key, value):
     if isinstance(value, int) and _is_byte_count(key) and value >= 1024:
         return "%d (%s)" % (value, _human_bytes(value))
     if isinstance(value, float):
-        return "%.6g" % value
+        if key.lower().endswith("_time") and value > 1e9:  # seconds since the epoch
+            return "%s (%.3f)" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)),
+                                  value)
+        return ("%.6g" % value) if abs(value) < 1e6 else ("%.3f" % value)
     if isinstance(value, (bytes, bytearray)):
         return repr(bytes(value))
     if isinstance(value, (list, tuple, set, frozenset)):
