@@ -612,12 +612,14 @@ cdef bint conflicts(vc_db* db, vc_txn* t) noexcept nogil:
     cdef vc_version* head
     while w != NULL:
         m = db.mems
-        while m != NULL and m.max_ts > t.snapshot_ts:
-            n = sl_find_eq(m, w.key, w.klen)
-            if n != NULL:
-                head = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
-                if head != NULL and head.commit_ts > t.snapshot_ts:
-                    return True
+        while m != NULL:
+            # an empty memtable (max_ts 0) may sit in front of older ones: skip, don't stop
+            if m.max_ts > t.snapshot_ts:
+                n = sl_find_eq(m, w.key, w.klen)
+                if n != NULL:
+                    head = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
+                    if head != NULL and head.commit_ts > t.snapshot_ts:
+                        return True
             m = m.older
         w = sl_next(w, 0)
     return False
