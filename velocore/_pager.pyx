@@ -4,7 +4,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset, memcpy, memcmp, strlen
 from libc.stdio cimport snprintf
 from libc.errno cimport errno, EINTR
-from posix.unistd cimport pread, pwrite, close, fdatasync
+from posix.unistd cimport pread, pwrite, close, fdatasync, fsync
 from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, fstat
 from posix.stdlib cimport posix_memalign
@@ -150,7 +150,7 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
     cdef struct_stat st
     cdef unsigned char buf0[VC_PAGE_SIZE]
     cdef unsigned char buf1[VC_PAGE_SIZE]
-    cdef int ok0, ok1, n0, n1
+    cdef int ok0, ok1, n0, n1, dfd, rc
     cdef uint32_t i
     cdef void* mem = NULL
     if p == NULL:
@@ -189,6 +189,14 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
         else:
             if write_initial_metas(p, meta, err) < 0:
                 return -1
+            # make the new file's directory entry durable too
+            dfd = c_open(store_dir, O_RDONLY)
+            if dfd < 0 or fsync(dfd) < 0:
+                rc = errno
+                if dfd >= 0:
+                    close(dfd)
+                return vc_fail_errno(err, VC_E_IO, rc, "fsync of directory %s", store_dir)
+            close(dfd)
             p.page_count = 2
             p.meta_seq = 1
     else:
