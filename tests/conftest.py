@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "ci",
-    max_examples=100,
-    stateful_step_count=50,
+    max_examples=300,
+    stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much],
@@ -21,8 +21,8 @@ settings.register_profile(
 )
 settings.register_profile(
     "thorough",
-    max_examples=600,
-    stateful_step_count=120,
+    max_examples=3000,
+    stateful_step_count=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much],

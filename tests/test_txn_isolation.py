@@ -488,3 +488,60 @@ def test_threads_increment_through_retry_stress(store):
     for th in ths:
         th.join()
     assert int(t[b"n"]) == 8 * 500
+
+
+@pytest.mark.parametrize("first", ["put", "delete"])
+@pytest.mark.parametrize("second", ["put", "delete"])
+def test_conflict_detected_across_checkpoint(store, first, second):
+    """A checkpoint between the first commit and the second txn's write must not make
+    the engine forget that the key changed after the second txn began (lost update)."""
+    t = store.table("t")
+    t[b"k"] = b"orig"
+    x = store.txn()
+    assert x.get(t, b"k") == b"orig"
+    if first == "put":
+        t[b"k"] = b"first"
+    else:
+        del t[b"k"]
+    store.checkpoint()
+    assert x.get(t, b"k") == b"orig"  # still its snapshot
+    ok = commit_or_conflict(
+        x, lambda txn: txn.put(t, b"k", b"second") if second == "put" else txn.delete(t, b"k"))
+    assert ok is False, "second committer was not rejected after a checkpoint"
+    assert t.get(b"k") == (b"first" if first == "put" else None)
+
+
+def test_increments_with_concurrent_checkpoints(store):
+    """Read-modify-write through retry while another thread checkpoints continuously:
+    no increment may be lost."""
+    t = store.table("c")
+    t[b"n"] = b"0"
+    stop = threading.Event()
+    errors = []
+
+    def ckpt():
+        try:
+            while not stop.is_set():
+                store.checkpoint()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    def worker():
+        try:
+            for _ in range(150):
+                store.retry(lambda x: x.put(t, b"n", b"%d" % (int(x.get(t, b"n")) + 1)),
+                            attempts=100_000)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    c = threading.Thread(target=ckpt)
+    ws = [threading.Thread(target=worker) for _ in range(3)]
+    c.start()
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join(300)
+    stop.set()
+    c.join(60)
+    assert errors == []
+    assert int(t[b"n"]) == 3 * 150
