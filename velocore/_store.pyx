@@ -747,6 +747,7 @@ cdef class Txn:
         cdef int rc
         self.check()
         make_key(&kb, self.tid(table, False), key, "key")
+        self.check()
         err.code = VC_E_NONE
         rc = vc_txn_get(self.t, kb.data, kb.len, &v, &vlen, &err)
         if rc == VC_NOTFOUND:
@@ -785,6 +786,7 @@ cdef class Txn:
                 memcpy(kdata + i * 1028, kb.data, kb.len)
                 klens[i] = kb.len
             err.code = VC_E_NONE
+            self.check()               # the loops above ran Python code
             self.in_use = True
             self.store.busy += 1
             with nogil:
@@ -871,6 +873,11 @@ cdef class Txn:
         if it == NULL:
             raise MemoryError()
         err.code = VC_E_NONE
+        try:
+            self.check()
+        except BaseException:
+            free(it)
+            raise
         self.in_use = True
         self.store.busy += 1
         with nogil:
@@ -898,6 +905,7 @@ cdef class Txn:
         self.check_write()
         make_key(&kb, self.tid(table, True), key, "key")
         v = as_value(value)
+        self.check_write()
         err.code = VC_E_NONE
         if vc_txn_write(self.t, kb.data, kb.len, <const unsigned char*>PyBytes_AS_STRING(v),
                         <uint32_t>PyBytes_GET_SIZE(v), VC_PUT, &err) < 0:
@@ -912,6 +920,7 @@ cdef class Txn:
         cdef int rc
         self.check_write()
         make_key(&kb, self.tid(table, True), key, "key")
+        self.check_write()
         err.code = VC_E_NONE
         rc = vc_txn_get(self.t, kb.data, kb.len, &v, &vlen, &err)
         if rc < 0:
@@ -971,6 +980,7 @@ cdef class Txn:
                 vptrs[i] = <const unsigned char*>PyBytes_AS_STRING(v)
                 vlens[i] = <uint32_t>PyBytes_GET_SIZE(v)
             err.code = VC_E_NONE
+            self.check()               # the loops above ran Python code
             self.in_use = True
             self.store.busy += 1
             with nogil:
@@ -1014,6 +1024,7 @@ cdef class Txn:
                 memcpy(kdata + i * 1028, kb.data, kb.len)
                 klens[i] = kb.len
             err.code = VC_E_NONE
+            self.check()               # the loops above ran Python code
             self.in_use = True
             self.store.busy += 1
             with nogil:
