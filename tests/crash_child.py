@@ -10,6 +10,7 @@
       one thread, commits txns 1..N, then os._exit(0) without closing (needs recovery).
   crash_child.py verify PATH NTHREADS NKEYS [ro]
       opens the store (readonly with "ro"), checks every value, prints one JSON line.
+  Env VC_CRASH_BIG=1 makes values much larger (long checkpoints); use it for both modes.
 """
 import json
 import os
@@ -21,12 +22,14 @@ import velocore
 
 TABLE = "crash"
 SIZES = [0, 8, 100, 1000, 5000, 15000]
+BIG_SIZES = [0, 100, 5000, 60_000, 250_000]
+BIG = os.environ.get("VC_CRASH_BIG") == "1"
 
 
 def value(t, i, j):
     """Deterministic value of key j (j == -1: the per-txn key) of txn i of thread t."""
     rnd = random.Random((t * 1_000_003 + i) * 101 + j + 1)
-    return b"%d|" % i + rnd.randbytes(rnd.choice(SIZES))
+    return b"%d|" % i + rnd.randbytes(rnd.choice(BIG_SIZES if BIG else SIZES))
 
 
 def shared_key(t, j):

@@ -1,6 +1,7 @@
 """Every rule of SPEC §1, §3, §4 and §5a about bad input, misuse and ended objects."""
 import array
 import gc
+import json
 import os
 import sys
 
@@ -569,11 +570,69 @@ def test_lock_released_when_owner_killed(store_path):
         assert s.table("t")[b"k"] == b"v"
 
 
-def test_gc_of_unclosed_store_releases_nothing_wrong(store_path):
+def test_unclosed_store_released_by_gc(store_path):
+    """A Store dropped without close() releases its lock; committed data is kept."""
     s = velocore.open(store_path)
     s.table("t").put(b"k", b"v")
-    s.close()
     del s
     gc.collect()
     with velocore.open(store_path) as s2:
         assert s2.table("t")[b"k"] == b"v"
+
+
+TEMP_OBJECTS = r"""
+import json, sys, velocore
+s = velocore.open(sys.argv[1])
+t = s.table("t")
+with s.txn() as x:
+    x.put_many(t, [(b"%04d" % i, b"v%d" % i) for i in range(2000)])
+out = {}
+try:
+    out["snap_range"] = len(list(s.snapshot().range(t)))
+except velocore.ClosedError:
+    out["snap_range"] = "closed"
+try:
+    it = s.txn().range(t, keys_only=True)
+    import gc; gc.collect()
+    out["txn_range"] = len(list(it))
+except velocore.ClosedError:
+    out["txn_range"] = "closed"
+x = s.txn()
+x.put(t, b"tmp", b"1")
+it = x.range(t)
+del x
+import gc; gc.collect()
+try:
+    out["orphan_iter"] = len(list(it))
+except velocore.ClosedError:
+    out["orphan_iter"] = "closed"
+del it
+gc.collect()
+s.close()
+s = velocore.open(sys.argv[1])
+out["tmp_committed"] = s.table("t").get(b"tmp") is not None
+s.close()
+print(json.dumps(out))
+"""
+
+
+def test_temporary_txn_and_iterator_objects(tmp_path):
+    """list(store.snapshot().range(t)) and friends: correct data or ClosedError, never a
+    crash; an unreferenced transaction never commits."""
+    p = run_python(TEMP_OBJECTS, str(tmp_path / "s"))
+    assert_no_signal(p)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["snap_range"] in (2000, "closed"), out
+    assert out["txn_range"] in (2000, "closed"), out
+    assert out["orphan_iter"] in (2001, "closed"), out
+    assert out["tmp_committed"] is False, out
+
+
+def test_open_accepts_pathlike(tmp_path):
+    p = tmp_path / "pl"
+    with velocore.open(p) as s:
+        s.table("t").put(b"k", b"v")
+        assert os.path.abspath(str(s.path)) == os.path.abspath(str(p))
+    with velocore.open(str(p), readonly=True) as s:
+        assert s.table("t")[b"k"] == b"v"

@@ -304,8 +304,16 @@ def test_truncated_last_log_record_random_offsets(log_store, tmp_path):
         shutil.copytree(path, dst)
         cut = rng.randrange(start, end)
         os.truncate(seg_path(dst, name), cut)
+        before = {f: os.path.getsize(os.path.join(dst, "wal", f))
+                  for f in os.listdir(os.path.join(dst, "wal"))}
+        data_before = open(data_file(dst), "rb").read()
         res = child_json("log-verify", dst, LOG_K, "ro")
         assert res["error"] is None and res["X"] == LOG_K - 1 and res["whole"], (cut, res)
+        # a read-only open recovers in memory and leaves the files untouched
+        after = {f: os.path.getsize(os.path.join(dst, "wal", f))
+                 for f in os.listdir(os.path.join(dst, "wal"))}
+        assert after == before
+        assert open(data_file(dst), "rb").read() == data_before
 
 
 def test_log_cut_in_the_middle_keeps_prefix(log_copy):

@@ -28,9 +28,16 @@ from _helpers import (CHILD_TIMEOUT, TESTS_DIR, assert_no_signal, child_env,
 CHILD = os.path.join(TESTS_DIR, "crash_child.py")
 
 
-def verify(path, nthreads, nkeys, readonly=False):
+def _env(big):
+    env = child_env()
+    env["VC_CRASH_BIG"] = "1" if big else "0"
+    return env
+
+
+def verify(path, nthreads, nkeys, readonly=False, big=False):
     args = ["verify", path, nthreads, nkeys] + (["ro"] if readonly else [])
-    p = run_script("crash_child.py", *args)
+    p = subprocess.run([sys.executable, CHILD, *map(str, args)], capture_output=True,
+                       text=True, timeout=CHILD_TIMEOUT, env=_env(big))
     assert_no_signal(p, "verify child")
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"verify printed nothing\nstdout={p.stdout}\nstderr={p.stderr[-4000:]}"
@@ -40,14 +47,14 @@ def verify(path, nthreads, nkeys, readonly=False):
     return res
 
 
-def run_writer_and_kill(path, sync, rng, next_ids, nkeys, ckpt_every):
+def run_writer_and_kill(path, sync, rng, next_ids, nkeys, ckpt_every, big=False):
     """Start a writer, SIGKILL it at a random moment; return {thread: max acked id}."""
     seed = rng.randrange(2**31)
     errf = tempfile.TemporaryFile()
     p = subprocess.Popen(
         [sys.executable, CHILD, "write", path, sync, str(seed), str(ckpt_every), str(nkeys),
          ",".join(map(str, next_ids))],
-        stdout=subprocess.PIPE, stderr=errf, env=child_env(), bufsize=0,
+        stdout=subprocess.PIPE, stderr=errf, env=_env(big), bufsize=0,
     )
     acked = {}
     lines = []
@@ -98,7 +105,7 @@ def run_writer_and_kill(path, sync, rng, next_ids, nkeys, ckpt_every):
     return acked
 
 
-def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None):
+def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None, big=False):
     seed = random.randrange(2**31) if seed is None else seed
     rng = random.Random(seed)
     last_x = [0] * nthreads
@@ -106,9 +113,9 @@ def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None):
     for rnd in range(rounds):
         ckpt_every = rng.choice([2, 5, 20])
         acked = run_writer_and_kill(path, sync, rng, [x + 1 for x in last_x], nkeys,
-                                    ckpt_every)
+                                    ckpt_every, big)
         total_acked += len(acked)
-        res = verify(path, nthreads, nkeys)
+        res = verify(path, nthreads, nkeys, big=big)
         ctx = f"seed={seed} round={rnd} sync={sync} acked={acked} last_x={last_x}"
         assert res["check_ok"], f"{ctx}: check() failed: {res['errors']}"
         for t in range(nthreads):
@@ -129,7 +136,7 @@ def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None):
 
 
 def test_crash_full_sync(tmp_path):
-    last = crash_rounds(str(tmp_path / "s"), "full", rounds=8)
+    last = crash_rounds(str(tmp_path / "s"), "full", rounds=12)
     # sanity: the test really committed things
     assert last[0] > 0
 
@@ -141,7 +148,14 @@ def test_crash_full_sync_threads(tmp_path):
 
 
 def test_crash_normal_sync(tmp_path):
-    last = crash_rounds(str(tmp_path / "s"), "normal", rounds=6)
+    last = crash_rounds(str(tmp_path / "s"), "normal", rounds=10)
+    assert last[0] > 0
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_crash_big_values_long_checkpoints(tmp_path, sync):
+    """Values up to 250 KB: checkpoints write many pages, so kills land inside them."""
+    last = crash_rounds(str(tmp_path / "s"), sync, rounds=8, nkeys=4, big=True)
     assert last[0] > 0
 
 
@@ -149,6 +163,12 @@ def test_crash_normal_sync(tmp_path):
 @pytest.mark.parametrize("sync", ["full", "normal"])
 def test_crash_many_rounds(tmp_path, sync):
     crash_rounds(str(tmp_path / "s"), sync, rounds=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_crash_many_rounds_big(tmp_path, sync):
+    crash_rounds(str(tmp_path / "s"), sync, rounds=50, nkeys=4, big=True)
 
 
 @pytest.mark.slow
