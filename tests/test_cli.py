@@ -116,3 +116,71 @@ def test_console_script(tmp_path):
     make_store(path, 10)
     p = subprocess.run([exe, "check", path], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------- README-documented details
+
+def test_info_json(tmp_path):
+    import json
+
+    path = str(tmp_path / "s")
+    make_store(path)
+    p = run_cli("info", path, "--json")
+    assert_no_signal(p)
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert os.path.abspath(info["path"]) == os.path.abspath(path)
+    assert info["simd"] == velocore.simd_level()
+    assert info["wal_mode"] in ("file", "pmem")
+
+
+def test_check_json(tmp_path):
+    import json
+
+    path = str(tmp_path / "s")
+    make_store(path)
+    p = run_cli("check", path, "--json")
+    assert_no_signal(p)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["ok"] is True and res["errors"] == []
+
+
+def test_check_exit_codes_per_readme(tmp_path):
+    """README: check exits 0 healthy, 1 damaged, 2 missing or locked."""
+    path = str(tmp_path / "s")
+    make_store(path, 3000)
+    p = run_cli("check", str(tmp_path / "missing"))
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    s = velocore.open(path)
+    try:
+        p = run_cli("check", path)
+        assert p.returncode == 2, (p.returncode, p.stderr)
+        assert "Traceback" not in p.stderr
+        p = run_cli("info", path)
+        assert p.returncode == 2, (p.returncode, p.stderr)
+        assert "Traceback" not in p.stderr
+    finally:
+        s.close()
+    fname = os.path.join(path, "data.vc")
+    with open(fname, "r+b") as f:
+        size = os.path.getsize(fname)
+        for page in range(2, size // 4096):
+            f.seek(page * 4096 + 700)
+            b = f.read(1)
+            f.seek(page * 4096 + 700)
+            f.write(bytes([b[0] ^ 0x01]))
+    p = run_cli("check", path)
+    assert_no_signal(p)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+
+
+def test_store_attributes(tmp_path):
+    path = str(tmp_path / "s")
+    with velocore.open(path, sync="normal") as s:
+        assert s.readonly is False
+        assert s.sync == "normal"
+        assert s.wal_mode == "file"
+    with velocore.open(path, readonly=True) as s:
+        assert s.readonly is True

@@ -49,6 +49,27 @@ values = st.one_of(
 tables = st.sampled_from(TABLES)
 
 
+class TxnState:
+    def __init__(self, obj, base):
+        self.obj = obj
+        self.base = base                        # committed state when it began
+        self.writes = {n: {} for n in TABLES}   # key -> value, None = deleted
+        self.changed = set()     # (table, key) definitely committed by others since begin
+        self.ambiguous = set()   # (table, key) "deleted" by others while absent
+        self.must_conflict = False
+        self.may_conflict = False
+        self.dead = False        # a put/delete raised ConflictError
+
+    def view(self, name):
+        view = dict(self.base[name])
+        for k, v in self.writes[name].items():
+            if v is None:
+                view.pop(k, None)
+            else:
+                view[k] = v
+        return view
+
+
 class StoreMachine(RuleBasedStateMachine):
     IN_MEMORY = False
 
@@ -63,7 +84,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = self._open()
         self.committed = {n: {} for n in TABLES}
         self._fetch_tables()
-        self.txn = None
+        self.txns = [None, None]   # TxnState or None
         self.snaps = []   # [snapshot, frozen model]
         self.iters = []   # [iterator, expected remaining list, snapshot]
 
@@ -79,20 +100,6 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _t(self, name, by_name):
         return name if by_name else self.tobj[name]
-
-    def _view(self, name):
-        view = dict(self.txn_base[name])
-        for k, v in self.txn_writes[name].items():
-            if v is None:
-                view.pop(k, None)
-            else:
-                view[k] = v
-        return view
-
-    def _end_txn(self):
-        self.txn = None
-        self.txn_base = None
-        self.txn_writes = None
 
     @staticmethod
     def _assert_iter_closed(entry):
@@ -113,122 +120,179 @@ class StoreMachine(RuleBasedStateMachine):
                 shutil.rmtree(self.dir, ignore_errors=True)
 
     # ------------------------------------------------------------ transactions
+    #
+    # Two read-write transaction slots may be open at once.  Conflict expectations:
+    #   * a key committed by someone else after the txn began ("changed") and then written
+    #     by the txn: ConflictError at that put/delete or at commit (must_conflict);
+    #   * a key the other open txn has written but not committed: the engine may detect
+    #     the conflict early at this put/delete; otherwise whoever commits first wins;
+    #   * deleting a key that did not exist is a write of unspecified conflict behaviour
+    #     ("ambiguous"): a later writer of that key may or may not conflict.
 
-    @precondition(lambda self: self.txn is None)
-    @rule()
-    def begin(self):
-        self.txn = self.store.txn()
-        self.txn_base = copy.deepcopy(self.committed)
-        self.txn_writes = {n: {} for n in TABLES}
-        self.txn_changed_since = set()   # (table, key) committed by others after begin
-        self.txn_must_conflict = False
-        self.txn_dead = False            # a put/delete raised ConflictError
+    def _slot(self, slot):
+        ts = self.txns[slot]
+        return ts if ts is not None and not ts.dead else None
 
-    def _txn_write(self, name, key, value, by_name):
-        expect_conflict = (name, key) in self.txn_changed_since
+    @rule(slot=st.integers(0, 1))
+    def begin(self, slot):
+        if self.txns[slot] is not None:
+            return
+        self.txns[slot] = TxnState(self.store.txn(), copy.deepcopy(self.committed))
+
+    def _txn_write(self, ts, name, key, value, by_name):
+        expect = (name, key) in ts.changed
+        ambiguous = (name, key) in ts.ambiguous
+        other_holds = any(o is not None and o is not ts and key in o.writes[name]
+                          for o in self.txns)
         try:
             if value is None:
-                existed = self.txn.delete(self._t(name, by_name), key)
+                existed = ts.obj.delete(self._t(name, by_name), key)
             else:
-                self.txn.put(self._t(name, by_name), key, value)
+                ts.obj.put(self._t(name, by_name), key, value)
         except velocore.ConflictError:
-            assert expect_conflict, "ConflictError without a write-write conflict"
-            self.txn_dead = True
+            assert expect or ambiguous or other_holds, \
+                "ConflictError without a write-write conflict"
+            ts.dead = True
             return
-        if expect_conflict:
-            self.txn_must_conflict = True
+        if expect:
+            ts.must_conflict = True
+        elif ambiguous:
+            ts.may_conflict = True
         elif value is None:
-            assert existed == (key in self._view(name))
-        self.txn_writes[name][key] = value
+            assert existed == (key in ts.view(name))
+        ts.writes[name][key] = value
 
-    @precondition(lambda self: self.txn is not None and not self.txn_dead)
-    @rule(name=tables, key=keys, value=values, by_name=st.booleans())
-    def txn_put(self, name, key, value, by_name):
-        self._txn_write(name, key, value, by_name)
+    @rule(slot=st.integers(0, 1), name=tables, key=keys, value=values, by_name=st.booleans())
+    def txn_put(self, slot, name, key, value, by_name):
+        ts = self._slot(slot)
+        if ts is not None:
+            self._txn_write(ts, name, key, value, by_name)
 
-    @precondition(lambda self: self.txn is not None and not self.txn_dead)
-    @rule(name=tables, key=keys, by_name=st.booleans())
-    def txn_delete(self, name, key, by_name):
-        self._txn_write(name, key, None, by_name)
+    @rule(slot=st.integers(0, 1), name=tables, key=keys, by_name=st.booleans())
+    def txn_delete(self, slot, name, key, by_name):
+        ts = self._slot(slot)
+        if ts is not None:
+            self._txn_write(ts, name, key, None, by_name)
 
-    @precondition(lambda self: self.txn is not None and not self.txn_dead)
-    @rule(name=tables, items=st.lists(st.tuples(keys, values), max_size=6))
-    def txn_put_many(self, name, items):
-        if any((name, k) in self.txn_changed_since for k, _ in items):
-            return  # conflict timing inside a batch is not modelled
-        self.txn.put_many(self.tobj[name], items)
-        for k, v in items:
-            self.txn_writes[name][k] = v
-
-    @precondition(lambda self: self.txn is not None and not self.txn_dead)
-    @rule(name=tables, ks=st.lists(keys, max_size=5))
-    def txn_delete_many(self, name, ks):
-        if any((name, k) in self.txn_changed_since for k in ks):
-            return
-        self.txn.delete_many(self.tobj[name], ks)
+    def _batch_is_plain(self, ts, name, ks):
         for k in ks:
-            self.txn_writes[name][k] = None
+            if (name, k) in ts.changed or (name, k) in ts.ambiguous:
+                return False
+            if any(o is not None and o is not ts and k in o.writes[name] for o in self.txns):
+                return False
+        return True
 
-    @precondition(lambda self: self.txn is not None and not self.txn_dead)
-    @rule(name=tables, key=keys, by_name=st.booleans())
-    def txn_get(self, name, key, by_name):
-        assert self.txn.get(self._t(name, by_name), key) == self._view(name).get(key)
+    @rule(slot=st.integers(0, 1), name=tables, items=st.lists(st.tuples(keys, values),
+                                                              max_size=6))
+    def txn_put_many(self, slot, name, items):
+        ts = self._slot(slot)
+        if ts is None or not self._batch_is_plain(ts, name, [k for k, _ in items]):
+            return  # conflict timing inside a batch is not modelled
+        ts.obj.put_many(self.tobj[name], items)
+        for k, v in items:
+            ts.writes[name][k] = v
 
-    @precondition(lambda self: self.txn is not None and not self.txn_dead)
-    @rule(name=tables, ks=st.lists(keys, max_size=5))
-    def txn_get_many(self, name, ks):
-        view = self._view(name)
-        assert self.txn.get_many(self.tobj[name], ks) == [view.get(k) for k in ks]
+    @rule(slot=st.integers(0, 1), name=tables, ks=st.lists(keys, max_size=5))
+    def txn_delete_many(self, slot, name, ks):
+        ts = self._slot(slot)
+        if ts is None or not self._batch_is_plain(ts, name, ks):
+            return
+        ts.obj.delete_many(self.tobj[name], ks)
+        for k in ks:
+            ts.writes[name][k] = None
 
-    @precondition(lambda self: self.txn is not None and not self.txn_dead)
-    @rule(name=tables, start=bounds, stop=bounds, prefix=prefixes, reverse=st.booleans(),
-          keys_only=st.booleans())
-    def txn_range(self, name, start, stop, prefix, reverse, keys_only):
-        exp = model_range(self._view(name), start, stop, prefix, reverse)
-        got = list(self.txn.range(self.tobj[name], start, stop, reverse=reverse,
-                                  prefix=prefix, keys_only=keys_only))
+    @rule(slot=st.integers(0, 1), name=tables, key=keys, by_name=st.booleans())
+    def txn_get(self, slot, name, key, by_name):
+        ts = self._slot(slot)
+        if ts is not None:
+            assert ts.obj.get(self._t(name, by_name), key) == ts.view(name).get(key)
+
+    @rule(slot=st.integers(0, 1), name=tables, ks=st.lists(keys, max_size=5))
+    def txn_get_many(self, slot, name, ks):
+        ts = self._slot(slot)
+        if ts is not None:
+            view = ts.view(name)
+            assert ts.obj.get_many(self.tobj[name], ks) == [view.get(k) for k in ks]
+
+    @rule(slot=st.integers(0, 1), name=tables, start=bounds, stop=bounds, prefix=prefixes,
+          reverse=st.booleans(), keys_only=st.booleans())
+    def txn_range(self, slot, name, start, stop, prefix, reverse, keys_only):
+        ts = self._slot(slot)
+        if ts is None:
+            return
+        exp = model_range(ts.view(name), start, stop, prefix, reverse)
+        got = list(ts.obj.range(self.tobj[name], start, stop, reverse=reverse,
+                                prefix=prefix, keys_only=keys_only))
         assert got == ([k for k, _ in exp] if keys_only else exp)
 
-    @precondition(lambda self: self.txn is not None)
-    @rule()
-    def commit(self):
-        if self.txn_dead:
-            with pytest.raises((velocore.ConflictError, velocore.ClosedError)):
-                self.txn.commit()
-            self.txn.abort()
-        elif self.txn_must_conflict:
-            with pytest.raises(velocore.ConflictError):
-                self.txn.commit()
-            self.txn.abort()
-        else:
-            self.txn.commit()
-            for name, writes in self.txn_writes.items():
-                for k, v in writes.items():
-                    if v is None:
-                        self.committed[name].pop(k, None)
+    def _apply_commit(self, ts):
+        for name, writes in ts.writes.items():
+            for k, v in writes.items():
+                definite = v is not None or k in self.committed[name]
+                for o in self.txns:
+                    if o is None or o is ts:
+                        continue
+                    if definite:
+                        o.changed.add((name, k))
+                        if k in o.writes[name]:
+                            o.must_conflict = True
                     else:
-                        self.committed[name][k] = v
-        with pytest.raises(velocore.ClosedError):
-            self.txn.commit()
-        self._end_txn()
+                        o.ambiguous.add((name, k))
+                        if k in o.writes[name]:
+                            o.may_conflict = True
+                if v is None:
+                    self.committed[name].pop(k, None)
+                else:
+                    self.committed[name][k] = v
 
-    @precondition(lambda self: self.txn is not None)
-    @rule()
-    def abort(self):
-        self.txn.abort()
-        self.txn.abort()  # no-op
+    @rule(slot=st.integers(0, 1))
+    def commit(self, slot):
+        ts = self.txns[slot]
+        if ts is None:
+            return
+        if ts.dead:
+            with pytest.raises((velocore.ConflictError, velocore.ClosedError)):
+                ts.obj.commit()
+            ts.obj.abort()
+        elif ts.must_conflict:
+            with pytest.raises(velocore.ConflictError):
+                ts.obj.commit()
+            ts.obj.abort()
+        else:
+            try:
+                ts.obj.commit()
+            except velocore.ConflictError:
+                assert ts.may_conflict, "unexpected ConflictError at commit"
+                ts.obj.abort()
+            else:
+                self._apply_commit(ts)
         with pytest.raises(velocore.ClosedError):
-            self.txn.get(self.tobj["alpha"], b"a")
-        self._end_txn()
+            ts.obj.commit()
+        self.txns[slot] = None
+
+    @rule(slot=st.integers(0, 1))
+    def abort(self, slot):
+        ts = self.txns[slot]
+        if ts is None:
+            return
+        ts.obj.abort()
+        ts.obj.abort()  # no-op
+        with pytest.raises(velocore.ClosedError):
+            ts.obj.get(self.tobj["alpha"], b"a")
+        self.txns[slot] = None
 
     # ------------------------------------------------------------ autocommit
 
     def _note_autocommit(self, name, key):
-        if self.txn is not None:
-            self.txn_changed_since.add((name, key))
+        for ts in self.txns:
+            if ts is not None:
+                ts.changed.add((name, key))
 
     def _txn_touches(self, name, key):
-        return self.txn is not None and key in self.txn_writes[name]
+        return any(ts is not None and key in ts.writes[name] for ts in self.txns)
+
+    def _any_txn(self):
+        return any(ts is not None for ts in self.txns)
 
     @rule(name=tables, key=keys, value=values, how=st.sampled_from(["put", "setitem"]))
     def auto_put(self, name, key, value, how):
@@ -247,7 +311,7 @@ class StoreMachine(RuleBasedStateMachine):
         if self._txn_touches(name, key):
             return
         exists = key in self.committed[name]
-        if self.txn is not None and not exists:
+        if self._any_txn() and not exists:
             return  # is deleting a missing key a "write"? not specified; skip
         t = self.tobj[name]
         if how == "delete":
@@ -339,21 +403,21 @@ class StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: not self.IN_MEMORY)
     @rule()
     def reopen(self):
-        old_txn = self.txn
+        old_txns = [ts for ts in self.txns if ts is not None]
         old_snaps = self.snaps
         old_iters = self.iters
         self.store.close()
-        if old_txn is not None:
+        for ts in old_txns:
             with pytest.raises(velocore.ClosedError):
-                old_txn.get(self.tobj["alpha"], b"a")
+                ts.obj.get(self.tobj["alpha"], b"a")
             with pytest.raises(velocore.ClosedError):
-                old_txn.commit()
+                ts.obj.commit()
         for snap, _ in old_snaps:
             with pytest.raises(velocore.ClosedError):
                 snap.get(self.tobj["alpha"], b"a")
         for entry in old_iters:
             self._assert_iter_closed(entry)
-        self._end_txn()
+        self.txns = [None, None]
         self.snaps = []
         self.iters = []
         self.store = self._open()
@@ -362,7 +426,6 @@ class StoreMachine(RuleBasedStateMachine):
         for name in TABLES:
             assert list(self.tobj[name].items()) == sorted(self.committed[name].items())
 
-    @precondition(lambda self: self.txn is None)
     @rule()
     def check_store(self):
         res = self.store.check()
