@@ -10,6 +10,10 @@
       one thread, commits txns 1..N, then os._exit(0) without closing (needs recovery).
   crash_child.py verify PATH NTHREADS NKEYS [ro]
       opens the store (readonly with "ro"), checks every value, prints one JSON line.
+  crash_child.py tables PATH SYNC FIRST
+      loop i = FIRST...: create table t<i>, put b"k", drop t<i-3>; prints "0 i".
+  crash_child.py verify-tables PATH
+      prints {"tables": {name: value of b"k"}, "check_ok": ...}.
   Env VC_CRASH_BIG=1 makes values much larger (long checkpoints); use it for both modes.
 """
 import json
@@ -85,6 +89,40 @@ def mode_commit_exit(path, sync, nkeys, n):
     os._exit(0)
 
 
+def mode_tables(path, sync, first):
+    """Loop: create table t<i>, put into it, drop t<i-3>; print i after all three."""
+    store = velocore.open(path, sync=sync, checkpoint_mb=1)
+    print("open", flush=True)
+    i = first
+    while i < first + 1_000_000:
+        t = store.table("t%d" % i)
+        t.put(b"k", b"%d" % i + b"." * (i % 5000))
+        if i - 3 >= 1 and "t%d" % (i - 3) in store.tables():
+            store.drop_table("t%d" % (i - 3))
+        sys.stdout.write("0 %d\n" % i)
+        sys.stdout.flush()
+        if i % 7 == 0:
+            store.checkpoint()
+        i += 1
+
+
+def mode_verify_tables(path):
+    try:
+        store = velocore.open(path)
+    except Exception as e:  # noqa: BLE001
+        print(json.dumps({"error": type(e).__name__, "msg": str(e)}))
+        return 3
+    try:
+        out = {"tables": {}}
+        for name in store.tables():
+            out["tables"][name] = (store.table(name).get(b"k") or b"").decode()
+        out["check_ok"] = bool(store.check()["ok"])
+    finally:
+        store.close()
+    print(json.dumps(out))
+    return 0
+
+
 def mode_verify(path, nthreads, nkeys, readonly):
     out = {"threads": []}
     try:
@@ -147,6 +185,11 @@ def main(argv):
         path, sync, nkeys, n = argv[2:6]
         mode_commit_exit(path, sync, int(nkeys), int(n))
         return 0
+    if mode == "tables":
+        mode_tables(argv[2], argv[3], int(argv[4]))
+        return 0
+    if mode == "verify-tables":
+        return mode_verify_tables(argv[2])
     if mode == "verify":
         path, nthreads, nkeys = argv[2:5]
         readonly = len(argv) > 5 and argv[5] == "ro"

@@ -87,7 +87,16 @@ def run_list_append(store, *, n_txns, threads=8, n_slots=12, epoch_len=1500, see
                 ok = False
                 try:
                     for f, k, e in plan:
-                        cur = decode(t.get(tbl, k))
+                        how = rnd.random()      # read through each read path
+                        if how < 0.6:
+                            raw = t.get(tbl, k)
+                        elif how < 0.8:
+                            raw = t.get_many(tbl, [k, k + b"~"])[0]
+                        else:
+                            found = list(t.range(tbl, k, k + b"\x00"))
+                            assert len(found) <= 1 and all(kk == k for kk, _v in found), found
+                            raw = found[0][1] if found else None
+                        cur = decode(raw)
                         ops.append(("r", k, cur))
                         if f == "append":
                             ops.append(("append", k, e))
@@ -131,14 +140,14 @@ def read_final(store, keys):
 
 CONFIGS = {
     # id: (sync or None for memory, transactions, checkpoint every N commits)
-    "memory": (None, 12_000, None),
-    "disk-normal": ("normal", 8_000, 300),
-    "disk-full": ("full", 2_500, None),
+    "memory": (None, 50_000, None),
+    "disk-normal": ("normal", 50_000, 300),
+    "disk-full": ("full", 12_000, None),
 }
 SLOW_CONFIGS = {
-    "memory": (None, 100_000, None),
-    "disk-normal": ("normal", 100_000, 400),
-    "disk-full": ("full", 20_000, None),
+    "memory": (None, 150_000, None),
+    "disk-normal": ("normal", 120_000, 400),
+    "disk-full": ("full", 40_000, None),
 }
 
 
@@ -357,7 +366,9 @@ def simulate(n_txns, *, n_keys=6, concurrency=6, seed=0, bug=None):
         return ()
 
     def new_txn():
-        plan = [(rnd.choice("ra"), "k%d" % rnd.randrange(n_keys)) for _ in range(rnd.randint(1, 4))]
+        epoch = len(history) // 1000       # fresh keys now and then: lists stay short
+        plan = [(rnd.choice("ra"), "e%d-k%d" % (epoch, rnd.randrange(n_keys)))
+                for _ in range(rnd.randint(1, 4))]
         return {"id": next(ids), "start": ts, "plan": plan, "pos": 0, "ops": [], "writes": {}}
 
     while len(history) < n_txns:
