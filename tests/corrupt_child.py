@@ -7,6 +7,8 @@ interpreter, which the parent detects as a negative return code).
       a checkpointed, cleanly closed store with a known dataset (incl. overflow values).
   corrupt_child.py verify PATH [ro]
       reads everything back and compares with the known dataset, then store.check().
+  corrupt_child.py write-verify PATH
+      writes into the store, checkpoints, reopens and verifies (data + updates).
   corrupt_child.py log-build PATH K
       base data + checkpoint, then K single commits (sync=full); prints where each commit's
       log record landed ({"records": [[segment_name, start, end], ...]}), then os._exit(0)
@@ -89,6 +91,57 @@ def mode_verify(path, readonly):
         out["check_ok"] = bool(chk["ok"])
         out["check_errors"] = [str(e) for e in chk["errors"]][:10]
         out["stage"] = "done"
+    except velocore.CorruptionError as e:
+        out["exc"] = "CorruptionError"
+        out["msg"] = str(e)
+    except Exception as e:  # noqa: BLE001
+        out["exc"] = type(e).__name__
+        out["msg"] = str(e)
+    finally:
+        if s is not None:
+            try:
+                s.close()
+            except Exception as e:  # noqa: BLE001
+                out["close_exc"] = "%s: %s" % (type(e).__name__, e)
+    print(json.dumps(out))
+
+
+def mode_write_verify(path):
+    """Write into a (maybe damaged) store, checkpoint, reopen, verify.  A damaged page
+    must surface as CorruptionError somewhere; a checkpoint must never fold damage into
+    new pages with valid checksums (silent loss)."""
+    out = {"phase": "open", "exc": None, "msg": None, "wrong": []}
+    exp = expected_data()
+    updates = {b"key%06d" % i: b"W%d" % i for i in range(0, N_KEYS, 50)}
+    updates[b"new-key"] = b"inserted"
+    s = None
+    try:
+        s = velocore.open(path)
+        out["phase"] = "write"
+        t = s.table("data")
+        with s.txn() as x:
+            x.put_many(t, sorted(updates.items()))
+        out["phase"] = "checkpoint"
+        s.checkpoint()
+        out["phase"] = "close"
+        s.close()
+        s = None
+        out["phase"] = "reopen"
+        s = velocore.open(path)
+        out["phase"] = "read"
+        want = dict(exp["data"])
+        want.update(updates)
+        got = dict(s.table("data").items())
+        if got != want:
+            missing = [k for k in want if k not in got][:5]
+            bad = [k for k in want if k in got and got[k] != want[k]][:5]
+            extra = [k for k in got if k not in want][:5]
+            out["wrong"].append("data: missing %r bad %r extra %r" % (missing, bad, extra))
+        if dict(s.table("other").items()) != exp["other"]:
+            out["wrong"].append("other table differs")
+        out["phase"] = "check"
+        out["check_ok"] = bool(s.check()["ok"])
+        out["phase"] = "done"
     except velocore.CorruptionError as e:
         out["exc"] = "CorruptionError"
         out["msg"] = str(e)
@@ -215,6 +268,8 @@ def main(argv):
         mode_build(argv[2])
     elif mode == "verify":
         mode_verify(argv[2], ro)
+    elif mode == "write-verify":
+        mode_write_verify(argv[2])
     elif mode == "log-build":
         mode_log_build(argv[2], int(argv[3]))
     elif mode == "log-verify":

@@ -15,6 +15,7 @@
   crash_child.py verify-tables PATH
       prints {"tables": {name: value of b"k"}, "check_ok": ...}.
   Env VC_CRASH_BIG=1 makes values much larger (long checkpoints); use it for both modes.
+  Env VC_CRASH_PIN=1 makes the writer keep an old snapshot open across checkpoints.
 """
 import json
 import os
@@ -58,10 +59,19 @@ def mode_write(path, sync, seed, ckpt_every, nkeys, next_ids):
     print("open", flush=True)
     out_lock = threading.Lock()
 
+    pin = os.environ.get("VC_CRASH_PIN") == "1"
+
     def worker(t, first):
         i = first
         n = 0
+        snap = None
         while n < 1_000_000:
+            if pin and t == 0 and n % 40 == 0:
+                # an old snapshot pins pages while checkpoints run
+                if snap is not None:
+                    snap.abort()
+                snap = store.snapshot()
+                snap.get(table, shared_key(0, 0))
             write_txn(store, table, t, i, nkeys)
             with out_lock:
                 sys.stdout.write("%d %d\n" % (t, i))

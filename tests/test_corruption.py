@@ -122,6 +122,36 @@ def test_flip_random_bytes_many(built_store, tmp_path):
     assert detected >= 75, f"seed={seed}: only {detected}/150 flips were detected"
 
 
+def _write_after_flip_trials(built_store, tmp_path, n, seed):
+    rng = random.Random(seed)
+    npages = os.path.getsize(data_file(built_store)) // PAGE
+    for trial in range(n):
+        dst = str(tmp_path / ("w%d" % trial))
+        shutil.copytree(built_store, dst)
+        page = rng.randrange(2, npages)
+        off = rng.randrange(PAGE)
+        xor_byte(data_file(dst), page * PAGE + off, 1 << rng.randrange(8))
+        res = child_json("write-verify", dst)
+        what = f"seed={seed} page={page}/{npages} offset={off}: {res}"
+        assert res["exc"] in (None, "CorruptionError"), what
+        if res["exc"] is None:
+            assert res["wrong"] == [], "DAMAGE FOLDED INTO THE STORE SILENTLY: " + what
+        else:
+            assert "data.vc" in res["msg"], what
+        shutil.rmtree(dst)
+
+
+def test_write_and_checkpoint_over_damaged_page(built_store, tmp_path):
+    """Writes + checkpoint on a store with one damaged page: CorruptionError, or (unused
+    page) everything exactly right after reopen -- never silently lost or wrong data."""
+    _write_after_flip_trials(built_store, tmp_path, 8, random.randrange(2**31))
+
+
+@pytest.mark.slow
+def test_write_and_checkpoint_over_damaged_page_many(built_store, tmp_path):
+    _write_after_flip_trials(built_store, tmp_path, 120, random.randrange(2**31))
+
+
 def test_flip_every_data_page(store_copy):
     """All tree pages damaged: reading the data cannot succeed; it must raise."""
     fname = data_file(store_copy)
@@ -146,6 +176,34 @@ def test_flip_meta_pages(store_copy, offsets):
     if len(offsets) == 2:
         assert res["exc"] == "CorruptionError" and res["stage"] == "open", res
         assert detected
+
+
+def test_flip_newest_meta_never_falls_back_to_stale_state(tmp_path):
+    """Two checkpoints with different contents; damaging either meta slot must not make
+    the store silently come back with the older checkpoint's state."""
+    import corrupt_child
+
+    exp = corrupt_child.expected_data()
+    src = str(tmp_path / "src")
+    items = sorted(exp["data"].items())
+    with velocore.open(src) as s:
+        t = s.table("data")
+        with s.txn() as x:
+            x.put_many(t, items[: len(items) // 2])
+        s.checkpoint()
+        with s.txn() as x:
+            x.put_many(t, items[len(items) // 2:])
+        o = s.table("other")
+        with s.txn() as x:
+            x.put_many(o, exp["other"])
+        s.checkpoint()
+    for meta in (0, 1):
+        dst = str(tmp_path / ("m%d" % meta))
+        shutil.copytree(src, dst)
+        for off in (8, 20, 33):
+            xor_byte(data_file(dst), meta * PAGE + off, 0x44)
+        res = child_json("verify", dst)
+        assert_safe_outcome(res, f"meta page {meta} damaged")
 
 
 def test_torn_page(built_store, tmp_path):

@@ -28,9 +28,10 @@ from _helpers import (CHILD_TIMEOUT, TESTS_DIR, assert_no_signal, child_env,
 CHILD = os.path.join(TESTS_DIR, "crash_child.py")
 
 
-def _env(big):
+def _env(big, pin=False):
     env = child_env()
     env["VC_CRASH_BIG"] = "1" if big else "0"
+    env["VC_CRASH_PIN"] = "1" if pin else "0"
     return env
 
 
@@ -47,7 +48,8 @@ def verify(path, nthreads, nkeys, readonly=False, big=False):
     return res
 
 
-def run_writer_and_kill(path, sync, rng, next_ids, nkeys, ckpt_every, big=False, argv=None):
+def run_writer_and_kill(path, sync, rng, next_ids, nkeys, ckpt_every, big=False, argv=None,
+                        pin=False):
     """Start a writer, SIGKILL it at a random moment; return {thread: max acked id}."""
     seed = rng.randrange(2**31)
     errf = tempfile.TemporaryFile()
@@ -56,7 +58,7 @@ def run_writer_and_kill(path, sync, rng, next_ids, nkeys, ckpt_every, big=False,
                 ",".join(map(str, next_ids))]
     p = subprocess.Popen(
         [sys.executable, CHILD, *argv],
-        stdout=subprocess.PIPE, stderr=errf, env=_env(big), bufsize=0,
+        stdout=subprocess.PIPE, stderr=errf, env=_env(big, pin), bufsize=0,
     )
     acked = {}
     lines = []
@@ -107,7 +109,7 @@ def run_writer_and_kill(path, sync, rng, next_ids, nkeys, ckpt_every, big=False,
     return acked
 
 
-def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None, big=False):
+def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None, big=False, pin=False):
     seed = random.randrange(2**31) if seed is None else seed
     rng = random.Random(seed)
     last_x = [0] * nthreads
@@ -115,7 +117,7 @@ def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None, big=False):
     for rnd in range(rounds):
         ckpt_every = rng.choice([2, 5, 20])
         acked = run_writer_and_kill(path, sync, rng, [x + 1 for x in last_x], nkeys,
-                                    ckpt_every, big)
+                                    ckpt_every, big, pin=pin)
         total_acked += len(acked)
         res = verify(path, nthreads, nkeys, big=big)
         ctx = f"seed={seed} round={rnd} sync={sync} acked={acked} last_x={last_x}"
@@ -158,6 +160,12 @@ def test_crash_normal_sync(tmp_path):
 def test_crash_big_values_long_checkpoints(tmp_path, sync):
     """Values up to 250 KB: checkpoints write many pages, so kills land inside them."""
     last = crash_rounds(str(tmp_path / "s"), sync, rounds=8, nkeys=4, big=True)
+    assert last[0] > 0
+
+
+def test_crash_with_pinned_snapshot(tmp_path):
+    """The writer keeps an old snapshot open while checkpoints run (pages pinned)."""
+    last = crash_rounds(str(tmp_path / "s"), "full", rounds=8, nkeys=4, big=True, pin=True)
     assert last[0] > 0
 
 
