@@ -496,3 +496,35 @@ def test_retry_basic(store):
 
     assert store.retry(fn) == 42
     assert t[b"k"] == b"v"
+
+
+def test_get_many_duplicates_and_order(store):
+    t = store.table("t")
+    t[b"a"] = b"1"
+    t[b"b"] = b"2"
+    with store.snapshot() as s:
+        assert s.get_many(t, [b"b", b"a", b"b", b"zz", b"a"]) == [b"2", b"1", b"2", None, b"1"]
+
+
+def test_put_many_generator_raising_aborts_block(store):
+    t = store.table("t")
+
+    def gen():
+        yield (b"a", b"1")
+        yield (b"b", b"2")
+        raise RuntimeError("source failed")
+
+    with pytest.raises(RuntimeError):
+        with store.txn() as x:
+            x.put_many(t, gen())
+    assert len(t) == 0
+
+
+def test_put_many_bad_items(store):
+    t = store.table("t")
+    with store.txn() as x:
+        for bad in ([(b"a",)], [(b"a", b"1", b"2")], [b"ab"], [None]):
+            with pytest.raises((TypeError, ValueError)):
+                x.put_many(t, bad)
+        x.abort()
+    assert len(t) == 0

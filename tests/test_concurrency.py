@@ -302,3 +302,45 @@ def test_conflicting_writers_threads_exactly_one_wins(store):
     winner = results.index("won")
     assert t[b"owner"] == b"%d" % winner
     assert [k for k in t.keys() if k.startswith(b"by")] == [b"by%d" % winner]
+
+
+SHARED_TXN = r"""
+import sys, threading, velocore
+s = velocore.open(sys.argv[1], sync="off")
+t = s.table("t")
+x = s.txn()
+errors = []
+
+def hammer(w):
+    try:
+        for i in range(3000):
+            k = b"%d-%d" % (w, i % 97)
+            x.put(t, k, b"v" * (i % 300))
+            x.get(t, k)
+            if i % 50 == 0:
+                sum(1 for _ in x.range(t))
+            if i % 7 == 0:
+                x.delete(t, k)
+    except (velocore.Error, RuntimeError) as e:
+        errors.append(type(e).__name__)
+
+ths = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
+for th in ths: th.start()
+for th in ths: th.join()
+try:
+    x.commit()
+except velocore.Error as e:
+    errors.append(type(e).__name__)
+s.close()
+with velocore.open(sys.argv[1]) as s2:
+    assert s2.check()["ok"]
+print("ok", sorted(set(errors)))
+"""
+
+
+def test_one_txn_shared_by_threads_never_crashes(tmp_path):
+    """Not a supported pattern, but it must not crash the interpreter or damage the store."""
+    p = run_python(SHARED_TXN, str(tmp_path / "s"))
+    assert_no_signal(p)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.startswith("ok"), p.stdout
