@@ -4,6 +4,7 @@
 #ifndef VC_ATOMIC_H
 #define VC_ATOMIC_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Publishing a pointer (skip-list link, version-chain head): the object's fields are
@@ -33,5 +34,38 @@ static inline int32_t vc_add_i32(int32_t *p, int32_t v) { return __atomic_add_fe
 static inline int32_t vc_load_i32(const int32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline int vc_load_int_relaxed(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void vc_store_int_relaxed(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
+/* Lock-free skip-list links and version-chain heads: a CAS publishes a new node or
+ * version, so it must be RELEASE on success (its fields are written before) and ACQUIRE
+ * on failure (the caller re-reads the new head and follows it). */
+static inline int vc_cas_ptr(void **p, void *expected, void *desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* Arena bump allocation: only the returned range matters, nothing is published by it. */
+static inline size_t vc_fetch_add_size(size_t *p, size_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+
+/* Freeze handshake between writers and the checkpointer (Dekker style): a writer
+ * increments `inflight` then reads `frozen`; the checkpointer sets `frozen` then reads
+ * `inflight`.  Both sides need SEQ_CST so neither read can pass the other's write. */
+static inline int vc_add_int_sc(int *p, int v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
+static inline int vc_load_int_sc(const int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline void vc_store_int_sc(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+
+/* Raise *p to at least v with RELAXED order: statistics and bounds only. */
+static inline void vc_max_u64_relaxed(uint64_t *p, uint64_t v)
+{
+    uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
+static inline int vc_cas_int(int *p, int expected, int desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t vc_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
 #endif

@@ -18,6 +18,9 @@
 #define VC_NOTFOUND  1
 #define VC_FAIL     (-1)
 
+/* commit_ts of a version whose transaction ended without committing it */
+#define VC_TS_ABORTED UINT64_MAX
+
 /* vc_err.code values: which exception the facade raises */
 #define VC_E_NONE      0
 #define VC_E_IO        1   /* OSError: a system call failed (errno kept)        */

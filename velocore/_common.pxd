@@ -17,6 +17,7 @@ cdef extern from "vc_common.h" nogil:
         VC_E_CLOSED
         VC_E_INVALID
         VC_E_NOFILE
+    const uint64_t VC_TS_ABORTED
 
     ctypedef struct vc_err:
         int code            # one of VC_E_*; VC_E_NONE while nothing failed
@@ -40,6 +41,17 @@ cdef extern from "vc_atomic.h" nogil:
     uint64_t vc_add_u64_relaxed(uint64_t* p, uint64_t v)
     int vc_load_int_relaxed(const int* p)
     void vc_store_int_relaxed(int* p, int v)
+    bint vc_cas_ptr(void** p, void* expected, void* desired)
+    size_t vc_fetch_add_size(size_t* p, size_t v)
+    int vc_add_int_sc(int* p, int v)
+    int vc_load_int_sc(const int* p)
+    void vc_store_int_sc(int* p, int v)
+    void vc_max_u64_relaxed(uint64_t* p, uint64_t v)
+    uint64_t vc_fetch_add_u64(uint64_t* p, uint64_t v)
+    bint vc_cas_int(int* p, int expected, int desired)
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
@@ -59,6 +71,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_destroy(pthread_cond_t*)
     int pthread_cond_wait(pthread_cond_t*, pthread_mutex_t*)
     int pthread_cond_broadcast(pthread_cond_t*)
+    int pthread_cond_signal(pthread_cond_t*)
 
 # Growable array of page ids (free lists, checkpoint bookkeeping).
 cdef struct vc_u32vec:

@@ -5,7 +5,7 @@
 # the catalog: b"N" + name -> table id, b"C" -> next table id, b"D" + id -> drop marker
 # (consumed by the next checkpoint, which removes the dropped table's key range).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from velocore._common cimport vc_err, vc_buf, pthread_mutex_t
+from velocore._common cimport vc_err, vc_buf, pthread_mutex_t, pthread_cond_t
 from velocore._pager cimport vc_pager
 from velocore._btree cimport vc_cursor
 from velocore._wal cimport vc_wal
@@ -19,21 +19,31 @@ cdef enum:
     VC_TXN_ENDED = 1
     VC_CATALOG_DROP = 0x44  # 'D'
 
+cdef enum:
+    VC_TS_PENDING = 0       # commit_ts of a version whose transaction has not committed
+
 cdef struct vc_arena_chunk:
     vc_arena_chunk* next    # older chunk
     size_t size             # usable bytes after the header
     size_t used
 
 cdef struct vc_arena:
-    vc_arena_chunk* head    # chunk being filled; freed all at once
+    vc_arena_chunk* head    # chunk being filled (atomic); freed all at once
     size_t bytes            # total bytes obtained from malloc
+    pthread_mutex_t lock    # taken only to add a chunk (shared memtables)
 
 cdef struct vc_version:
-    uint64_t commit_ts      # 0 in a write set; never changes once published
+    uint64_t commit_ts      # VC_TS_PENDING until its txn commits, then the commit ts;
+                            # VC_TS_ABORTED if its txn ended without it (atomic)
+    uint64_t owner          # id of the writing transaction (0: recovered from the log)
     vc_version* older       # next older version (immutable after publication)
     const unsigned char* value   # arena copy; NULL for VC_DEL / VC_CHECK
+    vc_version* shared      # write set only: the pending version installed in a memtable
+    vc_memtable* shared_mem # write set only: the memtable holding `shared`
     uint32_t vlen
     uint8_t kind            # VC_PUT / VC_DEL / VC_CHECK
+
+cdef struct vc_memtable
 
 cdef struct vc_node:
     vc_version* versions    # newest first; published with a release store
@@ -53,6 +63,10 @@ cdef struct vc_memtable:
     uint64_t nversions      # versions installed
     uint64_t retired_version  # tree version that folded it in; 0 while live
     vc_memtable* older      # the store's list of live memtables, newest first
+    int inflight            # writers installing right now (freeze handshake, seq_cst)
+    int frozen              # set by a checkpoint: no new installs (seq_cst)
+    uint64_t frozen_ts      # the freezing checkpoint's ts (written before `frozen`)
+    bint shared             # written by many threads (concurrent inserts, locked arena)
 
 cdef struct vc_view:        # what a transaction reads besides its own writes
     uint32_t root           # checkpointed tree
@@ -65,6 +79,7 @@ cdef struct vc_db
 
 cdef struct vc_txn:
     vc_db* db
+    uint64_t id             # owner id stamped on its pending versions
     uint64_t snapshot_ts    # sees commits with commit_ts <= this
     vc_view view            # pinned at begin
     vc_memtable* ws         # private write set, NULL until the first write
@@ -86,7 +101,10 @@ cdef struct vc_db:
     int failed              # sticky: a flush or checkpoint failed; writes refused
     char failed_msg[480]
     uint64_t last_ts        # last commit_ts handed out (commit_lock)
-    uint64_t visible_ts     # newest commit a new snapshot sees (atomic)
+    uint64_t visible_ts     # newest commit a new snapshot sees; advances in commit order
+    uint64_t next_txn_id    # atomic counter of transaction ids
+    pthread_mutex_t vis_lock    # ordered advance of visible_ts
+    pthread_cond_t vis_cond
     vc_view view            # current view (reg_lock)
     vc_memtable* mems       # live memtables, newest first (commit_lock + reg_lock to unlink)
     uint64_t next_gen

@@ -17,7 +17,11 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                VC_E_CONFLICT, VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID,
                                VC_E_NOFILE, VC_E_NONE,
                                vc_load_ptr, vc_store_ptr, vc_load_u64, vc_store_u64, vc_max_u64,
-                               vc_load_int_relaxed, vc_store_int_relaxed,
+                               vc_load_int_relaxed, vc_store_int_relaxed, vc_cas_ptr,
+                               vc_fetch_add_size, vc_add_int_sc, vc_load_int_sc, vc_store_int_sc,
+                               vc_max_u64_relaxed, vc_fetch_add_u64, vc_cas_int, sched_yield,
+                               VC_TS_ABORTED, pthread_cond_init, pthread_cond_destroy,
+                               pthread_cond_wait, pthread_cond_broadcast,
                                pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
                                pthread_mutex_trylock, pthread_mutex_unlock)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta,
@@ -62,29 +66,62 @@ cdef enum:
 
 # ---------------------------------------------------------------- arena
 
+cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept nogil:
+    """A chunk for n bytes (caller holds a.lock for shared arenas); returns n bytes of it."""
+    cdef size_t size = n if n > ARENA_BIG else ARENA_CHUNK
+    cdef vc_arena_chunk* c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
+    cdef vc_arena_chunk* head
+    if c == NULL:
+        return NULL
+    c.size = size
+    c.used = n
+    a.bytes += sizeof(vc_arena_chunk) + size
+    head = <vc_arena_chunk*>vc_load_ptr(<void* const*>&a.head)
+    if make_current or head == NULL:
+        c.next = head
+        vc_store_ptr(<void**>&a.head, c)
+    else:
+        # a big block gets its own chunk behind the one being filled
+        c.next = head.next
+        vc_store_ptr(<void**>&head.next, c)
+    return <unsigned char*>c + sizeof(vc_arena_chunk)
+
+
 cdef void* arena_alloc(vc_arena* a, size_t n) noexcept nogil:
+    """Single-threaded bump allocation (write sets)."""
     cdef vc_arena_chunk* c = a.head
-    cdef size_t size
     cdef void* p
     n = (n + 7) & ~(<size_t>7)
     if c == NULL or c.used + n > c.size:
-        size = n if n > ARENA_BIG else ARENA_CHUNK
-        c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
-        if c == NULL:
-            return NULL
-        c.size = size
-        c.used = 0
-        a.bytes += sizeof(vc_arena_chunk) + size
-        if n > ARENA_BIG and a.head != NULL:
-            # a big block gets its own chunk behind the one being filled
-            c.next = a.head.next
-            a.head.next = c
-        else:
-            c.next = a.head
-            a.head = c
+        return arena_new_chunk(a, n, n <= ARENA_BIG)
     p = <unsigned char*>c + sizeof(vc_arena_chunk) + c.used
     c.used += n
     return p
+
+
+cdef void* arena_alloc_mt(vc_arena* a, size_t n) noexcept nogil:
+    """Bump allocation that many writers may call at once (shared memtables)."""
+    cdef vc_arena_chunk* c
+    cdef size_t off
+    cdef void* p
+    n = (n + 7) & ~(<size_t>7)
+    if n > ARENA_BIG:
+        pthread_mutex_lock(&a.lock)
+        p = arena_new_chunk(a, n, False)
+        pthread_mutex_unlock(&a.lock)
+        return p
+    while True:
+        c = <vc_arena_chunk*>vc_load_ptr(<void* const*>&a.head)
+        if c != NULL:
+            off = vc_fetch_add_size(&c.used, n)
+            if off + n <= c.size:
+                return <unsigned char*>c + sizeof(vc_arena_chunk) + off
+        pthread_mutex_lock(&a.lock)
+        if <vc_arena_chunk*>vc_load_ptr(<void* const*>&a.head) == c:
+            p = arena_new_chunk(a, n, True)
+            pthread_mutex_unlock(&a.lock)
+            return p
+        pthread_mutex_unlock(&a.lock)    # someone else added a chunk: try it
 
 
 cdef void arena_free(vc_arena* a) noexcept nogil:
@@ -100,13 +137,15 @@ cdef void arena_free(vc_arena* a) noexcept nogil:
 
 # ---------------------------------------------------------------- skip list memtable
 
-cdef vc_memtable* mem_new(uint64_t gen) noexcept nogil:
+cdef vc_memtable* mem_new(uint64_t gen, bint shared) noexcept nogil:
     cdef vc_memtable* m = <vc_memtable*>calloc(1, sizeof(vc_memtable))
     cdef vc_node* h
     if m == NULL:
         return NULL
+    pthread_mutex_init(&m.arena.lock, NULL)
     h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_node*))
     if h == NULL:
+        pthread_mutex_destroy(&m.arena.lock)
         free(m)
         return NULL
     h.versions = NULL
@@ -121,13 +160,21 @@ cdef vc_memtable* mem_new(uint64_t gen) noexcept nogil:
     if m.rng == 0:
         m.rng = 1
     m.gen = gen
+    m.shared = shared
     return m
 
 
 cdef void mem_free(vc_memtable* m) noexcept nogil:
     if m != NULL:
         arena_free(&m.arena)
+        pthread_mutex_destroy(&m.arena.lock)
         free(m)
+
+
+cdef inline void* mem_alloc(vc_memtable* m, size_t n) noexcept nogil:
+    if m.shared:
+        return arena_alloc_mt(&m.arena, n)
+    return arena_alloc(&m.arena, n)
 
 
 cdef inline vc_node* sl_next(vc_node* x, int level) noexcept nogil:
@@ -141,13 +188,16 @@ cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen
     cdef int level = vc_load_int_relaxed(&m.height) - 1
     if key == NULL:
         return sl_next(x, 0)
+    nx = NULL
     while level >= 0:
         nx = sl_next(x, level)
         while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
             x = nx
             nx = sl_next(x, level)
         level -= 1
-    return sl_next(x, 0)
+    # nx is the first node >= key that the level-0 walk compared.  Reading x.next[0] again
+    # here could return a node inserted since, which sorts before key: a false "absent".
+    return nx
 
 
 cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
@@ -171,81 +221,149 @@ cdef inline vc_node* sl_find_eq(vc_memtable* m, const unsigned char* key, uint32
     return NULL
 
 
-cdef vc_node* sl_upsert(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
-    """Find or insert the node for key.  One writer at a time per memtable."""
-    cdef vc_node* preds[VC_SL_MAX]
+cdef void sl_find_preds(vc_memtable* m, const unsigned char* key, uint32_t klen,
+                        vc_node** preds, vc_node** succs) noexcept nogil:
+    """For every level: the last node < key and the node after it."""
     cdef vc_node* x = m.head
     cdef vc_node* nx
-    cdef vc_node* n
-    cdef int level = m.height - 1
-    cdef int h, i
-    cdef uint32_t r
+    cdef int level = VC_SL_MAX - 1
     while level >= 0:
-        nx = x.next[level]
+        nx = sl_next(x, level)
         while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
             x = nx
-            nx = x.next[level]
+            nx = sl_next(x, level)
         preds[level] = x
+        succs[level] = nx
         level -= 1
-    nx = x.next[0]
-    if nx != NULL and nx.klen == klen and memcmp(nx.key, key, klen) == 0:
-        return nx
-    # tower height: geometric with p = 1/4
-    r = m.rng
-    r ^= r << 13
-    r ^= r >> 17
-    r ^= r << 5
-    m.rng = r
-    h = 1
+
+
+cdef uint32_t random_height(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """Geometric tower height, p = 1/4.  Shared memtables hash the key instead of a shared
+    random state, so concurrent writers touch no common cache line here."""
+    cdef uint32_t r
+    cdef uint32_t i
+    cdef int h = 1
+    if m.shared:
+        r = 2166136261U
+        for i in range(klen):
+            r = (r ^ key[i]) * 16777619U
+        r ^= r >> 15
+        r *= 0x2C1B3C6DU
+        r ^= r >> 12
+    else:
+        r = m.rng
+        r ^= r << 13
+        r ^= r >> 17
+        r ^= r << 5
+        m.rng = r
     while h < VC_SL_MAX and (r & 3) == 0:
         h += 1
         r >>= 2
-    n = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + <size_t>h * sizeof(vc_node*) + klen)
-    if n == NULL:
-        return NULL
-    n.versions = NULL
-    n.next = <vc_node**>(<unsigned char*>n + sizeof(vc_node))
-    n.key = <unsigned char*>n + sizeof(vc_node) + <size_t>h * sizeof(vc_node*)
-    memcpy(n.key, key, klen)
-    n.klen = klen
-    n.height = <uint32_t>h
-    if h > m.height:
-        for i in range(m.height, h):
-            preds[i] = m.head
-        vc_store_int_relaxed(&m.height, h)
-    for i in range(h):
-        n.next[i] = preds[i].next[i]
-        vc_store_ptr(<void**>&preds[i].next[i], n)
-    m.nkeys += 1
+    return <uint32_t>h
+
+
+cdef vc_node* sl_upsert(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """Find or insert the node for key.  Lock-free: many writers may insert at once
+    (nodes are never removed, so a CAS on each level's link is all it takes)."""
+    cdef vc_node* preds[VC_SL_MAX]
+    cdef vc_node* succs[VC_SL_MAX]
+    cdef vc_node* n = NULL
+    cdef uint32_t h, i
+    cdef int cur
+    while True:
+        sl_find_preds(m, key, klen, preds, succs)
+        if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
+            return succs[0]           # (a node allocated by a lost race stays in the arena)
+        if n == NULL:
+            h = random_height(m, key, klen)
+            n = <vc_node*>mem_alloc(m, sizeof(vc_node) + <size_t>h * sizeof(vc_node*) + klen)
+            if n == NULL:
+                return NULL
+            n.versions = NULL
+            n.next = <vc_node**>(<unsigned char*>n + sizeof(vc_node))
+            n.key = <unsigned char*>n + sizeof(vc_node) + <size_t>h * sizeof(vc_node*)
+            memcpy(n.key, key, klen)
+            n.klen = klen
+            n.height = h
+        for i in range(n.height):
+            vc_store_ptr(<void**>&n.next[i], succs[i])
+        if vc_cas_ptr(<void**>&preds[0].next[0], succs[0], n):
+            break
+    # level 0 links the node in; the upper levels are shortcuts, linked one by one
+    for i in range(1, n.height):
+        while True:
+            if vc_cas_ptr(<void**>&preds[i].next[i], succs[i], n):
+                break
+            sl_find_preds(m, key, klen, preds, succs)
+            if succs[i] == n:
+                break
+            vc_store_ptr(<void**>&n.next[i], succs[i])
+    cur = vc_load_int_relaxed(&m.height)
+    while cur < <int>n.height:
+        if vc_cas_int(&m.height, cur, <int>n.height):
+            break
+        cur = vc_load_int_relaxed(&m.height)
+    vc_fetch_add_u64(&m.nkeys, 1)
     return n
 
 
-cdef int mem_add_version(vc_memtable* m, vc_node* n, uint64_t ts, int kind,
-                         const unsigned char* value, uint32_t vlen) noexcept nogil:
-    cdef vc_version* v = <vc_version*>arena_alloc(&m.arena, sizeof(vc_version) + vlen)
+cdef vc_version* new_version(vc_memtable* m, uint64_t ts, uint64_t owner, int kind,
+                             const unsigned char* value, uint32_t vlen) noexcept nogil:
+    cdef vc_version* v = <vc_version*>mem_alloc(m, sizeof(vc_version) + vlen)
     cdef unsigned char* copy
     if v == NULL:
-        return -1
+        return NULL
     v.commit_ts = ts
+    v.owner = owner
     v.kind = <uint8_t>kind
     v.vlen = vlen
     v.value = NULL
+    v.shared = NULL
+    v.shared_mem = NULL
+    v.older = NULL
     if kind == VC_PUT:
         copy = <unsigned char*>v + sizeof(vc_version)
         if vlen:
             memcpy(copy, value, vlen)
         v.value = copy
-    v.older = n.versions
-    vc_store_ptr(<void**>&n.versions, v)
-    m.nversions += 1
+    return v
+
+
+cdef int mem_push_version(vc_memtable* m, vc_node* n, vc_version* v) noexcept nogil:
+    """Publish v at the head of n's chain (any number of concurrent pushers)."""
+    cdef vc_version* head
+    while True:
+        head = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
+        v.older = head
+        if vc_cas_ptr(<void**>&n.versions, head, v):
+            break
+    vc_fetch_add_u64(&m.nversions, 1)
     return 0
 
 
+cdef int mem_add_version(vc_memtable* m, vc_node* n, uint64_t ts, int kind,
+                         const unsigned char* value, uint32_t vlen) noexcept nogil:
+    cdef vc_version* v = new_version(m, ts, 0, kind, value, vlen)
+    if v == NULL:
+        return -1
+    return mem_push_version(m, n, v)
+
+
+cdef inline uint64_t version_ts(vc_version* v) noexcept nogil:
+    return vc_load_u64(&v.commit_ts)
+
+
 cdef inline vc_version* visible(vc_node* n, uint64_t snapshot_ts) noexcept nogil:
+    """Newest version committed at or before the snapshot; pending and aborted ones
+    (and everything committed later) are invisible."""
     cdef vc_version* v = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
-    while v != NULL and v.commit_ts > snapshot_ts:
+    cdef uint64_t ts
+    while v != NULL:
+        ts = version_ts(v)
+        if ts != VC_TS_PENDING and ts <= snapshot_ts:
+            return v
         v = v.older
-    return v
+    return NULL
 
 
 # ---------------------------------------------------------------- open / close / recovery
@@ -345,7 +463,9 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     if vc_pager_open(&db.pager, path, readonly, cache_bytes, &meta, err) < 0:
         return -1
     db.next_gen = 1
-    db.view.active = mem_new(db.next_gen)
+    pthread_mutex_init(&db.vis_lock, NULL)
+    pthread_cond_init(&db.vis_cond, NULL)
+    db.view.active = mem_new(db.next_gen, True)
     if db.view.active == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
     db.next_gen += 1
@@ -435,6 +555,8 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     pthread_mutex_destroy(&db.commit_lock)
     pthread_mutex_destroy(&db.reg_lock)
     pthread_mutex_destroy(&db.ckpt_lock)
+    pthread_mutex_destroy(&db.vis_lock)
+    pthread_cond_destroy(&db.vis_cond)
     free(db)
 
 
@@ -469,6 +591,7 @@ cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexc
         return vc_fail(err, VC_E_NOMEM, "out of memory beginning a transaction")
     t.db = db
     t.readonly = readonly
+    t.id = vc_fetch_add_u64(&db.next_txn_id, 1) + 1
     pthread_mutex_lock(&db.reg_lock)
     t.view = db.view
     t.snapshot_ts = vc_load_u64(&db.visible_ts)
@@ -502,7 +625,7 @@ cdef void reclaim(vc_db* db) noexcept nogil:
         m = link[0]
         if m.retired_version != 0:
             if m.retired_version <= min_version:
-                link[0] = m.older
+                vc_store_ptr(<void**>link, m.older)
                 mem_free(m)
                 continue
             still = True
@@ -533,8 +656,23 @@ cdef void txn_unregister(vc_txn* t) noexcept nogil:
         reclaim(db)
 
 
+cdef void mark_shared(vc_txn* t, uint64_t ts) noexcept nogil:
+    """Stamp (or, with VC_TS_ABORTED, withdraw) every version this txn installed."""
+    cdef vc_node* w
+    cdef vc_version* v
+    if t.ws == NULL:
+        return
+    w = sl_next(t.ws.head, 0)
+    while w != NULL:
+        v = w.versions
+        if v.shared != NULL:
+            vc_store_u64(&v.shared.commit_ts, ts)
+        w = sl_next(w, 0)
+
+
 cdef void vc_txn_abort(vc_txn* t) noexcept nogil:
     if t.state == VC_TXN_ACTIVE:
+        mark_shared(t, VC_TS_ABORTED)
         txn_unregister(t)
 
 
@@ -578,15 +716,117 @@ cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const un
     return rc
 
 
+cdef int chain_conflict(vc_node* n, vc_txn* t, bint* decided) noexcept nogil:
+    """Whether the newest live version of n blocks t's write: pending for another txn, or
+    committed after t's snapshot.  *decided: n holds a live version (older memtables can
+    then be skipped)."""
+    cdef vc_version* v = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
+    cdef uint64_t ts
+    while v != NULL:
+        ts = version_ts(v)
+        if ts != VC_TS_ABORTED:
+            decided[0] = True
+            if ts == VC_TS_PENDING:
+                return 1 if v.owner != t.id else 0
+            return 1 if ts > t.snapshot_ts else 0
+        v = v.older
+    return 0
+
+
+cdef int older_conflict(vc_db* db, vc_txn* t, vc_memtable* newest, const unsigned char* key,
+                        uint32_t klen) noexcept nogil:
+    """Look for a blocking version in the memtables older than `newest` that t's view can
+    reach (younger ones than its view are never freed while t lives; older ones hold
+    nothing newer than t's snapshot)."""
+    cdef vc_memtable* m = <vc_memtable*>vc_load_ptr(<void* const*>&db.mems)
+    cdef vc_memtable* last = t.view.frozen if t.view.frozen != NULL else t.view.active
+    cdef bint past = False
+    cdef bint decided
+    cdef vc_node* n
+    while m != NULL:
+        if past:
+            n = sl_find_eq(m, key, klen)
+            if n != NULL:
+                decided = False
+                if chain_conflict(n, t, &decided):
+                    return 1
+                if decided:
+                    return 0
+        if m == newest:
+            past = True
+        if m == last:
+            break
+        m = <vc_memtable*>vc_load_ptr(<void* const*>&m.older)
+    return 0
+
+
+cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int kind,
+                         const unsigned char* value, uint32_t vlen, vc_version** out_v,
+                         vc_memtable** out_m, vc_err* err) noexcept nogil:
+    """Put a pending version of key at the head of its chain in the active memtable, or
+    report the write-write conflict at once."""
+    cdef vc_db* db = t.db
+    cdef vc_memtable* m
+    cdef vc_node* n
+    cdef vc_version* head
+    cdef vc_version* v = NULL
+    cdef bint decided
+    cdef int conflict
+    while True:
+        m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
+        vc_add_int_sc(&m.inflight, 1)
+        if vc_load_int_sc(&m.frozen):
+            # a checkpoint is switching memtables: wait for the new one
+            vc_add_int_sc(&m.inflight, -1)
+            sched_yield()
+            continue
+        break
+    n = sl_upsert(m, key, klen)
+    if n == NULL:
+        vc_add_int_sc(&m.inflight, -1)
+        return vc_fail(err, VC_E_NOMEM, "out of memory")
+    while True:
+        head = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
+        decided = False
+        conflict = chain_conflict(n, t, &decided)
+        if not conflict and not decided:
+            conflict = older_conflict(db, t, m, key, klen)
+        if conflict:
+            vc_add_int_sc(&m.inflight, -1)
+            t.doomed = True
+            return vc_fail(err, VC_E_CONFLICT, "write conflict: another transaction wrote this key "
+                           "after this transaction began (or is writing it now)")
+        if v == NULL:
+            v = new_version(m, VC_TS_PENDING, t.id, kind, value, vlen)
+            if v == NULL:
+                vc_add_int_sc(&m.inflight, -1)
+                return vc_fail(err, VC_E_NOMEM, "out of memory")
+        v.older = head
+        if vc_cas_ptr(<void**>&n.versions, head, v):
+            break
+    vc_fetch_add_u64(&m.nversions, 1)
+    vc_add_int_sc(&m.inflight, -1)
+    out_v[0] = v
+    out_m[0] = m
+    return 0
+
+
 cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
                       uint32_t vlen, int kind, vc_err* err) noexcept nogil:
-    """Record a put, delete, or (VC_CHECK) a key whose change by others must abort this txn."""
+    """Record a put or delete (installing a pending version, which detects conflicts at
+    once), or (VC_CHECK) a key whose change by others must abort this txn at commit."""
     cdef vc_node* n
+    cdef vc_version* prev = NULL
+    cdef vc_version* wv
+    cdef vc_version* sv = NULL
+    cdef vc_memtable* sm = NULL
     cdef int old_kind = 0
     if t.readonly:
         return vc_fail(err, VC_E_READONLY, "this transaction is read-only")
+    if t.doomed:
+        return vc_fail(err, VC_E_CONFLICT, "the transaction had a write conflict and cannot commit")
     if t.ws == NULL:
-        t.ws = mem_new(0)
+        t.ws = mem_new(0, False)
         if t.ws == NULL:
             return vc_fail(err, VC_E_NOMEM, "out of memory")
     n = sl_upsert(t.ws, key, klen)
@@ -594,62 +834,118 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         return vc_fail(err, VC_E_NOMEM, "out of memory")
     if n.versions != NULL:
         old_kind = n.versions.kind
+        prev = n.versions.shared
         if kind == VC_CHECK:
             return 0
-    if mem_add_version(t.ws, n, 0, kind, value, vlen) < 0:
+    if kind != VC_CHECK:
+        if install_pending(t, key, klen, kind, value, vlen, &sv, &sm, err) < 0:
+            return -1
+        if prev != NULL:
+            vc_store_u64(&prev.commit_ts, VC_TS_ABORTED)   # superseded by sv
+    wv = new_version(t.ws, 0, t.id, kind, value, vlen)
+    if wv == NULL:
+        if sv != NULL:
+            vc_store_u64(&sv.commit_ts, VC_TS_ABORTED)
         return vc_fail(err, VC_E_NOMEM, "out of memory buffering a %u-byte value", vlen)
-    n.versions.older = NULL          # a write set keeps only the latest write of a key
+    wv.shared = sv
+    wv.shared_mem = sm
+    n.versions = wv                  # a write set keeps only the latest write of a key
     if kind != VC_CHECK and (old_kind == 0 or old_kind == VC_CHECK):
         t.nwrites += 1
     return 0
 
 
-cdef bint conflicts(vc_db* db, vc_txn* t) noexcept nogil:
-    """First committer wins: a key this txn wrote has a version committed after its snapshot."""
+cdef bint checks_conflict(vc_db* db, vc_txn* t) noexcept nogil:
+    """Commit-time validation of VC_CHECK keys (catalog entries of tables written)."""
     cdef vc_node* w = sl_next(t.ws.head, 0)
-    cdef vc_node* n
     cdef vc_memtable* m
-    cdef vc_version* head
+    cdef vc_memtable* last = t.view.frozen if t.view.frozen != NULL else t.view.active
+    cdef vc_node* n
+    cdef bint decided
     while w != NULL:
-        m = db.mems
-        while m != NULL:
-            # an empty memtable (max_ts 0) may sit in front of older ones: skip, don't stop
-            if m.max_ts > t.snapshot_ts:
+        if w.versions.kind == VC_CHECK:
+            m = <vc_memtable*>vc_load_ptr(<void* const*>&db.mems)
+            while m != NULL:
                 n = sl_find_eq(m, w.key, w.klen)
                 if n != NULL:
-                    head = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
-                    if head != NULL and head.commit_ts > t.snapshot_ts:
+                    decided = False
+                    if chain_conflict(n, t, &decided):
                         return True
-            m = m.older
+                    if decided:
+                        break
+                if m == last:
+                    break
+                m = <vc_memtable*>vc_load_ptr(<void* const*>&m.older)
         w = sl_next(w, 0)
     return False
+
+
+cdef void publish_in_order(vc_db* db, uint64_t ts) noexcept nogil:
+    """visible_ts = ts once every earlier commit is visible: a snapshot never sees commit N
+    without commit N-1."""
+    pthread_mutex_lock(&db.vis_lock)
+    while vc_load_u64(&db.visible_ts) < ts - 1:
+        pthread_cond_wait(&db.vis_cond, &db.vis_lock)
+    if vc_load_u64(&db.visible_ts) < ts:
+        vc_store_u64(&db.visible_ts, ts)
+    pthread_cond_broadcast(&db.vis_cond)
+    pthread_mutex_unlock(&db.vis_lock)
+
+
+cdef int copy_forward(vc_txn* t, uint64_t ts, vc_err* err) noexcept nogil:
+    """Versions left in a memtable that a checkpoint froze before this commit's timestamp
+    are copied, committed, into the active one (the checkpoint folds only ts <= its own)."""
+    cdef vc_db* db = t.db
+    cdef vc_node* w = sl_next(t.ws.head, 0)
+    cdef vc_version* v
+    cdef vc_memtable* m
+    cdef vc_node* n
+    while w != NULL:
+        v = w.versions
+        if v.shared != NULL and vc_load_int_sc(&v.shared_mem.frozen) and ts > v.shared_mem.frozen_ts:
+            while True:
+                m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
+                vc_add_int_sc(&m.inflight, 1)
+                if vc_load_int_sc(&m.frozen):
+                    vc_add_int_sc(&m.inflight, -1)
+                    sched_yield()
+                    continue
+                break
+            if m != v.shared_mem:
+                n = sl_upsert(m, w.key, w.klen)
+                if n == NULL or mem_add_version(m, n, ts, v.kind, v.value, v.vlen) < 0:
+                    vc_add_int_sc(&m.inflight, -1)
+                    return vc_fail(err, VC_E_NOMEM, "out of memory installing a commit")
+                vc_max_u64_relaxed(&m.max_ts, ts)
+            vc_add_int_sc(&m.inflight, -1)
+        w = sl_next(w, 0)
+    return 0
 
 
 cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     cdef vc_db* db = t.db
     cdef vc_node* w
-    cdef vc_node* n
     cdef vc_version* v
     cdef uint64_t ts, lsn = 0
-    cdef int rc
+    cdef int rc = 0
     if t.state != VC_TXN_ACTIVE:
         return vc_fail(err, VC_E_CLOSED, "the transaction has ended")
     if t.doomed:
-        txn_unregister(t)
+        vc_txn_abort(t)
         return vc_fail(err, VC_E_CONFLICT, "the transaction had a write conflict and cannot commit")
     if t.ws == NULL or t.nwrites == 0:
         if t.ws != NULL:
             pthread_mutex_lock(&db.commit_lock)
-            rc = conflicts(db, t)
+            rc = checks_conflict(db, t)
             pthread_mutex_unlock(&db.commit_lock)
             if rc:
-                txn_unregister(t)
+                vc_txn_abort(t)
                 return vc_fail(err, VC_E_CONFLICT, "write conflict: a table this transaction used was "
                                "dropped or created concurrently")
         txn_unregister(t)
         return 0
     if db.readonly:
-        txn_unregister(t)
+        vc_txn_abort(t)
         return vc_fail(err, VC_E_READONLY, "the store is read-only")
     # the redo record, built outside the lock
     t.payload.len = 0
@@ -658,53 +954,49 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
         v = w.versions
         if v.kind != VC_CHECK:
             if encode_put(&t.payload, v.kind, w.key, w.klen, v.value, v.vlen) < 0:
-                txn_unregister(t)
+                vc_txn_abort(t)
                 return vc_fail(err, VC_E_NOMEM, "out of memory building the log record")
         w = sl_next(w, 0)
+    # the one critical section: a timestamp and the log record's place, in the same order
     pthread_mutex_lock(&db.commit_lock)
     if db.failed:
         pthread_mutex_unlock(&db.commit_lock)
-        txn_unregister(t)
+        vc_txn_abort(t)
         return vc_fail(err, VC_E_IO, "the store stopped accepting writes after an error: %s",
                        db.failed_msg)
-    if conflicts(db, t):
+    if checks_conflict(db, t):
         db.conflicts += 1
         pthread_mutex_unlock(&db.commit_lock)
-        txn_unregister(t)
-        return vc_fail(err, VC_E_CONFLICT, "write conflict: another transaction committed a change "
-                       "to a key this transaction wrote")
+        vc_txn_abort(t)
+        return vc_fail(err, VC_E_CONFLICT, "write conflict: a table this transaction used was "
+                       "dropped or created concurrently")
     ts = db.last_ts + 1
     if db.wal != NULL:
         if vc_wal_append(db.wal, ts, t.payload.data, t.payload.len, &lsn, err) < 0:
             db_fail(db, err)
             pthread_mutex_unlock(&db.commit_lock)
-            txn_unregister(t)
+            vc_txn_abort(t)
             return -1
-    w = sl_next(t.ws.head, 0)
-    rc = 0
-    while w != NULL:
-        v = w.versions
-        if v.kind != VC_CHECK:
-            n = sl_upsert(db.view.active, w.key, w.klen)
-            if n == NULL or mem_add_version(db.view.active, n, ts, v.kind, v.value, v.vlen) < 0:
-                # logged but not installed: the store must be reopened to be consistent
-                vc_fail(err, VC_E_NOMEM, "out of memory installing a commit")
-                db_fail(db, err)
-                rc = -1
-                break
-        w = sl_next(w, 0)
-    db.view.active.max_ts = ts
     db.last_ts = ts
     db.commits += 1
-    if db.wal == NULL or db.sync_mode != VC_SYNC_FULL:
-        vc_store_u64(&db.visible_ts, ts)
     pthread_mutex_unlock(&db.commit_lock)
+    # stamp the pending versions; a memtable frozen meanwhile gets a committed copy
+    mark_shared(t, ts)
+    w = sl_next(t.ws.head, 0)
+    while w != NULL:
+        v = w.versions
+        if v.shared != NULL:
+            vc_max_u64_relaxed(&v.shared_mem.max_ts, ts)
+        w = sl_next(w, 0)
+    rc = copy_forward(t, ts, err)
+    if rc < 0:
+        db_fail(db, err)
     if rc == 0 and db.wal != NULL and db.sync_mode == VC_SYNC_FULL:
         rc = vc_wal_sync_to(db.wal, lsn, err)
         if rc < 0:
             db_fail(db, err)
-        else:
-            vc_max_u64(&db.visible_ts, ts)
+    # even a failed commit must not hold back the visible timestamp of later ones
+    publish_in_order(db, ts)
     txn_unregister(t)
     if rc < 0:
         return -1
@@ -761,7 +1053,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
         pthread_mutex_unlock(&db.commit_lock)
         pthread_mutex_unlock(&db.ckpt_lock)
         return 0
-    fresh = mem_new(db.next_gen)
+    fresh = mem_new(db.next_gen, True)
     if fresh == NULL:
         pthread_mutex_unlock(&db.commit_lock)
         pthread_mutex_unlock(&db.ckpt_lock)
@@ -775,15 +1067,23 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     C = db.last_ts
     db.next_gen += 1
     frozen = db.view.active
-    fresh.older = db.mems
-    # the rotation flushed the log, so every commit up to C is durable: let snapshots see it
-    vc_max_u64(&db.visible_ts, C)
+    fresh.older = frozen
+    # stop installs into the old memtable and wait for those under way (they are short)
+    frozen.frozen_ts = C
+    vc_store_int_sc(&frozen.frozen, 1)
+    while vc_load_int_sc(&frozen.inflight) != 0:
+        sched_yield()
     pthread_mutex_lock(&db.reg_lock)
-    db.mems = fresh
-    db.view.active = fresh
+    vc_store_ptr(<void**>&db.mems, fresh)
     db.view.frozen = frozen
+    vc_store_ptr(<void**>&db.view.active, fresh)
     pthread_mutex_unlock(&db.reg_lock)
     pthread_mutex_unlock(&db.commit_lock)
+    # every commit up to C must be stamped before the merge reads the memtable
+    pthread_mutex_lock(&db.vis_lock)
+    while vc_load_u64(&db.visible_ts) < C:
+        pthread_cond_wait(&db.vis_cond, &db.vis_lock)
+    pthread_mutex_unlock(&db.vis_lock)
 
     # 2. the frozen memtable's newest versions, in key order (all are <= C)
     ops = <vc_op*>malloc((frozen.nkeys + 1) * sizeof(vc_op))
@@ -792,8 +1092,12 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
         rc = vc_fail(err, VC_E_NOMEM, "out of memory in checkpoint")
     n = sl_next(frozen.head, 0)
     while rc == 0 and n != NULL:
-        v = n.versions
-        if n.klen == 9 and memcmp(n.key, b"\0\0\0\0", 4) == 0 and n.key[4] == VC_CATALOG_DROP:
+        v = visible(n, C)            # newest committed version <= C; later ones are copied forward
+        if v == NULL:
+            n = sl_next(n, 0)
+            continue
+        if n.klen == 9 and memcmp(n.key, b"\0\0\0\0", 4) == 0 and n.key[4] == VC_CATALOG_DROP \
+                and v.kind == VC_PUT:
             tid = (<uint32_t>n.key[5] << 24) | (<uint32_t>n.key[6] << 16) | (<uint32_t>n.key[7] << 8) | n.key[8]
             dropped[ndropped] = tid
             ndropped += 1
