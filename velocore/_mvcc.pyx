@@ -141,13 +141,16 @@ cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen
     cdef int level = vc_load_int_relaxed(&m.height) - 1
     if key == NULL:
         return sl_next(x, 0)
+    nx = NULL
     while level >= 0:
         nx = sl_next(x, level)
         while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
             x = nx
             nx = sl_next(x, level)
         level -= 1
-    return sl_next(x, 0)
+    # nx is the first node >= key that the level-0 walk compared.  Reading x.next[0] again
+    # here could return a node inserted since, which sorts before key: a false "absent".
+    return nx
 
 
 cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
