@@ -14,6 +14,9 @@
       loop i = FIRST...: create table t<i>, put b"k", drop t<i-3>; prints "0 i".
   crash_child.py verify-tables PATH
       prints {"tables": {name: value of b"k"}, "check_ok": ...}.
+  crash_child.py seq PATH SYNC NTHREADS
+      threads commit txns numbered by a global counter (commit order = number order).
+  crash_child.py verify-seq PATH
   Env VC_CRASH_BIG=1 makes values much larger (long checkpoints); use it for both modes.
   Env VC_CRASH_PIN=1 makes the writer keep an old snapshot open across checkpoints.
 """
@@ -116,6 +119,67 @@ def mode_tables(path, sync, first):
         i += 1
 
 
+def seq_value(n):
+    return b"%d|" % n + random.Random(n).randbytes(n % 3000)
+
+
+def mode_seq(path, sync, nthreads):
+    """Threads commit txns that each take the next number of a global counter (so the
+    commit order is the counter order) and write a key for that number."""
+    store = velocore.open(path, sync=sync, checkpoint_mb=1)
+    table = store.table("seq")
+    print("open", flush=True)
+    out_lock = threading.Lock()
+
+    def step(x):
+        cur = x.get(table, b"counter")
+        n = int(cur) + 1 if cur is not None else 1
+        x.put(table, b"counter", b"%d" % n)
+        x.put(table, b"S%010d" % n, seq_value(n))
+        return n
+
+    def worker(t):
+        k = 0
+        while k < 1_000_000:
+            n = store.retry(step, attempts=1_000_000)
+            with out_lock:
+                sys.stdout.write("0 %d\n" % n)
+                sys.stdout.flush()
+            k += 1
+            if t == 0 and k % 25 == 0:
+                store.checkpoint()
+
+    ths = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+
+
+def mode_verify_seq(path):
+    try:
+        store = velocore.open(path)
+    except Exception as e:  # noqa: BLE001
+        print(json.dumps({"error": type(e).__name__, "msg": str(e)}))
+        return 3
+    try:
+        out = {"counter": 0, "present": [], "bad": []}
+        if "seq" in store.tables():
+            t = store.table("seq")
+            c = t.get(b"counter")
+            out["counter"] = int(c) if c is not None else 0
+            for k, v in t.range(prefix=b"S"):
+                n = int(k[1:])
+                out["present"].append(n)
+                if v != seq_value(n):
+                    out["bad"].append(n)
+        out["check_ok"] = bool(store.check()["ok"])
+    finally:
+        store.close()
+    print(json.dumps(out))
+    return 0
+
+
 def mode_verify_tables(path):
     try:
         store = velocore.open(path)
@@ -198,6 +262,11 @@ def main(argv):
     if mode == "tables":
         mode_tables(argv[2], argv[3], int(argv[4]))
         return 0
+    if mode == "seq":
+        mode_seq(argv[2], argv[3], int(argv[4]))
+        return 0
+    if mode == "verify-seq":
+        return mode_verify_seq(argv[2])
     if mode == "verify-tables":
         return mode_verify_tables(argv[2])
     if mode == "verify":

@@ -483,6 +483,12 @@ def test_second_open_via_other_path_spelling(store_path):
         other = os.path.join(os.path.dirname(store_path), ".", os.path.basename(store_path))
         with pytest.raises(velocore.LockedError):
             velocore.open(other)
+        link = store_path + "-link"
+        os.symlink(store_path, link)
+        with pytest.raises(velocore.LockedError):
+            velocore.open(link)
+        with pytest.raises(velocore.LockedError):
+            velocore.open(link, readonly=True)
     finally:
         s.close()
 

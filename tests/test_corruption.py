@@ -439,6 +439,28 @@ def test_flipped_middle_log_record(log_copy, where, ro):
     assert len(after) == len(before)
 
 
+def test_missing_data_file_with_log_present(log_copy):
+    """data.vc deleted, the log (which starts after a checkpoint) still there: replaying
+    the log onto an empty store would silently lose the checkpointed data."""
+    path, _ = log_copy
+    os.unlink(data_file(path))
+    res = child_json("log-verify", path, LOG_K)
+    assert res["error"] is not None, f"opened without the checkpointed data: {res}"
+    assert res["error"] in ("CorruptionError", "FileNotFoundError"), res
+
+
+def test_missing_log_with_unfolded_commits(log_copy):
+    """wal/ deleted while it held acknowledged commits not yet folded into data.vc: the
+    store must not silently come back without them."""
+    path, _ = log_copy
+    shutil.rmtree(os.path.join(path, "wal"))
+    res = child_json("log-verify", path, LOG_K)
+    if res["error"] is None:
+        assert res["X"] == LOG_K, f"acknowledged commits silently lost: {res}"
+    else:
+        assert res["error"] == "CorruptionError", res
+
+
 # ---------------------------------------------------------------- check CLI and API
 
 def test_check_cli_on_damaged_store(store_copy):

@@ -222,6 +222,47 @@ def test_crash_while_creating_and_dropping_tables(tmp_path):
         last = a
 
 
+def seq_rounds(path, sync, rounds, nthreads=3):
+    """Global commit order: every txn takes the next counter value; after a crash the
+    surviving numbers must be exactly 1..counter (a prefix of the commit order), and with
+    sync="full" include every acknowledged number."""
+    rng = random.Random()
+    last = 0
+    for rnd in range(rounds):
+        acked = run_writer_and_kill(path, sync, rng, None, 0, 0,
+                                    argv=["seq", path, sync, str(nthreads)])
+        p = subprocess.run([sys.executable, CHILD, "verify-seq", path], capture_output=True,
+                           text=True, timeout=CHILD_TIMEOUT, env=child_env())
+        assert_no_signal(p, "verify-seq")
+        res = json.loads(p.stdout.strip().splitlines()[-1])
+        assert "error" not in res, res
+        c = res["counter"]
+        ctx = f"round {rnd} sync={sync}: counter={c} acked={acked} previous={last}"
+        assert res["check_ok"], ctx
+        assert res["bad"] == [], ctx
+        assert res["present"] == list(range(1, c + 1)), (
+            ctx + f": not a prefix of the commit order: missing "
+            f"{sorted(set(range(1, c + 1)) - set(res['present']))[:10]}, extra "
+            f"{sorted(set(res['present']) - set(range(1, c + 1)))[:10]}")
+        assert c >= last, ctx + ": lost commits an earlier open had recovered"
+        if sync == "full" and acked:
+            assert c >= acked[0], ctx + ": acknowledged commit lost"
+        last = c
+    return last
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_crash_global_commit_order_prefix(tmp_path, sync):
+    last = seq_rounds(str(tmp_path / "s"), sync, rounds=6)
+    assert last > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_crash_global_commit_order_prefix_many(tmp_path, sync):
+    seq_rounds(str(tmp_path / "s"), sync, rounds=40, nthreads=4)
+
+
 # ---------------------------------------------------------------- recovery without kill
 
 def make_unrecovered_store(path, n, sync="full", nkeys=5):

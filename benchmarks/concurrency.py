@@ -1,0 +1,261 @@
+"""Concurrency benchmark: how velocore behaves with several threads.
+
+    python benchmarks/concurrency.py [--durable-n 2000] [--threads 1,2,4,8]
+                                     [--read-keys 100000] [--seconds 2]
+                                     [--many-keys 1000000] [--seed 42] [--dir DIR]
+
+Prints markdown tables:
+
+  (a) durable commits/s: sync="full", transactions of one put each (distinct keys),
+      with 1, 2, 4 and 8 committing threads, and the ratio to 1 thread (group commit
+      lets concurrent committers share one flush);
+  (b) a reader thread's gets/s (read transactions of 1,000 per-op gets on a preloaded
+      table) alone, and while one writer thread commits 10-put transactions back to
+      back (sync="full" and sync="off"), as a % of its solo rate;
+  (c) get_many of --many-keys keys: 1 thread, 2 threads each looking up its own half,
+      2 threads each looking up the full set; aggregate keys/s (get_many's loop runs
+      without the GIL, so two threads can overlap on two cores).
+
+Stores live in temporary directories under --dir (default: the system temp dir) and
+are removed afterwards. Standard library and velocore only.
+"""
+import argparse
+import gc
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import velocore
+
+VALUE = b"x" * 100
+
+
+def key(i):
+    return b"key:%010d" % i
+
+
+def run_threads(n, target):
+    """Start n threads running target(i) together; return wall seconds until all end."""
+    barrier = threading.Barrier(n + 1)
+    errors = []
+
+    def wrap(i):
+        barrier.wait()
+        try:
+            target(i)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    ths = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for th in ths:
+        th.start()
+    gc.collect()
+    barrier.wait()
+    started = time.perf_counter()
+    for th in ths:
+        th.join()
+    took = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return took
+
+
+# ---------------------------------------------------------------------- (a) durable commits
+
+def bench_durable(workdir, total, thread_counts, seed):
+    rows = []
+    base = None
+    for n in thread_counts:
+        path = os.path.join(workdir, "durable-%d.vc" % n)
+        with velocore.open(path, sync="full") as store:
+            tbl = store.table("t")
+            per = max(1, total // n)
+            order = list(range(per * n))
+            random.Random(seed + n).shuffle(order)
+
+            def commit_loop(i):
+                for j in order[i * per:(i + 1) * per]:
+                    with store.txn() as t:
+                        t.put(tbl, key(j), VALUE)
+
+            took = run_threads(n, commit_loop)
+            assert len(tbl) == per * n
+        shutil.rmtree(path)
+        rate = per * n / took
+        base = base or rate
+        rows.append((n, per * n, rate, rate / base))
+    return rows
+
+
+# ---------------------------------------------------------------------- (b) reader vs writer
+
+def preload(store, n, seed):
+    tbl = store.table("t")
+    with store.txn() as t:
+        t.put_many(tbl, ((key(i), VALUE) for i in range(n)))
+    store.checkpoint()
+    return tbl
+
+
+def reader_rate(store, tbl, n_keys, seconds, seed, writer=None):
+    """gets/s of one reader thread (read transactions of 1,000 gets) over `seconds`,
+    optionally while `writer(stop_event)` runs in another thread. Returns
+    (gets/s, writer commits/s or None)."""
+    stop = threading.Event()
+    result = {}
+
+    def read_loop():
+        rnd = random.Random(seed)
+        batch = [key(rnd.randrange(n_keys)) for _ in range(1000)]
+        gets = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline:
+            with store.snapshot() as s:
+                get = s.get
+                for k in batch:
+                    get(tbl, k)
+            gets += len(batch)
+        result["rate"] = gets / (time.perf_counter() - started)
+        stop.set()
+
+    w = None
+    if writer is not None:
+        commits = [0]
+        w = threading.Thread(target=writer, args=(stop, commits))
+        w.start()
+    gc.collect()
+    started = time.perf_counter()
+    read_loop()
+    wrate = None
+    if w is not None:
+        w.join()
+        wrate = commits[0] / (time.perf_counter() - started)
+    return result["rate"], wrate
+
+
+def make_writer(store, tbl, n_keys):
+    def writer(stop, commits):
+        j = 0
+        while not stop.is_set():
+            with store.txn() as t:
+                for _ in range(10):
+                    t.put(tbl, key(n_keys + j), VALUE)   # fresh keys: no conflicts
+                    j += 1
+            commits[0] += 1
+    return writer
+
+
+def bench_reader(workdir, n_keys, seconds, seed):
+    rows = []
+    solo = None
+    for sync in ("full", "off"):
+        path = os.path.join(workdir, "reader-%s.vc" % sync)
+        with velocore.open(path, sync=sync) as store:
+            tbl = preload(store, n_keys, seed)
+            if solo is None:
+                solo, _ = reader_rate(store, tbl, n_keys, seconds, seed)
+                rows.append(("alone", solo, 100.0, None))
+            rate, wrate = reader_rate(store, tbl, n_keys, seconds, seed,
+                                      make_writer(store, tbl, n_keys))
+            rows.append(('with a writer, sync="%s"' % sync, rate, 100.0 * rate / solo, wrate))
+        shutil.rmtree(path)
+    return rows
+
+
+# ---------------------------------------------------------------------- (c) get_many
+
+def bench_get_many(workdir, n_keys, seed):
+    path = os.path.join(workdir, "many.vc")
+    rows = []
+    with velocore.open(path, sync="off") as store:
+        tbl = store.table("t")
+        keys = [key(i) for i in range(n_keys)]
+        with store.txn() as t:
+            t.put_many(tbl, ((k, VALUE) for k in keys))
+        store.checkpoint()
+        random.Random(seed).shuffle(keys)
+        half = n_keys // 2
+        with store.snapshot() as s:
+            s.get_many(tbl, keys)        # warm the cache
+        cases = [
+            ("1 thread, all keys", 1, lambda i: keys),
+            ("2 threads, one half each", 2, lambda i: keys[:half] if i == 0 else keys[half:]),
+            ("2 threads, all keys each", 2, lambda i: keys),
+        ]
+        base = None
+        for name, n, part in cases:
+            parts = [part(i) for i in range(n)]
+
+            def look(i):
+                # a transaction serves one thread at a time: each its own snapshot
+                with store.snapshot() as s:
+                    got = s.get_many(tbl, parts[i])
+                assert len(got) == len(parts[i]) and got[0] is not None
+
+            took = run_threads(n, look)
+            rate = sum(len(p) for p in parts) / took
+            base = base or rate
+            rows.append((name, sum(len(p) for p in parts), rate, rate / base))
+    shutil.rmtree(path)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--durable-n", type=int, default=2000,
+                    help="durable commits per thread count (split over the threads)")
+    ap.add_argument("--threads", default="1,2,4,8", help="committing thread counts for (a)")
+    ap.add_argument("--read-keys", type=int, default=100_000, help="preloaded keys for (b)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="measuring time per case of (b)")
+    ap.add_argument("--many-keys", type=int, default=1_000_000, help="keys for (c)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--dir", default=None, help="where to create the temporary stores")
+    args = ap.parse_args(argv)
+    thread_counts = [int(x) for x in args.threads.split(",") if x]
+
+    workdir = tempfile.mkdtemp(prefix="velocore-conc-", dir=args.dir)
+    try:
+        print("# velocore concurrency benchmark\n")
+        print(f"python {platform.python_version()}, {platform.machine()}, "
+              f"{os.cpu_count()} CPUs, simd {velocore.simd_level()}, dir {workdir}, "
+              f"seed {args.seed}\n")
+
+        rows = bench_durable(workdir, args.durable_n, thread_counts, args.seed)
+        print('## (a) durable commits (sync="full", one put per transaction)\n')
+        print("| threads | commits | commits/s | vs 1 thread |")
+        print("|---:|---:|---:|---:|")
+        for n, total, rate, ratio in rows:
+            print(f"| {n} | {total:,} | {rate:,.0f} | {ratio:.2f}x |")
+        print()
+        sys.stdout.flush()
+
+        rows = bench_reader(workdir, args.read_keys, args.seconds, args.seed)
+        print(f"## (b) one reader thread: read transactions of 1,000 gets "
+              f"({args.read_keys:,} preloaded keys)\n")
+        print("| reader | gets/s | % of alone | writer commits/s (10 puts each) |")
+        print("|---|---:|---:|---:|")
+        for name, rate, pct, wrate in rows:
+            w = "" if wrate is None else f"{wrate:,.0f}"
+            print(f"| {name} | {rate:,.0f} | {pct:.0f}% | {w} |")
+        print()
+        sys.stdout.flush()
+
+        rows = bench_get_many(workdir, args.many_keys, args.seed)
+        print(f"## (c) get_many of {args.many_keys:,} keys (shuffled; one snapshot per thread)\n")
+        print("| case | keys looked up | aggregate keys/s | vs 1 thread |")
+        print("|---|---:|---:|---:|")
+        for name, total, rate, ratio in rows:
+            print(f"| {name} | {total:,} | {rate:,.0f} | {ratio:.2f}x |")
+        print()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
