@@ -72,6 +72,15 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_wait(pthread_cond_t*, pthread_mutex_t*)
     int pthread_cond_broadcast(pthread_cond_t*)
     int pthread_cond_signal(pthread_cond_t*)
+    ctypedef struct pthread_rwlock_t:
+        pass
+    ctypedef struct pthread_rwlockattr_t:
+        pass
+    int pthread_rwlock_init(pthread_rwlock_t*, const pthread_rwlockattr_t*)
+    int pthread_rwlock_destroy(pthread_rwlock_t*)
+    int pthread_rwlock_rdlock(pthread_rwlock_t*)
+    int pthread_rwlock_wrlock(pthread_rwlock_t*)
+    int pthread_rwlock_unlock(pthread_rwlock_t*)
 
 # Growable array of page ids (free lists, checkpoint bookkeeping).
 cdef struct vc_u32vec:

@@ -5,7 +5,7 @@
 # the catalog: b"N" + name -> table id, b"C" -> next table id, b"D" + id -> drop marker
 # (consumed by the next checkpoint, which removes the dropped table's key range).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from velocore._common cimport vc_err, vc_buf, pthread_mutex_t, pthread_cond_t
+from velocore._common cimport vc_err, vc_buf, pthread_mutex_t, pthread_cond_t, pthread_rwlock_t
 from velocore._pager cimport vc_pager
 from velocore._btree cimport vc_cursor
 from velocore._wal cimport vc_wal
@@ -120,6 +120,7 @@ cdef struct vc_db:
     pthread_mutex_t commit_lock # validation, timestamp, log append, install
     pthread_mutex_t reg_lock    # view, registry
     pthread_mutex_t ckpt_lock   # one checkpoint at a time
+    pthread_rwlock_t mems_lock  # shared: writers walking old memtables; exclusive: freeing one
 
 cdef struct vc_iter:
     vc_txn* txn

@@ -21,7 +21,9 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                vc_fetch_add_size, vc_add_int_sc, vc_load_int_sc, vc_store_int_sc,
                                vc_max_u64_relaxed, vc_fetch_add_u64, vc_cas_int, sched_yield,
                                VC_TS_ABORTED, pthread_cond_init, pthread_cond_destroy,
-                               pthread_cond_wait, pthread_cond_broadcast,
+                               pthread_cond_wait, pthread_cond_broadcast, pthread_rwlock_init,
+                               pthread_rwlock_destroy, pthread_rwlock_rdlock, pthread_rwlock_wrlock,
+                               pthread_rwlock_unlock,
                                pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
                                pthread_mutex_trylock, pthread_mutex_unlock)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta,
@@ -463,6 +465,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     if vc_pager_open(&db.pager, path, readonly, cache_bytes, &meta, err) < 0:
         return -1
     db.next_gen = 1
+    pthread_rwlock_init(&db.mems_lock, NULL)
     pthread_mutex_init(&db.vis_lock, NULL)
     pthread_cond_init(&db.vis_cond, NULL)
     db.view.active = mem_new(db.next_gen, True)
@@ -555,6 +558,7 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     pthread_mutex_destroy(&db.commit_lock)
     pthread_mutex_destroy(&db.reg_lock)
     pthread_mutex_destroy(&db.ckpt_lock)
+    pthread_rwlock_destroy(&db.mems_lock)
     pthread_mutex_destroy(&db.vis_lock)
     pthread_cond_destroy(&db.vis_cond)
     free(db)
@@ -621,6 +625,7 @@ cdef void reclaim(vc_db* db) noexcept nogil:
             min_version = t.view.tree_version
         t = t.next
     link = &db.mems
+    pthread_rwlock_wrlock(&db.mems_lock)
     while link[0] != NULL:
         m = link[0]
         if m.retired_version != 0:
@@ -630,6 +635,7 @@ cdef void reclaim(vc_db* db) noexcept nogil:
                 continue
             still = True
         link = &m.older
+    pthread_rwlock_unlock(&db.mems_lock)
     vc_pager_reclaim(db.pager, min_version)
     if min_version < db.view.tree_version:
         still = True
@@ -735,29 +741,27 @@ cdef int chain_conflict(vc_node* n, vc_txn* t, bint* decided) noexcept nogil:
 
 cdef int older_conflict(vc_db* db, vc_txn* t, vc_memtable* newest, const unsigned char* key,
                         uint32_t klen) noexcept nogil:
-    """Look for a blocking version in the memtables older than `newest` that t's view can
-    reach (younger ones than its view are never freed while t lives; older ones hold
-    nothing newer than t's snapshot)."""
-    cdef vc_memtable* m = <vc_memtable*>vc_load_ptr(<void* const*>&db.mems)
-    cdef vc_memtable* last = t.view.frozen if t.view.frozen != NULL else t.view.active
-    cdef bint past = False
+    """Look for a blocking version in every live memtable older than `newest`: a pending
+    version of a transaction that began before a checkpoint sits in the memtable that
+    checkpoint froze, and must still stop a later writer of the same key."""
+    cdef vc_memtable* m
     cdef bint decided
+    cdef int rc = 0
     cdef vc_node* n
+    pthread_rwlock_rdlock(&db.mems_lock)      # reclaim() frees memtables only under wrlock
+    m = <vc_memtable*>vc_load_ptr(<void* const*>&newest.older)
     while m != NULL:
-        if past:
-            n = sl_find_eq(m, key, klen)
-            if n != NULL:
-                decided = False
-                if chain_conflict(n, t, &decided):
-                    return 1
-                if decided:
-                    return 0
-        if m == newest:
-            past = True
-        if m == last:
-            break
+        n = sl_find_eq(m, key, klen)
+        if n != NULL:
+            decided = False
+            if chain_conflict(n, t, &decided):
+                rc = 1
+                break
+            if decided:
+                break
         m = <vc_memtable*>vc_load_ptr(<void* const*>&m.older)
-    return 0
+    pthread_rwlock_unlock(&db.mems_lock)
+    return rc
 
 
 cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int kind,
@@ -815,7 +819,7 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
                       uint32_t vlen, int kind, vc_err* err) noexcept nogil:
     """Record a put or delete (installing a pending version, which detects conflicts at
     once), or (VC_CHECK) a key whose change by others must abort this txn at commit."""
-    cdef vc_node* n
+    cdef vc_node* n = NULL
     cdef vc_version* prev = NULL
     cdef vc_version* wv
     cdef vc_version* sv = NULL
@@ -829,24 +833,25 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         t.ws = mem_new(0, False)
         if t.ws == NULL:
             return vc_fail(err, VC_E_NOMEM, "out of memory")
-    n = sl_upsert(t.ws, key, klen)
-    if n == NULL:
-        return vc_fail(err, VC_E_NOMEM, "out of memory")
-    if n.versions != NULL:
+    n = sl_find_eq(t.ws, key, klen)
+    if n != NULL:
         old_kind = n.versions.kind
         prev = n.versions.shared
         if kind == VC_CHECK:
             return 0
     if kind != VC_CHECK:
+        # the conflict check happens here; a refused write leaves the write set untouched
         if install_pending(t, key, klen, kind, value, vlen, &sv, &sm, err) < 0:
             return -1
-        if prev != NULL:
-            vc_store_u64(&prev.commit_ts, VC_TS_ABORTED)   # superseded by sv
-    wv = new_version(t.ws, 0, t.id, kind, value, vlen)
+    if n == NULL:
+        n = sl_upsert(t.ws, key, klen)
+    wv = new_version(t.ws, 0, t.id, kind, value, vlen) if n != NULL else NULL
     if wv == NULL:
         if sv != NULL:
             vc_store_u64(&sv.commit_ts, VC_TS_ABORTED)
         return vc_fail(err, VC_E_NOMEM, "out of memory buffering a %u-byte value", vlen)
+    if prev != NULL:
+        vc_store_u64(&prev.commit_ts, VC_TS_ABORTED)    # superseded by sv
     wv.shared = sv
     wv.shared_mem = sm
     n.versions = wv                  # a write set keeps only the latest write of a key
@@ -859,9 +864,9 @@ cdef bint checks_conflict(vc_db* db, vc_txn* t) noexcept nogil:
     """Commit-time validation of VC_CHECK keys (catalog entries of tables written)."""
     cdef vc_node* w = sl_next(t.ws.head, 0)
     cdef vc_memtable* m
-    cdef vc_memtable* last = t.view.frozen if t.view.frozen != NULL else t.view.active
     cdef vc_node* n
     cdef bint decided
+    # the caller holds commit_lock, under which reclaim() frees memtables: all are alive
     while w != NULL:
         if w.versions.kind == VC_CHECK:
             m = <vc_memtable*>vc_load_ptr(<void* const*>&db.mems)
@@ -873,8 +878,6 @@ cdef bint checks_conflict(vc_db* db, vc_txn* t) noexcept nogil:
                         return True
                     if decided:
                         break
-                if m == last:
-                    break
                 m = <vc_memtable*>vc_load_ptr(<void* const*>&m.older)
         w = sl_next(w, 0)
     return False
