@@ -72,6 +72,9 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_wait(pthread_cond_t*, pthread_mutex_t*)
     int pthread_cond_broadcast(pthread_cond_t*)
     int pthread_cond_signal(pthread_cond_t*)
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t* thread, const void* attr, void* (*start)(void*) noexcept nogil, void* arg)
+    int pthread_join(pthread_t thread, void** retval)
     ctypedef struct pthread_rwlock_t:
         pass
     ctypedef struct pthread_rwlockattr_t:

@@ -5,7 +5,7 @@
 # the catalog: b"N" + name -> table id, b"C" -> next table id, b"D" + id -> drop marker
 # (consumed by the next checkpoint, which removes the dropped table's key range).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from velocore._common cimport vc_err, vc_buf, pthread_mutex_t, pthread_cond_t, pthread_rwlock_t
+from velocore._common cimport vc_err, vc_buf, pthread_mutex_t, pthread_cond_t, pthread_rwlock_t, pthread_t
 from velocore._pager cimport vc_pager
 from velocore._btree cimport vc_cursor
 from velocore._wal cimport vc_wal
@@ -121,6 +121,12 @@ cdef struct vc_db:
     pthread_mutex_t reg_lock    # view, registry
     pthread_mutex_t ckpt_lock   # one checkpoint at a time
     pthread_rwlock_t mems_lock  # shared: writers walking old memtables; exclusive: freeing one
+    pthread_t ckpt_thread       # background checkpointer (not for read-only stores)
+    bint ckpt_thread_running
+    int ckpt_requested          # a committer saw the log pass checkpoint_bytes (ckpt_sig_lock)
+    int ckpt_stop               # close asks the checkpointer to exit (ckpt_sig_lock)
+    pthread_mutex_t ckpt_sig_lock
+    pthread_cond_t ckpt_sig_cond
 
 cdef struct vc_iter:
     vc_txn* txn

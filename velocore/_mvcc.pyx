@@ -23,7 +23,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                VC_TS_ABORTED, pthread_cond_init, pthread_cond_destroy,
                                pthread_cond_wait, pthread_cond_broadcast, pthread_rwlock_init,
                                pthread_rwlock_destroy, pthread_rwlock_rdlock, pthread_rwlock_wrlock,
-                               pthread_rwlock_unlock,
+                               pthread_rwlock_unlock, pthread_create, pthread_join,
                                pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
                                pthread_mutex_trylock, pthread_mutex_unlock)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta,
@@ -444,6 +444,8 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     db.readonly = readonly
     db.sync_mode = sync_mode
     db.checkpoint_bytes = checkpoint_bytes
+    pthread_mutex_init(&db.ckpt_sig_lock, NULL)
+    pthread_cond_init(&db.ckpt_sig_cond, NULL)
     pthread_mutex_init(&db.commit_lock, NULL)
     pthread_mutex_init(&db.reg_lock, NULL)
     pthread_mutex_init(&db.ckpt_lock, NULL)
@@ -496,6 +498,10 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     if last_ts > db.last_ts:
         db.last_ts = last_ts
     db.visible_ts = db.last_ts
+    if not readonly:
+        if pthread_create(&db.ckpt_thread, NULL, checkpointer_main, db) != 0:
+            return vc_fail(err, VC_E_NOMEM, "cannot start the checkpoint thread")
+        db.ckpt_thread_running = True
     return 0
 
 
@@ -535,6 +541,7 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     if db == NULL:
         return
     vc_err_reset(&ignored)
+    stop_checkpointer(db)
     # end every live transaction (the facade no longer touches them)
     t = db.txns
     while t != NULL:
@@ -559,6 +566,8 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     pthread_mutex_destroy(&db.reg_lock)
     pthread_mutex_destroy(&db.ckpt_lock)
     pthread_rwlock_destroy(&db.mems_lock)
+    pthread_mutex_destroy(&db.ckpt_sig_lock)
+    pthread_cond_destroy(&db.ckpt_sig_cond)
     pthread_mutex_destroy(&db.vis_lock)
     pthread_cond_destroy(&db.vis_cond)
     free(db)
@@ -1003,7 +1012,8 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     txn_unregister(t)
     if rc < 0:
         return -1
-    return vc_db_checkpoint(db, True, err)
+    checkpoint_if_due(db)
+    return 0
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -1035,10 +1045,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     if db.readonly:
         return 0
     if only_if_due:
-        if db.wal != NULL:
-            if db.wal.total_bytes < db.checkpoint_bytes:
-                return 0
-        elif memtable_bytes(db) < db.checkpoint_bytes:
+        if checkpoint_backlog(db) < db.checkpoint_bytes:
             return 0
         if pthread_mutex_trylock(&db.ckpt_lock) != 0:
             return 0     # another thread is checkpointing
@@ -1160,6 +1167,65 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     reclaim(db)
     pthread_mutex_unlock(&db.ckpt_lock)
     return 0
+
+
+cdef inline uint64_t checkpoint_backlog(vc_db* db) noexcept nogil:
+    """What a checkpoint would fold: the log size, or memtable bytes when there is no log."""
+    cdef vc_memtable* m
+    if db.wal != NULL:
+        return db.wal.total_bytes
+    m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
+    return m.arena.bytes
+
+
+cdef void* checkpointer_main(void* arg) noexcept nogil:
+    """Background checkpoints, each run when a committer reports the log is due."""
+    cdef vc_db* db = <vc_db*>arg
+    cdef vc_err err
+    while True:
+        pthread_mutex_lock(&db.ckpt_sig_lock)
+        while not db.ckpt_requested and not db.ckpt_stop:
+            pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
+        if db.ckpt_stop:
+            pthread_mutex_unlock(&db.ckpt_sig_lock)
+            break
+        db.ckpt_requested = 0
+        pthread_mutex_unlock(&db.ckpt_sig_lock)
+        err.code = VC_E_NONE
+        err.msg[0] = 0
+        # a failure marks the store failed (db_fail): the next commit reports it
+        vc_db_checkpoint(db, True, &err)
+        pthread_mutex_lock(&db.ckpt_sig_lock)
+        pthread_cond_broadcast(&db.ckpt_sig_cond)     # wakes committers waiting on backlog
+        pthread_mutex_unlock(&db.ckpt_sig_lock)
+    return NULL
+
+
+cdef void checkpoint_if_due(vc_db* db) noexcept nogil:
+    """Called after each commit: wake the checkpointer when the log is due; when it has
+    fallen far behind (4x), wait for it, so memory stays bounded."""
+    cdef uint64_t backlog = checkpoint_backlog(db)
+    if backlog < db.checkpoint_bytes or not db.ckpt_thread_running:
+        return
+    pthread_mutex_lock(&db.ckpt_sig_lock)
+    if not db.ckpt_requested:
+        db.ckpt_requested = 1
+        pthread_cond_broadcast(&db.ckpt_sig_cond)
+    while (checkpoint_backlog(db) >= 4 * db.checkpoint_bytes and db.ckpt_requested
+           and not db.ckpt_stop and not db.failed):
+        pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
+    pthread_mutex_unlock(&db.ckpt_sig_lock)
+
+
+cdef void stop_checkpointer(vc_db* db) noexcept nogil:
+    if not db.ckpt_thread_running:
+        return
+    pthread_mutex_lock(&db.ckpt_sig_lock)
+    db.ckpt_stop = 1
+    pthread_cond_broadcast(&db.ckpt_sig_cond)
+    pthread_mutex_unlock(&db.ckpt_sig_lock)
+    pthread_join(db.ckpt_thread, NULL)
+    db.ckpt_thread_running = False
 
 
 cdef bint table_in(const unsigned char* key, const uint32_t* tids, size_t n) noexcept nogil:
