@@ -84,6 +84,7 @@ cdef struct vc_txn:
     vc_view view            # pinned at begin
     vc_memtable* ws         # private write set, NULL until the first write
     uint64_t nwrites        # write-set nodes that are puts or deletes
+    uint64_t wgen           # bumped by every write (iterators holding a prefetched block re-seek)
     int state               # VC_TXN_ACTIVE / VC_TXN_ENDED
     bint readonly
     bint doomed             # a conflict was reported: can never commit
@@ -165,5 +166,9 @@ cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t 
 # VC_OK: it.cur / it.value hold the next entry; VC_NOTFOUND: exhausted.
 cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil
 cdef void vc_iter_close(vc_iter* it) noexcept nogil
+# Append up to max_entries entries (fewer once out passes max_bytes) to out, each as
+# uint32 klen | uint32 vlen | key | value; *count gets how many (0: the range is exhausted).
+cdef int vc_iter_fill(vc_iter* it, vc_buf* out, size_t max_entries, size_t max_bytes,
+                      bint keys_only, size_t* count, vc_err* err) noexcept nogil
 
 cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil

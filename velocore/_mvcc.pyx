@@ -864,6 +864,7 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
     wv.shared = sv
     wv.shared_mem = sm
     n.versions = wv                  # a write set keeps only the latest write of a key
+    t.wgen += 1
     if kind != VC_CHECK and (old_kind == 0 or old_kind == VC_CHECK):
         t.nwrites += 1
     return 0
@@ -1416,3 +1417,31 @@ cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
 cdef void vc_iter_close(vc_iter* it) noexcept nogil:
     vc_cursor_close(&it.tree)
     it.done = True
+
+
+cdef int vc_iter_fill(vc_iter* it, vc_buf* out, size_t max_entries, size_t max_bytes,
+                      bint keys_only, size_t* count, vc_err* err) noexcept nogil:
+    cdef int rc
+    cdef uint32_t klen, vlen
+    cdef size_t need
+    count[0] = 0
+    out.len = 0
+    while count[0] < max_entries and out.len < max_bytes:
+        rc = vc_iter_next(it, err)
+        if rc < 0:
+            return -1
+        if rc == VC_NOTFOUND:
+            break
+        klen = it.curlen
+        vlen = 0 if keys_only else <uint32_t>it.vlen
+        need = out.len + 8 + klen + vlen
+        if vc_buf_reserve(out, need) < 0:
+            return vc_fail(err, VC_E_NOMEM, "out of memory reading a range")
+        memcpy(out.data + out.len, &klen, 4)
+        memcpy(out.data + out.len + 4, &vlen, 4)
+        memcpy(out.data + out.len + 8, it.cur, klen)
+        if vlen:
+            memcpy(out.data + out.len + 8 + klen, it.value, vlen)
+        out.len = need
+        count[0] += 1
+    return 0

@@ -17,7 +17,7 @@ from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_O
 from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc_db_checkpoint,
                              vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
-                             vc_iter_close, VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE)
+                             vc_iter_close, vc_iter_fill, VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport VC_MAX_VALUE
 
@@ -1094,25 +1094,45 @@ cdef class Snapshot(Txn):
 # ---------------------------------------------------------------- iterators
 
 cdef class RangeIterator:
-    """Iterates a key range in order; valid while its transaction is open."""
+    """Iterates a key range in order; valid while its transaction is open.
+
+    Entries are fetched in blocks, each with the GIL released; a write by the same
+    transaction makes the iterator drop its block and continue after the last key it
+    returned, so it sees that write if the write lies ahead.
+    """
 
     cdef vc_iter* it
     cdef Txn txn
     cdef bint keys_only
+    cdef bint reverse
     cdef bint owns_txn           # made by Table.range: ends its snapshot when exhausted
     cdef bint finished
     cdef int strip               # bytes of table id to cut from returned keys
+    cdef bytes lo                # composite bounds: lo <= key < hi
+    cdef bytes hi
+    cdef vc_buf block            # prefetched entries: uint32 klen | uint32 vlen | key | value
+    cdef size_t pos              # next entry in block
+    cdef size_t left             # entries of block not yet returned
+    cdef Py_ssize_t last_pos     # offset in block of the entry returned last, -1 if none
+    cdef size_t batch            # entries per refill, grows up to 512
+    cdef uint64_t wgen           # txn.t.wgen when the block was fetched
 
     def __cinit__(self):
         self.it = NULL
         self.finished = True
+        memset(&self.block, 0, sizeof(vc_buf))
+        self.last_pos = -1
+        self.batch = 16
 
     cdef int setup(self, Txn txn, bytes lo, bytes hi, bint reverse, bint keys_only, int strip) except -1:
         cdef vc_err err
         cdef int rc
         self.txn = txn
         self.keys_only = keys_only
+        self.reverse = reverse
         self.strip = strip
+        self.lo = lo
+        self.hi = hi
         self.it = <vc_iter*>malloc(sizeof(vc_iter))
         if self.it == NULL:
             raise MemoryError()
@@ -1142,14 +1162,62 @@ cdef class RangeIterator:
                 vc_iter_close(self.it)
             free(self.it)
             self.it = NULL
+        vc_buf_free(&self.block)
 
     def __iter__(self):
         return self
 
-    def __next__(self):
+    cdef int reseek(self) except -1:
+        """Restart after the entry returned last (the transaction wrote meanwhile)."""
+        cdef vc_err err
+        cdef uint32_t klen
+        cdef int rc
+        memcpy(&klen, self.block.data + self.last_pos, 4)
+        last = PyBytes_FromStringAndSize(<const char*>self.block.data + self.last_pos + 8, klen)
+        if self.reverse:
+            self.hi = last
+        else:
+            self.lo = last + b"\0"
+        vc_iter_close(self.it)
+        self.left = 0
+        self.last_pos = -1
+        err.code = VC_E_NONE
+        rc = vc_iter_init(self.it, self.txn.t, <const unsigned char*>PyBytes_AS_STRING(self.lo),
+                          <uint32_t>PyBytes_GET_SIZE(self.lo),
+                          <const unsigned char*>PyBytes_AS_STRING(self.hi),
+                          <uint32_t>PyBytes_GET_SIZE(self.hi), self.reverse, &err)
+        if rc < 0:
+            self.finish()
+            raise_error(&err)
+        return 0
+
+    cdef int refill(self) except -1:
         cdef vc_err err
         cdef int rc
-        cdef vc_iter* it = self.it
+        cdef size_t count = 0
+        cdef Txn txn = self.txn
+        txn.check()
+        err.code = VC_E_NONE
+        txn.in_use = True
+        txn.store.busy += 1
+        with nogil:
+            rc = vc_iter_fill(self.it, &self.block, self.batch, 1 << 20, self.keys_only, &count, &err)
+        txn.in_use = False
+        txn.store.busy -= 1
+        if rc < 0:
+            self.finish()
+            raise_error(&err)
+        self.pos = 0
+        self.left = count
+        self.last_pos = -1
+        self.wgen = txn.t.wgen
+        if self.batch < 512:
+            self.batch *= 2
+        return 0
+
+    def __next__(self):
+        cdef uint32_t klen, vlen
+        cdef const char* p
         if self.finished:
             if self.txn is not None and (self.txn.ended or self.txn.store.db == NULL) and not self.owns_txn:
                 raise ClosedError("the iterator's transaction has ended")
@@ -1157,15 +1225,20 @@ cdef class RangeIterator:
         if self.txn.ended or self.txn.store.db == NULL or self.txn.store.closing:
             self.finished = True
             raise ClosedError("the iterator's transaction has ended")
-        err.code = VC_E_NONE
-        rc = vc_iter_next(it, &err)
-        if rc == VC_NOTFOUND:
-            self.finish()
-            raise StopIteration
-        if rc < 0:
-            self.finish()
-            raise_error(&err)
-        key = PyBytes_FromStringAndSize(<const char*>it.cur + self.strip, it.curlen - self.strip)
+        if self.last_pos >= 0 and self.txn.t.wgen != self.wgen:
+            self.reseek()
+        if self.left == 0:
+            self.refill()
+            if self.left == 0:
+                self.finish()
+                raise StopIteration
+        p = <const char*>self.block.data + self.pos
+        memcpy(&klen, p, 4)
+        memcpy(&vlen, p + 4, 4)
+        self.last_pos = <Py_ssize_t>self.pos
+        self.pos += 8 + klen + vlen
+        self.left -= 1
+        key = PyBytes_FromStringAndSize(p + 8 + self.strip, klen - self.strip)
         if self.keys_only:
             return key
-        return (key, PyBytes_FromStringAndSize(<const char*>it.value, it.vlen))
+        return (key, PyBytes_FromStringAndSize(p + 8 + klen, vlen))
