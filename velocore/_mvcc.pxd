@@ -84,6 +84,7 @@ cdef struct vc_txn:
     vc_view view            # pinned at begin
     vc_memtable* ws         # private write set, NULL until the first write
     uint64_t nwrites        # write-set nodes that are puts or deletes
+    uint64_t nchecks        # write-set nodes that are VC_CHECK only
     uint64_t wgen           # bumped by every write (iterators holding a prefetched block re-seek)
     int state               # VC_TXN_ACTIVE / VC_TXN_ENDED
     bint readonly

@@ -229,6 +229,11 @@ cdef void sl_find_preds(vc_memtable* m, const unsigned char* key, uint32_t klen,
     cdef vc_node* x = m.head
     cdef vc_node* nx
     cdef int level = VC_SL_MAX - 1
+    cdef int top = vc_load_int_relaxed(&m.height)
+    while level >= top:               # levels above the height in use: only the head
+        preds[level] = x
+        succs[level] = sl_next(x, level)
+        level -= 1
     while level >= 0:
         nx = sl_next(x, level)
         while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
@@ -264,35 +269,34 @@ cdef uint32_t random_height(vc_memtable* m, const unsigned char* key, uint32_t k
     return <uint32_t>h
 
 
-cdef vc_node* sl_upsert(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
-    """Find or insert the node for key.  Lock-free: many writers may insert at once
-    (nodes are never removed, so a CAS on each level's link is all it takes)."""
-    cdef vc_node* preds[VC_SL_MAX]
-    cdef vc_node* succs[VC_SL_MAX]
-    cdef vc_node* n = NULL
+cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_node** succs, const unsigned char* key,
+                      uint32_t klen) noexcept nogil:
+    """Insert a node for key, given the predecessors a search just found.  Lock-free: if
+    another writer got there first, returns its node (nodes are never removed, so a CAS on
+    each level's link is all it takes)."""
+    cdef vc_node* n
     cdef uint32_t h, i
     cdef int cur
+    h = random_height(m, key, klen)
+    n = <vc_node*>mem_alloc(m, sizeof(vc_node) + <size_t>h * sizeof(vc_node*) + klen)
+    if n == NULL:
+        return NULL
+    n.versions = NULL
+    n.next = <vc_node**>(<unsigned char*>n + sizeof(vc_node))
+    n.key = <unsigned char*>n + sizeof(vc_node) + <size_t>h * sizeof(vc_node*)
+    memcpy(n.key, key, klen)
+    n.klen = klen
+    n.height = h
     while True:
-        sl_find_preds(m, key, klen, preds, succs)
-        if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
-            return succs[0]           # (a node allocated by a lost race stays in the arena)
-        if n == NULL:
-            h = random_height(m, key, klen)
-            n = <vc_node*>mem_alloc(m, sizeof(vc_node) + <size_t>h * sizeof(vc_node*) + klen)
-            if n == NULL:
-                return NULL
-            n.versions = NULL
-            n.next = <vc_node**>(<unsigned char*>n + sizeof(vc_node))
-            n.key = <unsigned char*>n + sizeof(vc_node) + <size_t>h * sizeof(vc_node*)
-            memcpy(n.key, key, klen)
-            n.klen = klen
-            n.height = h
-        for i in range(n.height):
+        for i in range(h):
             vc_store_ptr(<void**>&n.next[i], succs[i])
         if vc_cas_ptr(<void**>&preds[0].next[0], succs[0], n):
             break
+        sl_find_preds(m, key, klen, preds, succs)
+        if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
+            return succs[0]           # (the node allocated here stays unused in the arena)
     # level 0 links the node in; the upper levels are shortcuts, linked one by one
-    for i in range(1, n.height):
+    for i in range(1, h):
         while True:
             if vc_cas_ptr(<void**>&preds[i].next[i], succs[i], n):
                 break
@@ -301,12 +305,22 @@ cdef vc_node* sl_upsert(vc_memtable* m, const unsigned char* key, uint32_t klen)
                 break
             vc_store_ptr(<void**>&n.next[i], succs[i])
     cur = vc_load_int_relaxed(&m.height)
-    while cur < <int>n.height:
-        if vc_cas_int(&m.height, cur, <int>n.height):
+    while cur < <int>h:
+        if vc_cas_int(&m.height, cur, <int>h):
             break
         cur = vc_load_int_relaxed(&m.height)
     vc_fetch_add_u64(&m.nkeys, 1)
     return n
+
+
+cdef vc_node* sl_upsert(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """Find or insert the node for key (any number of concurrent writers)."""
+    cdef vc_node* preds[VC_SL_MAX]
+    cdef vc_node* succs[VC_SL_MAX]
+    sl_find_preds(m, key, klen, preds, succs)
+    if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
+        return succs[0]
+    return sl_link(m, preds, succs, key, klen)
 
 
 cdef vc_version* new_version(vc_memtable* m, uint64_t ts, uint64_t owner, int kind,
@@ -829,6 +843,8 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
     """Record a put or delete (installing a pending version, which detects conflicts at
     once), or (VC_CHECK) a key whose change by others must abort this txn at commit."""
     cdef vc_node* n = NULL
+    cdef vc_node* preds[VC_SL_MAX]
+    cdef vc_node* succs[VC_SL_MAX]
     cdef vc_version* prev = NULL
     cdef vc_version* wv
     cdef vc_version* sv = NULL
@@ -842,8 +858,9 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         t.ws = mem_new(0, False)
         if t.ws == NULL:
             return vc_fail(err, VC_E_NOMEM, "out of memory")
-    n = sl_find_eq(t.ws, key, klen)
-    if n != NULL:
+    sl_find_preds(t.ws, key, klen, preds, succs)
+    if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
+        n = succs[0]
         old_kind = n.versions.kind
         prev = n.versions.shared
         if kind == VC_CHECK:
@@ -853,7 +870,7 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         if install_pending(t, key, klen, kind, value, vlen, &sv, &sm, err) < 0:
             return -1
     if n == NULL:
-        n = sl_upsert(t.ws, key, klen)
+        n = sl_link(t.ws, preds, succs, key, klen)   # nothing changed the write set since
     wv = new_version(t.ws, 0, t.id, kind, value, vlen) if n != NULL else NULL
     if wv == NULL:
         if sv != NULL:
@@ -867,6 +884,10 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
     t.wgen += 1
     if kind != VC_CHECK and (old_kind == 0 or old_kind == VC_CHECK):
         t.nwrites += 1
+    if kind == VC_CHECK:
+        t.nchecks += 1
+    elif old_kind == VC_CHECK:
+        t.nchecks -= 1
     return 0
 
 
@@ -876,9 +897,13 @@ cdef bint checks_conflict(vc_db* db, vc_txn* t) noexcept nogil:
     cdef vc_memtable* m
     cdef vc_node* n
     cdef bint decided
+    if t.nchecks == 0:
+        return False
+    cdef uint64_t seen = 0
     # the caller holds commit_lock, under which reclaim() frees memtables: all are alive
-    while w != NULL:
+    while w != NULL and seen < t.nchecks:
         if w.versions.kind == VC_CHECK:
+            seen += 1
             m = <vc_memtable*>vc_load_ptr(<void* const*>&db.mems)
             while m != NULL:
                 n = sl_find_eq(m, w.key, w.klen)
@@ -939,6 +964,8 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     cdef vc_db* db = t.db
     cdef vc_node* w
     cdef vc_version* v
+    cdef vc_memtable* last_m
+    cdef bint any_frozen
     cdef uint64_t ts, lsn = 0
     cdef int rc = 0
     if t.state != VC_TXN_ACTIVE:
@@ -993,15 +1020,22 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     db.last_ts = ts
     db.commits += 1
     pthread_mutex_unlock(&db.commit_lock)
-    # stamp the pending versions; a memtable frozen meanwhile gets a committed copy
-    mark_shared(t, ts)
+    # stamp the pending versions (one pass); a memtable frozen meanwhile gets a copy
+    last_m = NULL
+    any_frozen = False
     w = sl_next(t.ws.head, 0)
     while w != NULL:
         v = w.versions
         if v.shared != NULL:
-            vc_max_u64_relaxed(&v.shared_mem.max_ts, ts)
+            vc_store_u64(&v.shared.commit_ts, ts)
+            if v.shared_mem != last_m:
+                last_m = v.shared_mem
+                vc_max_u64_relaxed(&last_m.max_ts, ts)
+                if vc_load_int_sc(&last_m.frozen):
+                    any_frozen = True
         w = sl_next(w, 0)
-    rc = copy_forward(t, ts, err)
+    if any_frozen:
+        rc = copy_forward(t, ts, err)
     if rc < 0:
         db_fail(db, err)
     if rc == 0 and db.wal != NULL and db.sync_mode == VC_SYNC_FULL:

@@ -103,6 +103,28 @@ cdef object raise_error(vc_err* e):
 
 # ---------------------------------------------------------------- argument helpers
 
+cdef extern from *:
+    """
+    /* put_many applies its batch in key order (cache-friendly skip-list inserts); ties
+       keep input order so a repeated key still ends with its last value. */
+    typedef struct { const unsigned char *key; uint32_t klen; uint32_t idx; } vc_sortkey;
+    static int vc_sortkey_cmp(const void *a, const void *b) {
+        const vc_sortkey *x = (const vc_sortkey *)a, *y = (const vc_sortkey *)b;
+        uint32_t n = x->klen < y->klen ? x->klen : y->klen;
+        int r = memcmp(x->key, y->key, n);
+        if (r) return r;
+        if (x->klen != y->klen) return x->klen < y->klen ? -1 : 1;
+        return x->idx < y->idx ? -1 : (x->idx > y->idx);
+    }
+    """
+    ctypedef struct vc_sortkey:
+        const unsigned char* key
+        uint32_t klen
+        uint32_t idx
+    int vc_sortkey_cmp(const void* a, const void* b) noexcept nogil
+
+from libc.stdlib cimport qsort
+
 cdef struct keybuf:
     unsigned char data[1028]     # table id + user key
     uint32_t len
@@ -941,6 +963,8 @@ cdef class Txn:
         cdef uint32_t* klens = NULL
         cdef const unsigned char** vptrs = NULL
         cdef uint32_t* vlens = NULL
+        cdef vc_sortkey* order = NULL
+        cdef Py_ssize_t j
         cdef list values
         cdef vc_err err
         cdef int rc = 0
@@ -979,15 +1003,26 @@ cdef class Txn:
                 values[i] = v
                 vptrs[i] = <const unsigned char*>PyBytes_AS_STRING(v)
                 vlens[i] = <uint32_t>PyBytes_GET_SIZE(v)
+            order = <vc_sortkey*>malloc(<size_t>(n if n else 1) * sizeof(vc_sortkey))
+            if order == NULL:
+                raise MemoryError()
+            for i in range(n):
+                order[i].key = kdata + i * 1028
+                order[i].klen = klens[i]
+                order[i].idx = <uint32_t>i
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
             self.in_use = True
             self.store.busy += 1
             with nogil:
+                qsort(order, <size_t>n, sizeof(vc_sortkey), vc_sortkey_cmp)
                 for i in range(n):
-                    rc = vc_txn_write(self.t, kdata + i * 1028, klens[i], vptrs[i], vlens[i], VC_PUT, &err)
+                    j = order[i].idx
+                    rc = vc_txn_write(self.t, kdata + j * 1028, klens[j], vptrs[j], vlens[j], VC_PUT, &err)
                     if rc < 0:
                         break
+            free(order)
+            order = NULL
             self.in_use = False
             self.store.busy -= 1
             if rc < 0:
@@ -997,6 +1032,7 @@ cdef class Txn:
             free(klens)
             free(vptrs)
             free(vlens)
+            free(order)
 
     def delete_many(self, table, keys):
         """delete_many(table, keys) -> int: how many of the keys existed."""
