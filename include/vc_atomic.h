@@ -68,4 +68,19 @@ static inline int vc_cas_int(int *p, int expected, int desired)
 
 static inline uint64_t vc_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
+/* Seqlock around the published view: a publisher makes the sequence odd, writes, makes
+ * it even again; a reader copies the fields between two equal, even readings.  All
+ * SEQ_CST: the begin path pairs the second reading with its slot store (Dekker style)
+ * against a publisher that bumps the sequence and then scans the slots. */
+static inline uint64_t vc_load_u64_sc(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline void vc_store_u64_sc(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline void vc_seq_bump(uint64_t *p) { __atomic_fetch_add(p, 1, __ATOMIC_SEQ_CST); }
+/* Racy field reads validated by the seqlock: RELAXED atomics keep them well defined. */
+static inline uint32_t vc_load_u32_relaxed(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline uint64_t vc_load_u64_relaxed(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void *vc_load_ptr_relaxed(void *const *p) { return __atomic_load_n((void **)p, __ATOMIC_RELAXED); }
+static inline void vc_store_u32_relaxed(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void vc_store_u64_relaxed(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void vc_store_ptr_relaxed(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
 #endif

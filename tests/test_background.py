@@ -38,3 +38,30 @@ def test_background_checkpoints_in_memory_store():
     assert len(tab) == 300
     assert store.check()["ok"]
     store.close()
+
+
+def test_many_live_snapshots_beyond_registration_slots(tmp_path):
+    # Transactions register in lock-free slots; past 1024 live ones they use a locked
+    # list.  Both kinds must pin what they read across checkpoints and be counted.
+    store = velocore.open(str(tmp_path / "s"), sync="off")
+    tab = store.table("t")
+    snaps = []
+    for i in range(1500):
+        tab.put(b"key", b"%d" % i)
+        snaps.append(store.snapshot())
+        if i % 300 == 299:
+            store.checkpoint()
+    info = store.info()
+    assert info["active_transactions"] == 1500
+    assert info["oldest_snapshot_ts"] is not None
+    for i, s in enumerate(snaps):
+        assert s.get(tab, b"key") == b"%d" % i
+    for s in snaps:
+        s.abort()
+    store.checkpoint()
+    with store.snapshot():
+        info = store.info()
+    assert info["active_transactions"] == 1
+    assert info["memtables"] <= 2
+    assert store.check()["ok"]
+    store.close()

@@ -49,6 +49,15 @@ cdef extern from "vc_atomic.h" nogil:
     void vc_max_u64_relaxed(uint64_t* p, uint64_t v)
     uint64_t vc_fetch_add_u64(uint64_t* p, uint64_t v)
     bint vc_cas_int(int* p, int expected, int desired)
+    uint64_t vc_load_u64_sc(const uint64_t* p)
+    void vc_store_u64_sc(uint64_t* p, uint64_t v)
+    void vc_seq_bump(uint64_t* p)
+    uint32_t vc_load_u32_relaxed(const uint32_t* p)
+    uint64_t vc_load_u64_relaxed(const uint64_t* p)
+    void* vc_load_ptr_relaxed(void* const* p)
+    void vc_store_u32_relaxed(uint32_t* p, uint32_t v)
+    void vc_store_u64_relaxed(uint64_t* p, uint64_t v)
+    void vc_store_ptr_relaxed(void** p, void* v)
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()

@@ -77,6 +77,15 @@ cdef struct vc_view:        # what a transaction reads besides its own writes
 
 cdef struct vc_db
 
+cdef enum:
+    VC_NSLOTS = 1024        # lock-free registration slots; more live txns use a locked list
+
+cdef struct vc_slot:        # one cache line per live transaction
+    vc_txn* txn             # owner, NULL when free (claimed with a CAS)
+    uint64_t tree_version   # the owner's view; 0 while unpublished (seq_cst)
+    uint64_t snapshot_ts    # for info() only
+    uint64_t pad[5]
+
 cdef struct vc_txn:
     vc_db* db
     uint64_t id             # owner id stamped on its pending versions
@@ -89,7 +98,8 @@ cdef struct vc_txn:
     int state               # VC_TXN_ACTIVE / VC_TXN_ENDED
     bint readonly
     bint doomed             # a conflict was reported: can never commit
-    vc_txn* prev            # registry of live transactions (db.reg_lock)
+    vc_slot* slot           # registration slot, or NULL when on the locked overflow list
+    vc_txn* prev            # overflow list of live transactions (db.reg_lock)
     vc_txn* next
     vc_buf scratch          # last value read from the tree
     vc_buf payload          # log record being built at commit
@@ -107,11 +117,13 @@ cdef struct vc_db:
     uint64_t next_txn_id    # atomic counter of transaction ids
     pthread_mutex_t vis_lock    # ordered advance of visible_ts
     pthread_cond_t vis_cond
-    vc_view view            # current view (reg_lock)
+    vc_view view            # current view: written under reg_lock inside view_seq
+    uint64_t view_seq       # seqlock over view: odd while a publisher writes it
+    vc_slot* slots          # VC_NSLOTS registration slots (64-byte aligned)
     vc_memtable* mems       # live memtables, newest first (commit_lock + reg_lock to unlink)
     uint64_t next_gen
-    vc_txn* txns            # live transactions (reg_lock)
-    uint64_t ntxns
+    vc_txn* txns            # live transactions that found no free slot (reg_lock)
+    uint64_t ntxns          # of those
     bint reclaim_pending    # retired memtables or pages wait for old readers
     uint64_t checkpoint_bytes   # log (or memtable) size that triggers a checkpoint
     uint64_t checkpoint_ts

@@ -11,6 +11,7 @@ cdef extern from "<errno.h>" nogil:
 from posix.unistd cimport close
 from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, stat as c_stat
+from posix.stdlib cimport posix_memalign
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
                                VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
@@ -24,6 +25,9 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                pthread_cond_wait, pthread_cond_broadcast, pthread_rwlock_init,
                                pthread_rwlock_destroy, pthread_rwlock_rdlock, pthread_rwlock_wrlock,
                                pthread_rwlock_unlock, pthread_create, pthread_join,
+                               vc_load_u64_sc, vc_store_u64_sc, vc_seq_bump, vc_load_u32_relaxed,
+                               vc_load_u64_relaxed, vc_load_ptr_relaxed, vc_store_u32_relaxed,
+                               vc_store_u64_relaxed, vc_store_ptr_relaxed,
                                pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
                                pthread_mutex_trylock, pthread_mutex_unlock)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta,
@@ -458,6 +462,10 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     db.readonly = readonly
     db.sync_mode = sync_mode
     db.checkpoint_bytes = checkpoint_bytes
+    if posix_memalign(<void**>&db.slots, 64, VC_NSLOTS * sizeof(vc_slot)) != 0:
+        db.slots = NULL
+        return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
+    memset(db.slots, 0, VC_NSLOTS * sizeof(vc_slot))
     pthread_mutex_init(&db.ckpt_sig_lock, NULL)
     pthread_cond_init(&db.ckpt_sig_cond, NULL)
     pthread_mutex_init(&db.commit_lock, NULL)
@@ -547,6 +555,7 @@ cdef bint wal_has_segment_after(const char* path, uint64_t seg) noexcept nogil:
 
 
 cdef void vc_db_close(vc_db* db) noexcept nogil:
+    cdef uint32_t i
     cdef vc_txn* t
     cdef vc_txn* nx
     cdef vc_memtable* m
@@ -564,6 +573,14 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
         free(t)
         t = nx
     db.txns = NULL
+    if db.slots != NULL:
+        for i in range(VC_NSLOTS):
+            t = db.slots[i].txn
+            if t != NULL:
+                txn_release(t)
+                free(t)
+        free(db.slots)
+        db.slots = NULL
     if db.wal != NULL:
         vc_wal_close(db.wal, &ignored)
         db.wal = NULL
@@ -612,41 +629,102 @@ cdef void txn_release(vc_txn* t) noexcept nogil:
     t.state = VC_TXN_ENDED
 
 
+cdef void view_publish_begin(vc_db* db) noexcept nogil:
+    """Caller holds reg_lock (one publisher at a time)."""
+    vc_seq_bump(&db.view_seq)
+
+
+cdef void view_publish_end(vc_db* db) noexcept nogil:
+    vc_seq_bump(&db.view_seq)
+
+
+cdef inline void view_read(vc_db* db, vc_view* v) noexcept nogil:
+    v.root = vc_load_u32_relaxed(&db.view.root)
+    v.height = vc_load_u32_relaxed(&db.view.height)
+    v.tree_version = vc_load_u64_relaxed(&db.view.tree_version)
+    v.active = <vc_memtable*>vc_load_ptr_relaxed(<void* const*>&db.view.active)
+    v.frozen = <vc_memtable*>vc_load_ptr_relaxed(<void* const*>&db.view.frozen)
+
+
 cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexcept nogil:
+    """Begin a transaction.  The common path takes no lock: a slot is claimed with a CAS
+    and the view is copied under a seqlock; the slot's tree_version is published before
+    the sequence is re-read, so reclaim() (which scans slots after a view changed) either
+    sees this transaction or this transaction sees the new view and retries."""
     cdef vc_txn* t = <vc_txn*>calloc(1, sizeof(vc_txn))
+    cdef vc_slot* slot = NULL
+    cdef uint64_t s1, s2, snap
+    cdef uint32_t i, start
     if t == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory beginning a transaction")
     t.db = db
     t.readonly = readonly
     t.id = vc_fetch_add_u64(&db.next_txn_id, 1) + 1
-    pthread_mutex_lock(&db.reg_lock)
-    t.view = db.view
-    t.snapshot_ts = vc_load_u64(&db.visible_ts)
-    t.next = db.txns
-    if db.txns != NULL:
-        db.txns.prev = t
-    db.txns = t
-    db.ntxns += 1
-    pthread_mutex_unlock(&db.reg_lock)
+    start = <uint32_t>((t.id * <uint64_t>0x9E3779B97F4A7C15U) >> 54)   # top 10 bits
+    for i in range(VC_NSLOTS):
+        slot = &db.slots[(start + i) & (VC_NSLOTS - 1)]
+        if vc_load_ptr_relaxed(<void* const*>&slot.txn) == NULL and \
+                vc_cas_ptr(<void**>&slot.txn, NULL, t):
+            break
+        slot = NULL
+    if slot == NULL:
+        # every slot is taken: the locked list
+        pthread_mutex_lock(&db.reg_lock)
+        view_read(db, &t.view)
+        t.snapshot_ts = vc_load_u64(&db.visible_ts)
+        t.next = db.txns
+        if db.txns != NULL:
+            db.txns.prev = t
+        db.txns = t
+        db.ntxns += 1
+        pthread_mutex_unlock(&db.reg_lock)
+        out[0] = t
+        return 0
+    while True:
+        s1 = vc_load_u64_sc(&db.view_seq)
+        if s1 & 1:
+            sched_yield()
+            continue
+        view_read(db, &t.view)
+        snap = vc_load_u64(&db.visible_ts)
+        vc_store_u64_sc(&slot.tree_version, t.view.tree_version)
+        s2 = vc_load_u64_sc(&db.view_seq)
+        if s1 == s2:
+            break
+    t.snapshot_ts = snap
+    vc_store_u64_relaxed(&slot.snapshot_ts, snap)
+    t.slot = slot
     out[0] = t
     return 0
 
 
+cdef uint64_t min_live_version(vc_db* db, uint64_t start) noexcept nogil:
+    """The oldest tree version a live transaction holds (start if none is older).
+    Caller holds reg_lock (the overflow list)."""
+    cdef uint64_t m = start, v
+    cdef uint32_t i
+    cdef vc_txn* t
+    for i in range(VC_NSLOTS):
+        v = vc_load_u64_sc(&db.slots[i].tree_version)
+        if v != 0 and v < m:
+            m = v
+    t = db.txns
+    while t != NULL:
+        if t.view.tree_version < m:
+            m = t.view.tree_version
+        t = t.next
+    return m
+
+
 cdef void reclaim(vc_db* db) noexcept nogil:
     """Free retired memtables and reuse pages no live transaction can read any more."""
-    cdef vc_txn* t
     cdef uint64_t min_version
     cdef vc_memtable** link
     cdef vc_memtable* m
     cdef bint still = False
     pthread_mutex_lock(&db.commit_lock)
     pthread_mutex_lock(&db.reg_lock)
-    min_version = db.view.tree_version
-    t = db.txns
-    while t != NULL:
-        if t.view.tree_version < min_version:
-            min_version = t.view.tree_version
-        t = t.next
+    min_version = min_live_version(db, db.view.tree_version)
     link = &db.mems
     pthread_rwlock_wrlock(&db.mems_lock)
     while link[0] != NULL:
@@ -669,17 +747,23 @@ cdef void reclaim(vc_db* db) noexcept nogil:
 
 cdef void txn_unregister(vc_txn* t) noexcept nogil:
     cdef vc_db* db = t.db
-    pthread_mutex_lock(&db.reg_lock)
-    if t.prev != NULL:
-        t.prev.next = t.next
+    cdef vc_slot* slot = t.slot
+    if slot != NULL:
+        vc_store_u64_sc(&slot.tree_version, 0)
+        vc_store_ptr(<void**>&slot.txn, NULL)      # the slot is free for the next claim
+        t.slot = NULL
     else:
-        db.txns = t.next
-    if t.next != NULL:
-        t.next.prev = t.prev
-    t.prev = NULL
-    t.next = NULL
-    db.ntxns -= 1
-    pthread_mutex_unlock(&db.reg_lock)
+        pthread_mutex_lock(&db.reg_lock)
+        if t.prev != NULL:
+            t.prev.next = t.next
+        else:
+            db.txns = t.next
+        if t.next != NULL:
+            t.next.prev = t.prev
+        t.prev = NULL
+        t.next = NULL
+        db.ntxns -= 1
+        pthread_mutex_unlock(&db.reg_lock)
     txn_release(t)
     if db.reclaim_pending:
         reclaim(db)
@@ -1120,8 +1204,10 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
         sched_yield()
     pthread_mutex_lock(&db.reg_lock)
     vc_store_ptr(<void**>&db.mems, fresh)
-    db.view.frozen = frozen
+    view_publish_begin(db)
+    vc_store_ptr_relaxed(<void**>&db.view.frozen, frozen)
     vc_store_ptr(<void**>&db.view.active, fresh)
+    view_publish_end(db)
     pthread_mutex_unlock(&db.reg_lock)
     pthread_mutex_unlock(&db.commit_lock)
     # every commit up to C must be stamped before the merge reads the memtable
@@ -1184,10 +1270,12 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
 
     # 4. publish the new tree; the frozen memtable retires until its readers are gone
     pthread_mutex_lock(&db.reg_lock)
-    db.view.root = root
-    db.view.height = height
-    db.view.tree_version = tree_version
-    db.view.frozen = NULL
+    view_publish_begin(db)
+    vc_store_u32_relaxed(&db.view.root, root)
+    vc_store_u32_relaxed(&db.view.height, height)
+    vc_store_u64_relaxed(&db.view.tree_version, tree_version)
+    vc_store_ptr_relaxed(<void**>&db.view.frozen, NULL)
+    view_publish_end(db)
     frozen.retired_version = tree_version
     db.reclaim_pending = True
     db.checkpoint_ts = C
@@ -1286,15 +1374,24 @@ cdef long vc_db_check(vc_db* db, vc_buf* report, uint64_t* nkeys, vc_err* err) n
 cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     """out[0..15]: see _store.pyx Store.info for the meaning of each slot."""
     cdef vc_txn* t
+    cdef uint64_t live, snap
+    cdef uint32_t i
     cdef vc_memtable* m
     cdef uint64_t oldest = 0, mem_bytes = 0, versions = 0, nmems = 0
     pthread_mutex_lock(&db.reg_lock)
     t = db.txns
     oldest = 0
+    live = db.ntxns
     while t != NULL:
         if oldest == 0 or t.snapshot_ts < oldest:
             oldest = t.snapshot_ts
         t = t.next
+    for i in range(VC_NSLOTS):
+        if vc_load_u64_sc(&db.slots[i].tree_version) != 0:
+            live += 1
+            snap = vc_load_u64_relaxed(&db.slots[i].snapshot_ts)
+            if oldest == 0 or snap < oldest:
+                oldest = snap
     m = db.mems
     while m != NULL:
         mem_bytes += m.arena.bytes
@@ -1306,7 +1403,7 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     out[2] = db.pager.hits
     out[3] = db.pager.misses
     out[4] = db.wal.total_bytes if db.wal != NULL else 0
-    out[5] = db.ntxns
+    out[5] = live
     out[6] = oldest
     out[7] = db.checkpoint_ts
     out[8] = db.checkpoints
