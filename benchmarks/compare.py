@@ -5,8 +5,9 @@
                                  [--json benchmarks/results/compare.json]
                                  [--png benchmarks/results/compare.png] [--dir DIR]
 
-Every engine runs every workload in a fresh temporary directory, in a child process of
-its own (so one engine's heap never inflates another's memory figures). Engines are
+Every engine runs every workload in a fresh temporary directory, in child processes of
+its own (W1, W2-W5 and the rest each in a new one, so no engine or earlier workload
+inflates another's memory figures). Engines are
 interleaved within each repetition (their order rotates from one repetition to the
 next); each figure is the median over --reps repetitions, and each ratio to LMDB is
 computed within a repetition and then its median taken. A peer that cannot be imported
@@ -528,19 +529,34 @@ def reader_vs_writer(engine_cls, path, durable, cache_mb, seconds, seed):
         engine.close()
 
 
-def run_engine(name, n, seed, cache_mb, workdir, w7_seconds):
-    """All workloads for one engine (in this process); returns a result dict."""
+PHASES = ("load", "insert", "rest")   # one child process each: W1 / W2-W5 / the others
+
+
+def run_phase(phase, name, n, seed, cache_mb, workdir, w7_seconds):
+    """One phase of one engine's workloads, in this process; returns a result dict.
+
+    W1 and W2 each start in a process of their own, so their peak RSS is not inflated
+    by memory an earlier workload left allocated."""
     engine_cls = ENGINES[name]
     sorted_items, insert_order, lookups, starts = make_data(n, seed)
     rss = PeakRss()
-    out = {"rates": {}, "seconds": {}}
+    out = {"seconds": {}}
 
     def fresh(tag):
         path = os.path.join(workdir, "%s-%s" % (name, tag))
         shutil.rmtree(path, ignore_errors=True)
         return path
 
-    # W1: sorted load, one put per key
+    if phase == "load":
+        return phase_load(out, engine_cls, fresh, rss, sorted_items, cache_mb)
+    if phase == "insert":
+        return phase_insert(out, engine_cls, fresh, rss, insert_order, lookups, starts,
+                            n, cache_mb)
+    return phase_rest(out, engine_cls, fresh, sorted_items, seed, cache_mb, w7_seconds)
+
+
+def phase_load(out, engine_cls, fresh, rss, sorted_items, cache_mb):
+    """W1: sorted load, one put per key."""
     path = fresh("w1")
     engine = engine_cls(path, False, cache_mb)
     rss.reset()
@@ -550,8 +566,11 @@ def run_engine(name, n, seed, cache_mb, workdir, w7_seconds):
     out["disk_bytes_w1"] = disk_bytes(path)
     out["seconds"]["W1"] = took
     shutil.rmtree(path)
+    return out
 
-    # W1b: sorted load, one bulk call
+
+def phase_rest(out, engine_cls, fresh, sorted_items, seed, cache_mb, w7_seconds):
+    """W1b (sorted load, one bulk call), W6 and W7."""
     path = fresh("w1b")
     engine = engine_cls(path, False, cache_mb)
     took, _ = timed(engine.put_batch, sorted_items, True)
@@ -559,8 +578,12 @@ def run_engine(name, n, seed, cache_mb, workdir, w7_seconds):
     out["disk_bytes_w1b"] = disk_bytes(path)
     out["seconds"]["W1b"] = took
     shutil.rmtree(path)
+    phase_durable(out, engine_cls, fresh, seed, cache_mb, w7_seconds)
+    return out
 
-    # W2: random inserts, 1,000 per transaction; W3-W5 then read this store
+
+def phase_insert(out, engine_cls, fresh, rss, insert_order, lookups, starts, n, cache_mb):
+    """W2: random inserts, 1,000 per transaction; W3-W5 then read this store."""
     path = fresh("w2")
     engine = engine_cls(path, False, cache_mb)
     batches = [insert_order[i:i + BATCH] for i in range(0, n, BATCH)]
@@ -589,8 +612,11 @@ def run_engine(name, n, seed, cache_mb, workdir, w7_seconds):
     out["seconds"]["W5"] = took
     engine.close()
     shutil.rmtree(path)
+    return out
 
-    # W6: durable single-put commits
+
+def phase_durable(out, engine_cls, fresh, seed, cache_mb, w7_seconds):
+    """W6: durable single-put commits; W7: a reader next to a committing writer."""
     path = fresh("w6")
     engine = engine_cls(path, True, cache_mb)
     rng = random.Random(seed + 6)
@@ -611,27 +637,35 @@ def run_engine(name, n, seed, cache_mb, workdir, w7_seconds):
     engine.close()
     shutil.rmtree(path)
 
-    # W7: reader next to a committing writer
     for tag, durable in (("W7", False), ("W7d", True)):
         path = fresh(tag.lower())
         out[tag] = reader_vs_writer(engine_cls, path, durable, cache_mb, w7_seconds, seed + 7)
         shutil.rmtree(path)
 
+
+def merge_phases(results, n):
+    """One engine's phase results -> a result dict with "rates" (ops/s) per workload."""
+    out = {"seconds": {}}
+    for part in results:
+        seconds = part.pop("seconds")
+        out["seconds"].update(seconds)
+        out.update(part)
     ops = {"W1": n, "W1b": n, "W2": n, "W3": n, "W3b": n, "W4": n,
            "W5": SHORT_SCANS, "W6": DURABLE_COMMITS}
-    for workload, count in ops.items():
-        out["rates"][workload] = count / out["seconds"][workload]
+    out["rates"] = {workload: count / out["seconds"][workload]
+                    for workload, count in ops.items()}
     out["rates"]["W7"] = out["W7"]["with_writer"]
     out["rates"]["W7d"] = out["W7d"]["with_writer"]
     return out
 
 
 def run_child(args):
-    """--child: run one engine, print its result as JSON on the last stdout line."""
-    workdir = tempfile.mkdtemp(prefix="velocore-compare-%s-" % args.child, dir=args.dir)
+    """--child ENGINE:PHASE: run one phase, print its result as JSON (last stdout line)."""
+    name, phase = args.child.split(":")
+    workdir = tempfile.mkdtemp(prefix="velocore-compare-%s-" % name, dir=args.dir)
     try:
-        result = run_engine(args.child, args.n, args.seed, args.cache_mb, workdir,
-                            args.w7_seconds)
+        result = run_phase(phase, name, args.n, args.seed, args.cache_mb, workdir,
+                           args.w7_seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))
@@ -639,14 +673,21 @@ def run_child(args):
 
 
 def spawn(name, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--n", str(args.n),
+    """Run each phase of one engine in a child process; the merged result."""
+    return merge_phases([spawn_phase(name, phase, args) for phase in PHASES], args.n)
+
+
+def spawn_phase(name, phase, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "%s:%s" % (name, phase),
+           "--n", str(args.n),
            "--seed", str(args.seed), "--cache-mb", str(args.cache_mb),
            "--w7-seconds", str(args.w7_seconds)]
     if args.dir:
         cmd += ["--dir", args.dir]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise RuntimeError("%s failed (exit %d):\n%s" % (name, proc.returncode, proc.stderr))
+        raise RuntimeError("%s %s failed (exit %d):\n%s"
+                           % (name, phase, proc.returncode, proc.stderr))
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
