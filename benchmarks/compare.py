@@ -870,6 +870,9 @@ def main(argv=None):
         for name in order:
             print("rep %d/%d: %s ..." % (rep + 1, args.reps, name), file=sys.stderr, flush=True)
             run[name] = spawn(name, args)
+            print("rep %d/%d: %s: %s" % (rep + 1, args.reps, name, "  ".join(
+                "%s %s/s" % (w, fmt_rate(rate)) for w, rate in run[name]["rates"].items())),
+                file=sys.stderr, flush=True)
         runs.append(run)
     summary = summarise(runs, engines)
 
