@@ -83,4 +83,24 @@ static inline void vc_store_u32_relaxed(uint32_t *p, uint32_t v) { __atomic_stor
 static inline void vc_store_u64_relaxed(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline void vc_store_ptr_relaxed(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
+/* Page-cache frames: one 64-bit state word per frame, (page_id << 32) | pins, with
+ * VC_FRAME_EVICTING in the low half while the frame is being emptied or refilled.  A hit
+ * pins with a CAS on the whole word, so it can never pin a frame that changed page:
+ * ACQUIRE on success (the page bytes were published before the word), and the refill
+ * publishes the word with RELEASE after writing the bytes.  Unpin is a RELEASE decrement
+ * so the evictor that reads pins == 0 (ACQUIRE) knows the reader is done with the bytes. */
+#define VC_FRAME_EVICTING 0x80000000u
+static inline uint64_t vc_frame_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline int vc_frame_cas(uint64_t *p, uint64_t expected, uint64_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static inline void vc_frame_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void vc_frame_unpin(uint64_t *p) { __atomic_fetch_sub(p, 1, __ATOMIC_RELEASE); }
+static inline void vc_frame_mark_evicting(uint64_t *p) { __atomic_fetch_or(p, (uint64_t)VC_FRAME_EVICTING, __ATOMIC_ACQ_REL); }
+static inline uint32_t vc_load_u32_acquire(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void vc_store_u32_release(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint8_t vc_load_u8_relaxed(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void vc_store_u8_relaxed(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
 #endif

@@ -58,6 +58,16 @@ cdef extern from "vc_atomic.h" nogil:
     void vc_store_u32_relaxed(uint32_t* p, uint32_t v)
     void vc_store_u64_relaxed(uint64_t* p, uint64_t v)
     void vc_store_ptr_relaxed(void** p, void* v)
+    const uint32_t VC_FRAME_EVICTING
+    uint64_t vc_frame_load(const uint64_t* p)
+    bint vc_frame_cas(uint64_t* p, uint64_t expected, uint64_t desired)
+    void vc_frame_store(uint64_t* p, uint64_t v)
+    void vc_frame_unpin(uint64_t* p)
+    void vc_frame_mark_evicting(uint64_t* p)
+    uint32_t vc_load_u32_acquire(const uint32_t* p)
+    void vc_store_u32_release(uint32_t* p, uint32_t v)
+    uint8_t vc_load_u8_relaxed(const uint8_t* p)
+    void vc_store_u8_relaxed(uint8_t* p, uint8_t v)
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()

@@ -30,7 +30,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                vc_store_u64_relaxed, vc_store_ptr_relaxed,
                                pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
                                pthread_mutex_trylock, pthread_mutex_unlock)
-from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta,
+from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta, vc_pager_hits,
                               vc_pager_reclaim)
 from velocore._btree cimport (vc_op, vc_key_cmp, vc_tree_get, vc_tree_merge, vc_tree_check,
                               vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
@@ -1400,7 +1400,7 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
         m = m.older
     out[0] = db.pager.page_count
     out[1] = db.view.height
-    out[2] = db.pager.hits
+    out[2] = vc_pager_hits(db.pager)
     out[3] = db.pager.misses
     out[4] = db.wal.total_bytes if db.wal != NULL else 0
     out[5] = live

@@ -40,10 +40,12 @@ cdef packed struct vc_meta:
     uint32_t page_count      # pages in use by this checkpoint (file high-water mark)
     uint64_t free_count      # page ids listed in the freelist chain
 
-cdef struct vc_frame:
-    uint32_t page_id         # page held, or VC_NO_FRAME when empty
-    int32_t pins             # readers using the frame; evictable only at 0
-    uint8_t referenced       # CLOCK bit, set on every hit
+cdef struct vc_frame:       # one cache line each: hits on different frames share nothing
+    uint64_t state           # (page_id << 32) | pins, VC_FRAME_EVICTING bit while refilled
+    uint64_t hits            # lookups served by this frame (relaxed; summed by info())
+    uint32_t page_id         # page held (mirror of state for the slot table), cache lock
+    uint8_t referenced       # CLOCK bit, set on a hit when clear (relaxed)
+    uint8_t pad[43]
 
 cdef struct vc_pending:
     uint64_t tree_version    # reusable once no reader holds a tree version below this
@@ -58,10 +60,12 @@ cdef struct vc_pager:
     uint32_t nframes
     unsigned char* frame_mem # nframes * VC_PAGE_SIZE, page aligned
     vc_frame* frames
-    uint32_t* slots          # open addressing: frame index + 1, 0 = empty; size slot_mask+1
+    uint32_t* slots          # open addressing: frame index + 1, 0 = empty; size slot_mask+1;
+                             # changed under `lock`, read lock-free by hits (a hit that races
+                             # a change may miss and retry under the lock, never mis-hit)
     uint32_t slot_mask
     uint32_t clock_hand
-    pthread_mutex_t lock     # guards cache structures and the counters below
+    pthread_mutex_t lock     # guards misses, eviction and slot changes (hits take no lock)
     uint64_t hits
     uint64_t misses
     # free space (touched by the checkpointer, and reclaim under the store's lock)
@@ -95,3 +99,5 @@ cdef int vc_page_free(vc_pager* p, uint32_t page_id, vc_err* err) noexcept nogil
 cdef int vc_pager_commit_meta(vc_pager* p, vc_meta* meta, uint64_t tree_version, vc_err* err) noexcept nogil
 cdef void vc_pager_reclaim(vc_pager* p, uint64_t min_tree_version) noexcept nogil
 cdef uint32_t vc_page_crc(const unsigned char* page) noexcept nogil
+
+cdef uint64_t vc_pager_hits(vc_pager* p) noexcept nogil

@@ -9,6 +9,10 @@ from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, fstat
 from posix.stdlib cimport posix_memalign
 
+from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin,
+                               vc_frame_mark_evicting, vc_load_u32_acquire, vc_store_u32_release,
+                               vc_load_u8_relaxed, vc_store_u8_relaxed, vc_add_u64_relaxed,
+                               VC_FRAME_EVICTING)
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32vec,
                                vc_u32vec_push, vc_u32vec_free, VC_E_IO, VC_E_CORRUPT,
                                VC_E_NOMEM, VC_E_NOFILE, pthread_mutex_init,
@@ -232,7 +236,10 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
     if posix_memalign(&mem, VC_PAGE_SIZE, <size_t>p.nframes * VC_PAGE_SIZE) != 0:
         return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
     p.frame_mem = <unsigned char*>mem
-    p.frames = <vc_frame*>malloc(p.nframes * sizeof(vc_frame))
+    mem = NULL
+    if posix_memalign(&mem, 64, p.nframes * sizeof(vc_frame)) != 0:
+        mem = NULL
+    p.frames = <vc_frame*>mem
     p.slot_mask = 1
     while p.slot_mask < p.nframes * 2:
         p.slot_mask <<= 1
@@ -241,9 +248,9 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
     if p.frames == NULL or p.slots == NULL:
         return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
     for i in range(p.nframes):
+        memset(&p.frames[i], 0, sizeof(vc_frame))
         p.frames[i].page_id = VC_NO_FRAME
-        p.frames[i].pins = 0
-        p.frames[i].referenced = 0
+        p.frames[i].state = (<uint64_t>VC_NO_FRAME) << 32
     if st.st_size > 0:
         if load_freelist(p, meta, err) < 0:
             return -1
@@ -297,7 +304,7 @@ cdef void slot_remove(vc_pager* p, uint32_t page_id) noexcept nogil:
         if p.frames[f - 1].page_id == page_id:
             break
         i = (i + 1) & p.slot_mask
-    p.slots[i] = 0
+    vc_store_u32_release(&p.slots[i], 0)
     j = i
     while True:
         j = (j + 1) & p.slot_mask
@@ -307,9 +314,41 @@ cdef void slot_remove(vc_pager* p, uint32_t page_id) noexcept nogil:
         k = slot_hash(p.frames[f - 1].page_id) & p.slot_mask
         # move slot j into the hole at i unless its home k lies cyclically in (i, j]
         if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
-            p.slots[i] = f
-            p.slots[j] = 0
+            vc_store_u32_release(&p.slots[i], f)
+            vc_store_u32_release(&p.slots[j], 0)
             i = j
+
+
+cdef inline bint try_pin(vc_frame* fr, uint32_t page_id) noexcept nogil:
+    """Pin fr if it holds page_id and is not being refilled."""
+    cdef uint64_t st
+    while True:
+        st = vc_frame_load(&fr.state)
+        if <uint32_t>(st >> 32) != page_id or (st & VC_FRAME_EVICTING):
+            return False
+        if vc_frame_cas(&fr.state, st, st + 1):
+            return True
+
+
+cdef inline int lookup_pin(vc_pager* p, uint32_t page_id) noexcept nogil:
+    """Frame index holding page_id, pinned; -1 if none found (maybe falsely, while a
+    concurrent slot change is under way: the caller then retries under the lock)."""
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    cdef uint32_t f, probes = 0
+    cdef vc_frame* fr
+    while probes <= p.slot_mask:
+        f = vc_load_u32_acquire(&p.slots[i])
+        if f == 0:
+            return -1
+        fr = &p.frames[f - 1]
+        if try_pin(fr, page_id):
+            vc_add_u64_relaxed(&fr.hits, 1)
+            if not vc_load_u8_relaxed(&fr.referenced):
+                vc_store_u8_relaxed(&fr.referenced, 1)
+            return <int>(f - 1)
+        i = (i + 1) & p.slot_mask
+        probes += 1
+    return -1
 
 
 cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
@@ -317,7 +356,8 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
     cdef uint32_t i, f, scanned
     cdef vc_frame* fr
     cdef unsigned char* buf
-    cdef int n
+    cdef uint64_t st
+    cdef int n, hit
     if page_id < 2 or page_id >= p.page_count:
         return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u outside the file (page count %u)",
                        p.path, page_id, p.page_count)
@@ -328,60 +368,62 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
         page[0] = buf
         handle[0] = VC_NO_FRAME
         return 0
+    # the hit path: no lock, one CAS on the frame's own cache line
+    hit = lookup_pin(p, page_id)
+    if hit >= 0:
+        page[0] = p.frame_mem + <size_t>hit * VC_PAGE_SIZE
+        handle[0] = <uint32_t>hit
+        return 0
     pthread_mutex_lock(&p.lock)
-    i = slot_hash(page_id) & p.slot_mask
-    while True:
-        f = p.slots[i]
-        if f == 0:
-            break
-        fr = &p.frames[f - 1]
-        if fr.page_id == page_id:
-            fr.pins += 1
-            fr.referenced = 1
-            p.hits += 1
-            pthread_mutex_unlock(&p.lock)
-            page[0] = p.frame_mem + <size_t>(f - 1) * VC_PAGE_SIZE
-            handle[0] = f - 1
-            return 0
-        i = (i + 1) & p.slot_mask
+    hit = lookup_pin(p, page_id)          # slots are stable under the lock
+    if hit >= 0:
+        pthread_mutex_unlock(&p.lock)
+        page[0] = p.frame_mem + <size_t>hit * VC_PAGE_SIZE
+        handle[0] = <uint32_t>hit
+        return 0
     p.misses += 1
-    # CLOCK: two sweeps at most, clearing reference bits on the first
+    # CLOCK: two sweeps at most, clearing reference bits on the first; a victim is claimed
+    # with a CAS from "unpinned" to "evicting", which no reader can pin
     scanned = 0
-    while scanned < 2 * p.nframes:
-        fr = &p.frames[p.clock_hand]
+    while True:
+        if scanned >= 3 * p.nframes:
+            pthread_mutex_unlock(&p.lock)
+            return vc_fail(err, VC_E_NOMEM, "page cache exhausted: all %u frames are pinned", p.nframes)
         f = p.clock_hand
+        fr = &p.frames[f]
         p.clock_hand += 1
         if p.clock_hand == p.nframes:
             p.clock_hand = 0
         scanned += 1
-        if fr.pins == 0:
-            if fr.referenced:
-                fr.referenced = 0
-            else:
-                break
-    else:
-        pthread_mutex_unlock(&p.lock)
-        return vc_fail(err, VC_E_NOMEM, "page cache exhausted: all %u frames are pinned", p.nframes)
+        st = vc_frame_load(&fr.state)
+        if <uint32_t>(st & 0x7FFFFFFFU) != 0:
+            continue                                  # pinned
+        if fr.page_id != VC_NO_FRAME and vc_load_u8_relaxed(&fr.referenced):
+            vc_store_u8_relaxed(&fr.referenced, 0)
+            continue
+        if vc_frame_cas(&fr.state, st, (st & 0xFFFFFFFF00000000ULL) | VC_FRAME_EVICTING):
+            break
     if fr.page_id != VC_NO_FRAME:
         slot_remove(p, fr.page_id)
         fr.page_id = VC_NO_FRAME
+    vc_frame_store(&fr.state, ((<uint64_t>VC_NO_FRAME) << 32) | VC_FRAME_EVICTING)
     buf = p.frame_mem + <size_t>f * VC_PAGE_SIZE
     n = full_pread(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE)
-    if n != VC_PAGE_SIZE:
+    if n != VC_PAGE_SIZE or check_page(p, buf, page_id, err) < 0:
+        vc_frame_store(&fr.state, (<uint64_t>VC_NO_FRAME) << 32)   # empty, unpinned
         pthread_mutex_unlock(&p.lock)
         if n < 0:
             return vc_fail_errno(err, VC_E_IO, errno, "%s: reading page %u", p.path, page_id)
-        return vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
-    if check_page(p, buf, page_id, err) < 0:
-        pthread_mutex_unlock(&p.lock)
+        if n != VC_PAGE_SIZE:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
         return -1
     fr.page_id = page_id
-    fr.pins = 1
-    fr.referenced = 1
+    vc_store_u8_relaxed(&fr.referenced, 1)
+    vc_frame_store(&fr.state, ((<uint64_t>page_id) << 32) | 1)     # pinned by this caller
     i = slot_hash(page_id) & p.slot_mask
     while p.slots[i] != 0:
         i = (i + 1) & p.slot_mask
-    p.slots[i] = f + 1
+    vc_store_u32_release(&p.slots[i], f + 1)
     pthread_mutex_unlock(&p.lock)
     page[0] = buf
     handle[0] = f
@@ -391,9 +433,17 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
 cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil:
     if handle == VC_NO_FRAME:
         return
-    pthread_mutex_lock(&p.lock)
-    p.frames[handle].pins -= 1
-    pthread_mutex_unlock(&p.lock)
+    vc_frame_unpin(&p.frames[handle].state)
+
+
+cdef uint64_t vc_pager_hits(vc_pager* p) noexcept nogil:
+    cdef uint64_t total = 0
+    cdef uint32_t i
+    if p.frames == NULL:
+        return 0
+    for i in range(p.nframes):
+        total += p.frames[i].hits
+    return total
 
 
 cdef int vc_page_read_into(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil:
@@ -466,14 +516,22 @@ cdef int vc_page_write(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err
 cdef void slot_remove_frame(vc_pager* p, uint32_t page_id) noexcept nogil:
     cdef uint32_t i = slot_hash(page_id) & p.slot_mask
     cdef uint32_t f
+    cdef uint64_t st
     while True:
         f = p.slots[i]
         if f == 0:
             return
         if p.frames[f - 1].page_id == page_id:
+            # no new pins (the page was free, so nobody should hold one); a stray holder
+            # keeps its pin count, and the frame is reused once it drops to zero
+            vc_frame_mark_evicting(&p.frames[f - 1].state)
             slot_remove(p, page_id)
             p.frames[f - 1].page_id = VC_NO_FRAME
-            p.frames[f - 1].referenced = 0
+            vc_store_u8_relaxed(&p.frames[f - 1].referenced, 0)
+            st = vc_frame_load(&p.frames[f - 1].state)
+            while not vc_frame_cas(&p.frames[f - 1].state, st,
+                                   ((<uint64_t>VC_NO_FRAME) << 32) | (st & 0x7FFFFFFFU)):
+                st = vc_frame_load(&p.frames[f - 1].state)
             return
         i = (i + 1) & p.slot_mask
 
