@@ -168,6 +168,35 @@ cdef int make_key(keybuf* kb, uint32_t tid, object key, str what) except -1:
     return 0
 
 
+cdef struct keyarray:
+    unsigned char* data          # n slots of 1028 bytes: table id + key
+    uint32_t* lens
+    Py_ssize_t n
+
+
+cdef int keyarray_fill(keyarray* ka, uint32_t tid, list keys) except -1:
+    """Composite keys of a batch call in C arrays, so its loop can run without the GIL."""
+    cdef keybuf kb
+    cdef Py_ssize_t i, n = len(keys)
+    ka.n = n
+    ka.data = <unsigned char*>malloc(<size_t>(n if n else 1) * 1028)
+    ka.lens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+    if ka.data == NULL or ka.lens == NULL:
+        raise MemoryError()
+    for i in range(n):
+        make_key(&kb, tid, keys[i], "key")
+        memcpy(ka.data + i * 1028, kb.data, kb.len)
+        ka.lens[i] = kb.len
+    return 0
+
+
+cdef void keyarray_free(keyarray* ka) noexcept:
+    free(ka.data)
+    free(ka.lens)
+    ka.data = NULL
+    ka.lens = NULL
+
+
 cdef bytes as_value(object value):
     """Any contiguous buffer as bytes (a mutable buffer is copied here, at put)."""
     cdef Py_buffer view
@@ -782,7 +811,7 @@ cdef class Txn:
         """get_many(table, keys) -> list of bytes or None, in the order of keys."""
         cdef uint32_t tid
         cdef Py_ssize_t n, i
-        cdef keybuf kb
+        cdef keyarray ka
         cdef unsigned char* kdata = NULL
         cdef uint32_t* klens = NULL
         cdef int64_t* offs = NULL
@@ -797,16 +826,14 @@ cdef class Txn:
         keys = list(keys)
         n = len(keys)
         memset(&out, 0, sizeof(out))
-        kdata = <unsigned char*>malloc(<size_t>(n if n else 1) * 1028)
-        klens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        memset(&ka, 0, sizeof(ka))
         offs = <int64_t*>malloc(<size_t>(n + 1) * sizeof(int64_t))
         try:
-            if kdata == NULL or klens == NULL or offs == NULL:
+            if offs == NULL:
                 raise MemoryError()
-            for i in range(n):
-                make_key(&kb, tid, keys[i], "key")
-                memcpy(kdata + i * 1028, kb.data, kb.len)
-                klens[i] = kb.len
+            keyarray_fill(&ka, tid, keys)
+            kdata = ka.data
+            klens = ka.lens
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
             self.in_use = True
@@ -841,8 +868,7 @@ cdef class Txn:
                     result[i] = PyBytes_FromStringAndSize(<const char*>out.data + offs[i] + 8, vlen)
             return result
         finally:
-            free(kdata)
-            free(klens)
+            keyarray_free(&ka)
             free(offs)
             vc_buf_free(&out)
 
@@ -1038,7 +1064,7 @@ cdef class Txn:
         """delete_many(table, keys) -> int: how many of the keys existed."""
         cdef uint32_t tid
         cdef Py_ssize_t n, i
-        cdef keybuf kb
+        cdef keyarray ka
         cdef unsigned char* kdata = NULL
         cdef uint32_t* klens = NULL
         cdef const unsigned char* v
@@ -1050,15 +1076,11 @@ cdef class Txn:
         tid = self.tid(table, True)
         keys = list(keys)
         n = len(keys)
-        kdata = <unsigned char*>malloc(<size_t>(n if n else 1) * 1028)
-        klens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        memset(&ka, 0, sizeof(ka))
         try:
-            if kdata == NULL or klens == NULL:
-                raise MemoryError()
-            for i in range(n):
-                make_key(&kb, tid, keys[i], "key")
-                memcpy(kdata + i * 1028, kb.data, kb.len)
-                klens[i] = kb.len
+            keyarray_fill(&ka, tid, keys)
+            kdata = ka.data
+            klens = ka.lens
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
             self.in_use = True
@@ -1079,8 +1101,7 @@ cdef class Txn:
                 raise_error(&err)
             return existed
         finally:
-            free(kdata)
-            free(klens)
+            keyarray_free(&ka)
 
     # ---- end
 
