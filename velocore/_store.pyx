@@ -8,7 +8,7 @@ from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyByte
                             PyBytes_CheckExact)
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memset
 
 from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_OK, VC_NOTFOUND,
@@ -169,31 +169,64 @@ cdef int make_key(keybuf* kb, uint32_t tid, object key, str what) except -1:
 
 
 cdef struct keyarray:
-    unsigned char* data          # n slots of 1028 bytes: table id + key
-    uint32_t* lens
-    Py_ssize_t n
+    unsigned char* data          # composite keys (table id + key) packed back to back
+    size_t used                  # bytes of data in use
+    size_t cap                   # bytes allocated
+    size_t* offs                 # offset of key i in data
+    uint32_t* lens               # length of key i
+    Py_ssize_t n                 # keys pushed
+
+
+cdef int keyarray_init(keyarray* ka, Py_ssize_t n) except -1:
+    """Room for n keys; key bytes grow as they come (16 + 4 bytes each to start)."""
+    memset(ka, 0, sizeof(keyarray))
+    ka.cap = <size_t>(n if n else 1) * 20
+    ka.data = <unsigned char*>malloc(ka.cap)
+    ka.offs = <size_t*>malloc(<size_t>(n if n else 1) * sizeof(size_t))
+    ka.lens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+    if ka.data == NULL or ka.offs == NULL or ka.lens == NULL:
+        raise MemoryError()
+    return 0
+
+
+cdef int keyarray_push(keyarray* ka, uint32_t tid, object key) except -1:
+    """Append one composite key (caller sized offs/lens for it with keyarray_init)."""
+    cdef keybuf kb
+    cdef size_t ncap
+    cdef unsigned char* nd
+    make_key(&kb, tid, key, "key")
+    if ka.used + kb.len > ka.cap:
+        ncap = ka.cap * 2
+        while ncap < ka.used + kb.len:
+            ncap *= 2
+        nd = <unsigned char*>realloc(ka.data, ncap)
+        if nd == NULL:
+            raise MemoryError()
+        ka.data = nd
+        ka.cap = ncap
+    memcpy(ka.data + ka.used, kb.data, kb.len)
+    ka.offs[ka.n] = ka.used
+    ka.lens[ka.n] = kb.len
+    ka.used += kb.len
+    ka.n += 1
+    return 0
 
 
 cdef int keyarray_fill(keyarray* ka, uint32_t tid, list keys) except -1:
     """Composite keys of a batch call in C arrays, so its loop can run without the GIL."""
-    cdef keybuf kb
     cdef Py_ssize_t i, n = len(keys)
-    ka.n = n
-    ka.data = <unsigned char*>malloc(<size_t>(n if n else 1) * 1028)
-    ka.lens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
-    if ka.data == NULL or ka.lens == NULL:
-        raise MemoryError()
+    keyarray_init(ka, n)
     for i in range(n):
-        make_key(&kb, tid, keys[i], "key")
-        memcpy(ka.data + i * 1028, kb.data, kb.len)
-        ka.lens[i] = kb.len
+        keyarray_push(ka, tid, keys[i])
     return 0
 
 
 cdef void keyarray_free(keyarray* ka) noexcept:
     free(ka.data)
+    free(ka.offs)
     free(ka.lens)
     ka.data = NULL
+    ka.offs = NULL
     ka.lens = NULL
 
 
@@ -812,8 +845,6 @@ cdef class Txn:
         cdef uint32_t tid
         cdef Py_ssize_t n, i
         cdef keyarray ka
-        cdef unsigned char* kdata = NULL
-        cdef uint32_t* klens = NULL
         cdef int64_t* offs = NULL
         cdef vc_buf out
         cdef vc_err err
@@ -832,15 +863,13 @@ cdef class Txn:
             if offs == NULL:
                 raise MemoryError()
             keyarray_fill(&ka, tid, keys)
-            kdata = ka.data
-            klens = ka.lens
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
             self.in_use = True
             self.store.busy += 1
             with nogil:
                 for i in range(n):
-                    rc = vc_txn_get(self.t, kdata + i * 1028, klens[i], &v, &vlen, &err)
+                    rc = vc_txn_get(self.t, ka.data + ka.offs[i], ka.lens[i], &v, &vlen, &err)
                     if rc < 0:
                         failed_at = i
                         break
@@ -985,11 +1014,10 @@ cdef class Txn:
         cdef uint32_t tid
         cdef Py_ssize_t n, i
         cdef keybuf kb
-        cdef unsigned char* kdata = NULL
-        cdef uint32_t* klens = NULL
         cdef const unsigned char** vptrs = NULL
         cdef uint32_t* vlens = NULL
         cdef vc_sortkey* order = NULL
+        cdef keyarray ka
         cdef Py_ssize_t j
         cdef list values
         cdef vc_err err
@@ -1005,13 +1033,13 @@ cdef class Txn:
         pairs = list(items)
         n = len(pairs)
         values = [None] * n
-        kdata = <unsigned char*>malloc(<size_t>(n if n else 1) * 1028)
-        klens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        memset(&ka, 0, sizeof(ka))
         vptrs = <const unsigned char**>malloc(<size_t>(n if n else 1) * sizeof(void*))
         vlens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
         try:
-            if kdata == NULL or klens == NULL or vptrs == NULL or vlens == NULL:
+            if vptrs == NULL or vlens == NULL:
                 raise MemoryError()
+            keyarray_init(&ka, n)
             for i in range(n):
                 pair = pairs[i]
                 if not isinstance(pair, tuple) or len(<tuple>pair) != 2:
@@ -1022,9 +1050,7 @@ cdef class Txn:
                                         f"{type(pair).__name__}") from None
                 else:
                     k, val = <tuple>pair
-                make_key(&kb, tid, k, "key")
-                memcpy(kdata + i * 1028, kb.data, kb.len)
-                klens[i] = kb.len
+                keyarray_push(&ka, tid, k)
                 v = as_value(val)
                 values[i] = v
                 vptrs[i] = <const unsigned char*>PyBytes_AS_STRING(v)
@@ -1033,8 +1059,8 @@ cdef class Txn:
             if order == NULL:
                 raise MemoryError()
             for i in range(n):
-                order[i].key = kdata + i * 1028
-                order[i].klen = klens[i]
+                order[i].key = ka.data + ka.offs[i]
+                order[i].klen = ka.lens[i]
                 order[i].idx = <uint32_t>i
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
@@ -1044,7 +1070,7 @@ cdef class Txn:
                 qsort(order, <size_t>n, sizeof(vc_sortkey), vc_sortkey_cmp)
                 for i in range(n):
                     j = order[i].idx
-                    rc = vc_txn_write(self.t, kdata + j * 1028, klens[j], vptrs[j], vlens[j], VC_PUT, &err)
+                    rc = vc_txn_write(self.t, ka.data + ka.offs[j], ka.lens[j], vptrs[j], vlens[j], VC_PUT, &err)
                     if rc < 0:
                         break
             free(order)
@@ -1054,8 +1080,7 @@ cdef class Txn:
             if rc < 0:
                 raise_error(&err)
         finally:
-            free(kdata)
-            free(klens)
+            keyarray_free(&ka)
             free(vptrs)
             free(vlens)
             free(order)
@@ -1065,8 +1090,6 @@ cdef class Txn:
         cdef uint32_t tid
         cdef Py_ssize_t n, i
         cdef keyarray ka
-        cdef unsigned char* kdata = NULL
-        cdef uint32_t* klens = NULL
         cdef const unsigned char* v
         cdef size_t vlen
         cdef vc_err err
@@ -1079,20 +1102,18 @@ cdef class Txn:
         memset(&ka, 0, sizeof(ka))
         try:
             keyarray_fill(&ka, tid, keys)
-            kdata = ka.data
-            klens = ka.lens
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
             self.in_use = True
             self.store.busy += 1
             with nogil:
                 for i in range(n):
-                    rc = vc_txn_get(self.t, kdata + i * 1028, klens[i], &v, &vlen, &err)
+                    rc = vc_txn_get(self.t, ka.data + ka.offs[i], ka.lens[i], &v, &vlen, &err)
                     if rc < 0:
                         break
                     if rc == VC_OK:
                         existed += 1
-                    rc = vc_txn_write(self.t, kdata + i * 1028, klens[i], NULL, 0, VC_DEL, &err)
+                    rc = vc_txn_write(self.t, ka.data + ka.offs[i], ka.lens[i], NULL, 0, VC_DEL, &err)
                     if rc < 0:
                         break
             self.in_use = False
