@@ -37,7 +37,6 @@ cdef extern from "vc_atomic.h" nogil:
     void vc_store_ptr(void** p, void* v)
     uint64_t vc_load_u64(const uint64_t* p)
     void vc_store_u64(uint64_t* p, uint64_t v)
-    void vc_max_u64(uint64_t* p, uint64_t v)
     uint64_t vc_add_u64_relaxed(uint64_t* p, uint64_t v)
     int vc_load_int_relaxed(const int* p)
     void vc_store_int_relaxed(int* p, int v)

@@ -17,7 +17,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
                                VC_E_CONFLICT, VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID,
                                VC_E_NOFILE, VC_E_NONE,
-                               vc_load_ptr, vc_store_ptr, vc_load_u64, vc_store_u64, vc_max_u64,
+                               vc_load_ptr, vc_store_ptr, vc_load_u64, vc_store_u64,
                                vc_load_int_relaxed, vc_store_int_relaxed, vc_cas_ptr,
                                vc_fetch_add_size, vc_add_int_sc, vc_load_int_sc, vc_store_int_sc,
                                vc_max_u64_relaxed, vc_fetch_add_u64, vc_cas_int, sched_yield,
@@ -1141,10 +1141,6 @@ cdef int cmp_u32(const void* a, const void* b) noexcept nogil:
     cdef uint32_t x = (<const uint32_t*>a)[0]
     cdef uint32_t y = (<const uint32_t*>b)[0]
     return (x > y) - (x < y)
-
-
-cdef uint64_t memtable_bytes(vc_db* db) noexcept nogil:
-    return db.view.active.arena.bytes
 
 
 cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nogil:

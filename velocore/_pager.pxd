@@ -66,8 +66,7 @@ cdef struct vc_pager:
     uint32_t slot_mask
     uint32_t clock_hand
     pthread_mutex_t lock     # guards misses, eviction and slot changes (hits take no lock)
-    uint64_t hits
-    uint64_t misses
+    uint64_t misses          # lookups that read from disk (cache lock)
     # free space (touched by the checkpointer, and reclaim under the store's lock)
     vc_u32vec free_now       # reusable at once
     vc_u32vec freed_cur      # freed by the checkpoint in progress
