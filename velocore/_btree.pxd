@@ -63,11 +63,10 @@ cdef int vc_tree_merge(vc_pager* p, uint32_t root, uint32_t height, const vc_op*
 cdef long vc_tree_check(vc_pager* p, uint32_t root, uint32_t height, vc_buf* report,
                         uint64_t* nkeys, vc_err* err) noexcept nogil
 
-cdef inline int vc_key_cmp(const unsigned char* a, uint32_t alen, const unsigned char* b,
-                           uint32_t blen) noexcept nogil:
-    cdef uint32_t n = alen if alen < blen else blen
-    cdef int r = memcmp(a, b, n)
-    if r != 0:
-        return r
-    return (alen > blen) - (alen < blen)
-
+cdef extern from "vc_key.h" nogil:
+    # memcmp order, the shorter key first on a tie (8 bytes per step, see vc_key.h)
+    int vc_key_cmp(const unsigned char* a, uint32_t alen, const unsigned char* b,
+                   uint32_t blen)
+    bint vc_key_eq(const unsigned char* a, uint32_t alen, const unsigned char* b,
+                   uint32_t blen)
+    uint64_t vc_load_be64(const unsigned char* p)

@@ -120,16 +120,36 @@ cdef int branch_child(vc_pager* p, const unsigned char* page, uint32_t pid, uint
     return branch_sep(p, page, pid, ci - 1, &k, &kl, child, err)
 
 
+cdef inline int slot_key(const unsigned char* page, uint32_t i, bint leaf, uint32_t lo_off,
+                         const unsigned char** key, uint32_t* klen) noexcept nogil:
+    """Key of slot i for a search.  Only what the comparison reads is bounds-checked;
+    -1 if it lies outside the page."""
+    cdef uint32_t off = ld16(page + VC_HDR_SIZE + 2 * i)
+    cdef uint32_t kl, head = 6
+    if off < lo_off or off + 8 > VC_PAGE_SIZE:
+        return -1
+    if leaf:
+        head = 12 if ld16(page + off + 2) & VC_ENT_OVERFLOW else 8
+    kl = ld16(page + off)
+    if kl == 0 or off + head + kl > VC_PAGE_SIZE:
+        return -1
+    key[0] = page + off + head
+    klen[0] = kl
+    return 0
+
+
 cdef int branch_search(vc_pager* p, const unsigned char* page, uint32_t pid, const unsigned char* key,
                        uint32_t klen, bint strict, uint32_t* ci, vc_err* err) noexcept nogil:
     """ci = number of separators <= key (strict: < key)."""
-    cdef uint32_t lo = 0, hi = hdr(page).count, mid, kl, child
+    cdef uint32_t lo = 0, hi = hdr(page).count, mid, kl
+    cdef uint32_t lo_off = VC_HDR_SIZE + 2 * hi
     cdef const unsigned char* k
     cdef int c
     while lo < hi:
         mid = (lo + hi) >> 1
-        if branch_sep(p, page, pid, mid, &k, &kl, &child, err) < 0:
-            return -1
+        if slot_key(page, mid, False, lo_off, &k, &kl) < 0:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u: separator %u lies outside the page",
+                           p.path, pid, mid)
         c = vc_key_cmp(k, kl, key, klen)
         if c < 0 or (c == 0 and not strict):
             lo = mid + 1
@@ -141,15 +161,17 @@ cdef int branch_search(vc_pager* p, const unsigned char* page, uint32_t pid, con
 
 cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, const unsigned char* key,
                           uint32_t klen, uint32_t* pos, bint* exact, vc_err* err) noexcept nogil:
-    cdef uint32_t lo = 0, hi = hdr(page).count, mid
-    cdef leaf_ent e
+    cdef uint32_t lo = 0, hi = hdr(page).count, mid, kl
+    cdef uint32_t lo_off = VC_HDR_SIZE + 2 * hi
+    cdef const unsigned char* k
     cdef int c
     exact[0] = False
     while lo < hi:
         mid = (lo + hi) >> 1
-        if leaf_get(p, page, pid, mid, &e, err) < 0:
-            return -1
-        c = vc_key_cmp(e.key, e.klen, key, klen)
+        if slot_key(page, mid, True, lo_off, &k, &kl) < 0:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry %u lies outside the page",
+                           p.path, pid, mid)
+        c = vc_key_cmp(k, kl, key, klen)
         if c < 0:
             lo = mid + 1
         else:

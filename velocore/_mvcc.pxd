@@ -68,6 +68,11 @@ cdef struct vc_memtable:
     uint64_t frozen_ts      # the freezing checkpoint's ts (written before `frozen`)
     bint shared             # written by many threads (concurrent inserts, locked arena)
 
+cdef struct vc_finger:       # a writer's last search path in one memtable (finger search)
+    vc_memtable* mem        # memtable the path belongs to, NULL when unused
+    vc_node* last           # node found or linked by that search
+    vc_node* path[VC_SL_MAX]    # its predecessor at every level (all sort before `last`)
+
 cdef struct vc_view:        # what a transaction reads besides its own writes
     uint32_t root           # checkpointed tree
     uint32_t height
@@ -101,6 +106,8 @@ cdef struct vc_txn:
     vc_slot* slot           # registration slot, or NULL when on the locked overflow list
     vc_txn* prev            # overflow list of live transactions (db.reg_lock)
     vc_txn* next
+    vc_finger ws_finger     # last write-set search (sorted writes skip most of the search)
+    vc_finger mem_finger    # last shared-memtable search
     vc_buf scratch          # last value read from the tree
     vc_buf payload          # log record being built at commit
 

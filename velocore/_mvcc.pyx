@@ -248,6 +248,50 @@ cdef void sl_find_preds(vc_memtable* m, const unsigned char* key, uint32_t klen,
         level -= 1
 
 
+cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t klen,
+                          vc_node** preds, vc_node** succs, vc_finger* f) noexcept nogil:
+    """sl_find_preds, starting from the writer's previous search path when key sorts after
+    the node that search ended on (keys written in ascending order: a sorted load or a
+    sorted batch).  Nodes are never removed, so every node of the old path still sorts
+    before key and is a valid place to resume a level's walk; nodes inserted since are
+    found by the walk.  Cost: a few comparisons on cache-hot nodes instead of a descent."""
+    cdef vc_node* x = m.head
+    cdef vc_node* nx
+    cdef vc_node* c
+    cdef bint moved = False            # x was walked past path[level + 1]
+    cdef int level = VC_SL_MAX - 1
+    cdef int top
+    if f.mem != m or f.last == NULL or vc_key_cmp(f.last.key, f.last.klen, key, klen) >= 0:
+        sl_find_preds(m, key, klen, preds, succs)
+        return
+    top = vc_load_int_relaxed(&m.height)
+    while level >= top:
+        preds[level] = x
+        succs[level] = sl_next(x, level)
+        level -= 1
+    while level >= 0:
+        c = f.path[level]
+        if c != m.head and c != x:
+            # the path is ordered: path[level] is at or after path[level + 1]
+            if x == m.head or not moved or vc_key_cmp(c.key, c.klen, x.key, x.klen) > 0:
+                x = c
+                moved = False
+        nx = sl_next(x, level)
+        while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
+            x = nx
+            moved = True
+            nx = sl_next(x, level)
+        preds[level] = x
+        succs[level] = nx
+        level -= 1
+
+
+cdef inline void finger_set(vc_finger* f, vc_memtable* m, vc_node* n, vc_node** preds) noexcept nogil:
+    f.mem = m
+    f.last = n
+    memcpy(f.path, preds, VC_SL_MAX * sizeof(vc_node*))
+
+
 cdef uint32_t random_height(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
     """Geometric tower height, p = 1/4.  Shared memtables hash the key instead of a shared
     random state, so concurrent writers touch no common cache line here."""
@@ -325,6 +369,22 @@ cdef vc_node* sl_upsert(vc_memtable* m, const unsigned char* key, uint32_t klen)
     if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
         return succs[0]
     return sl_link(m, preds, succs, key, klen)
+
+
+cdef vc_node* sl_upsert_f(vc_memtable* m, const unsigned char* key, uint32_t klen,
+                          vc_finger* f) noexcept nogil:
+    """sl_upsert with the writer's finger (see sl_find_preds_f)."""
+    cdef vc_node* preds[VC_SL_MAX]
+    cdef vc_node* succs[VC_SL_MAX]
+    cdef vc_node* n
+    sl_find_preds_f(m, key, klen, preds, succs, f)
+    if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
+        n = succs[0]
+    else:
+        n = sl_link(m, preds, succs, key, klen)     # preds stay valid for n (see sl_link)
+    if n != NULL:
+        finger_set(f, m, n, preds)
+    return n
 
 
 cdef vc_version* new_version(vc_memtable* m, uint64_t ts, uint64_t owner, int kind,
@@ -892,7 +952,7 @@ cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int
             sched_yield()
             continue
         break
-    n = sl_upsert(m, key, klen)
+    n = sl_upsert_f(m, key, klen, &t.mem_finger)
     if n == NULL:
         vc_add_int_sc(&m.inflight, -1)
         return vc_fail(err, VC_E_NOMEM, "out of memory")
@@ -942,7 +1002,7 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         t.ws = mem_new(0, False)
         if t.ws == NULL:
             return vc_fail(err, VC_E_NOMEM, "out of memory")
-    sl_find_preds(t.ws, key, klen, preds, succs)
+    sl_find_preds_f(t.ws, key, klen, preds, succs, &t.ws_finger)
     if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
         n = succs[0]
         old_kind = n.versions.kind
@@ -955,6 +1015,8 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
             return -1
     if n == NULL:
         n = sl_link(t.ws, preds, succs, key, klen)   # nothing changed the write set since
+    if n != NULL:
+        finger_set(&t.ws_finger, t.ws, n, preds)
     wv = new_version(t.ws, 0, t.id, kind, value, vlen) if n != NULL else NULL
     if wv == NULL:
         if sv != NULL:

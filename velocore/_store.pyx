@@ -689,6 +689,9 @@ cdef class Txn:
     cdef bint ended
     cdef bint in_use             # a call is running without the GIL
     cdef bint is_snapshot
+    cdef object last_table       # the table object of the last call, and its id:
+    cdef uint32_t last_tid       # a loop over one table skips the name lookup
+    cdef bint last_checked       # ... and its catalog entry is already a write check
     cdef object __weakref__
 
     def __cinit__(self):
@@ -797,6 +800,11 @@ cdef class Txn:
         return list(it)
 
     cdef uint32_t tid(self, object table, bint for_write) except? 0xFFFFFFFF:
+        if table is self.last_table and (self.last_checked or not for_write):
+            return self.last_tid
+        return self.tid_lookup(table, for_write)
+
+    cdef uint32_t tid_lookup(self, object table, bint for_write) except? 0xFFFFFFFF:
         cdef str name
         cdef list entry
         if isinstance(table, Table):
@@ -818,6 +826,10 @@ cdef class Txn:
             # a concurrent drop (or re-create) of the table must abort this transaction
             self.raw_write(catalog_name_key(name), None, VC_CHECK)
             entry[1] = True
+        # names map to ids for the whole transaction (self.tids), so identity suffices
+        self.last_table = table
+        self.last_tid = <uint32_t>entry[0]
+        self.last_checked = entry[1]
         return <uint32_t>entry[0]
 
     # ---- reads
