@@ -40,6 +40,25 @@ cdef struct vc_cursor:
 cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned char* key,
                      uint32_t klen, vc_buf* out, vc_err* err) noexcept nogil
 
+cdef struct vc_lookup:           # point lookups that keep the last leaf pinned: a batch in
+    vc_pager* pager              # key order descends once per leaf, not once per key
+    uint32_t root
+    uint32_t height
+    const unsigned char* leaf    # pinned leaf of the last lookup, NULL when none
+    uint32_t leaf_pid
+    uint32_t leaf_handle
+    uint32_t lolen               # the leaf holds every key in [lo, hi) of the tree;
+    uint32_t hilen               # a length of 0 means unbounded on that side
+    unsigned char lo[1028]
+    unsigned char hi[1028]
+    vc_buf ovf                   # value read from overflow pages
+
+cdef void vc_lookup_init(vc_lookup* lk, vc_pager* p, uint32_t root, uint32_t height) noexcept nogil
+cdef void vc_lookup_close(vc_lookup* lk) noexcept nogil
+# VC_OK with *value (valid until the next call or close), VC_NOTFOUND, or -1.
+cdef int vc_lookup_get(vc_lookup* lk, const unsigned char* key, uint32_t klen,
+                       const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
+
 cdef void vc_cursor_init(vc_cursor* c, vc_pager* p, uint32_t root, uint32_t height) noexcept nogil
 cdef void vc_cursor_close(vc_cursor* c) noexcept nogil
 # Position on the first entry >= key (key NULL: the first entry).

@@ -256,6 +256,107 @@ cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned
         return -1 if rc < 0 else VC_OK
 
 
+# ---------------------------------------------------------------- batched point lookups
+
+cdef void vc_lookup_init(vc_lookup* lk, vc_pager* p, uint32_t root, uint32_t height) noexcept nogil:
+    lk.pager = p
+    lk.root = root
+    lk.height = height
+    lk.leaf = NULL
+    lk.leaf_pid = 0
+    lk.leaf_handle = VC_NO_FRAME
+    lk.lolen = 0
+    lk.hilen = 0
+    memset(&lk.ovf, 0, sizeof(vc_buf))
+
+
+cdef inline void lookup_unpin(vc_lookup* lk) noexcept nogil:
+    if lk.leaf != NULL:
+        vc_page_release(lk.pager, lk.leaf_handle)
+        lk.leaf = NULL
+        lk.leaf_handle = VC_NO_FRAME
+
+
+cdef void vc_lookup_close(vc_lookup* lk) noexcept nogil:
+    lookup_unpin(lk)
+    vc_buf_free(&lk.ovf)
+
+
+cdef int lookup_descend(vc_lookup* lk, const unsigned char* key, uint32_t klen, vc_err* err) noexcept nogil:
+    """Pin the leaf that holds key's place, noting the key range it covers."""
+    cdef vc_pager* p = lk.pager
+    cdef uint32_t pid = lk.root, level = lk.height - 1, ci, handle, kl, child, count, right
+    cdef const unsigned char* page
+    cdef const unsigned char* k
+    lookup_unpin(lk)
+    lk.lolen = 0
+    lk.hilen = 0
+    while level > 0:
+        if vc_page_get(p, pid, &page, &handle, err) < 0:
+            return -1
+        if (node_check(p, page, pid, VC_PAGE_BRANCH, <int>level, err) < 0
+                or branch_search(p, page, pid, key, klen, False, &ci, err) < 0):
+            vc_page_release(p, handle)
+            return -1
+        # child ci holds [separator ci-1, separator ci); a deeper bound is tighter
+        count = hdr(page).count
+        if ci > 0:
+            if branch_sep(p, page, pid, ci - 1, &k, &kl, &child, err) < 0:
+                vc_page_release(p, handle)
+                return -1
+            memcpy(lk.lo, k, kl)
+            lk.lolen = kl
+        else:
+            child = hdr(page).aux
+        if ci < count:
+            if branch_sep(p, page, pid, ci, &k, &kl, &right, err) < 0:
+                vc_page_release(p, handle)
+                return -1
+            memcpy(lk.hi, k, kl)
+            lk.hilen = kl
+        vc_page_release(p, handle)
+        pid = child
+        level -= 1
+    if vc_page_get(p, pid, &page, &handle, err) < 0:
+        return -1
+    if node_check(p, page, pid, VC_PAGE_LEAF, 0, err) < 0:
+        vc_page_release(p, handle)
+        return -1
+    lk.leaf = page
+    lk.leaf_pid = pid
+    lk.leaf_handle = handle
+    return 0
+
+
+cdef int vc_lookup_get(vc_lookup* lk, const unsigned char* key, uint32_t klen,
+                       const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil:
+    cdef uint32_t pos
+    cdef bint exact
+    cdef leaf_ent e
+    if lk.root == 0:
+        return VC_NOTFOUND
+    if (lk.leaf == NULL
+            or (lk.lolen != 0 and vc_key_cmp(key, klen, lk.lo, lk.lolen) < 0)
+            or (lk.hilen != 0 and vc_key_cmp(key, klen, lk.hi, lk.hilen) >= 0)):
+        if lookup_descend(lk, key, klen, err) < 0:
+            return -1
+    if leaf_lower_bound(lk.pager, lk.leaf, lk.leaf_pid, key, klen, &pos, &exact, err) < 0:
+        return -1
+    if not exact:
+        return VC_NOTFOUND
+    if leaf_get(lk.pager, lk.leaf, lk.leaf_pid, pos, &e, err) < 0:
+        return -1
+    if e.ovf == 0:
+        value[0] = e.value
+        vlen[0] = e.vlen
+        return VC_OK
+    if read_overflow(lk.pager, e.ovf, e.vlen, &lk.ovf, err) < 0:
+        return -1
+    value[0] = lk.ovf.data
+    vlen[0] = lk.ovf.len
+    return VC_OK
+
+
 # ---------------------------------------------------------------- cursors
 
 cdef void vc_cursor_init(vc_cursor* c, vc_pager* p, uint32_t root, uint32_t height) noexcept nogil:

@@ -7,7 +7,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from velocore._common cimport vc_err, vc_buf, pthread_mutex_t, pthread_cond_t, pthread_rwlock_t, pthread_t
 from velocore._pager cimport vc_pager
-from velocore._btree cimport vc_cursor
+from velocore._btree cimport vc_cursor, vc_lookup
 from velocore._wal cimport vc_wal
 
 cdef enum:
@@ -178,6 +178,12 @@ cdef void vc_txn_abort(vc_txn* t) noexcept nogil
 cdef void vc_txn_free(vc_txn* t) noexcept nogil
 cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char** value,
                     size_t* vlen, vc_err* err) noexcept nogil
+# Batched reads: a vc_lookup (from vc_txn_lookup_init, closed with vc_lookup_close) keeps
+# the last tree leaf pinned, so keys read in ascending order share leaves.  *value stays
+# valid until the next call with the same lookup, or its close.
+cdef void vc_txn_lookup_init(vc_txn* t, vc_lookup* lk) noexcept nogil
+cdef int vc_txn_get_lk(vc_txn* t, vc_lookup* lk, const unsigned char* key, uint32_t klen,
+                       const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
 cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
                       uint32_t vlen, int kind, vc_err* err) noexcept nogil
 

@@ -33,6 +33,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta, vc_pager_hits,
                               vc_pager_reclaim)
 from velocore._btree cimport (vc_op, vc_key_cmp, vc_tree_get, vc_tree_merge, vc_tree_check,
+                              vc_lookup, vc_lookup_init, vc_lookup_get,
                               vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
                               vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
                               VC_MAX_KEY)
@@ -66,6 +67,7 @@ cdef extern from "<time.h>" nogil:
         CLOCK_REALTIME
 
 cdef enum:
+    TXN_GET_TREE = 2        # txn_get_mem: not decided by the memtables
     ARENA_CHUNK = 1 << 20
     ARENA_BIG = 1 << 18
 
@@ -855,12 +857,14 @@ cdef void vc_txn_free(vc_txn* t) noexcept nogil:
         free(t)
 
 
-cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char** value,
-                    size_t* vlen, vc_err* err) noexcept nogil:
+cdef int txn_get_mem(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char** value,
+                     size_t* vlen) noexcept nogil:
+    """The write set and memtables part of a read: VC_OK / VC_NOTFOUND when they decide,
+    TXN_GET_TREE when the checkpointed tree must answer."""
     cdef vc_node* n
     cdef vc_version* v
     cdef vc_memtable* m
-    cdef int i, rc
+    cdef int i
     if t.ws != NULL:
         n = sl_find_eq(t.ws, key, klen)
         if n != NULL and n.versions.kind != VC_CHECK:
@@ -882,11 +886,31 @@ cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const un
                 value[0] = v.value
                 vlen[0] = v.vlen
                 return VC_OK
+    return TXN_GET_TREE
+
+
+cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char** value,
+                    size_t* vlen, vc_err* err) noexcept nogil:
+    cdef int rc = txn_get_mem(t, key, klen, value, vlen)
+    if rc != TXN_GET_TREE:
+        return rc
     rc = vc_tree_get(t.db.pager, t.view.root, t.view.height, key, klen, &t.scratch, err)
     if rc == VC_OK:
         value[0] = t.scratch.data
         vlen[0] = t.scratch.len
     return rc
+
+
+cdef void vc_txn_lookup_init(vc_txn* t, vc_lookup* lk) noexcept nogil:
+    vc_lookup_init(lk, t.db.pager, t.view.root, t.view.height)
+
+
+cdef int vc_txn_get_lk(vc_txn* t, vc_lookup* lk, const unsigned char* key, uint32_t klen,
+                       const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil:
+    cdef int rc = txn_get_mem(t, key, klen, value, vlen)
+    if rc != TXN_GET_TREE:
+        return rc
+    return vc_lookup_get(lk, key, klen, value, vlen, err)
 
 
 cdef int chain_conflict(vc_node* n, vc_txn* t, bint* decided) noexcept nogil:

@@ -17,9 +17,32 @@ from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_O
 from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc_db_checkpoint,
                              vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
-                             vc_iter_close, vc_iter_fill, VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE)
+                             vc_iter_close, vc_iter_fill, vc_txn_lookup_init, vc_txn_get_lk,
+                             VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
-from velocore._btree cimport VC_MAX_VALUE
+from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define vc_prefetch(p) __builtin_prefetch((const void *)(p))
+    #else
+    #define vc_prefetch(p) ((void)0)
+    #endif
+    """
+    void vc_prefetch(const void* p) noexcept nogil     # a hint: load p's cache line soon
+
+cdef extern from "Python.h":
+    # the raw item pointer (NULL in a list fresh from PyList_New)
+    void* PyList_GET_ITEM_PTR "PyList_GET_ITEM" (object lst, Py_ssize_t i)
+
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+
+cdef extern from "vc_sort.h" nogil:
+    # stable sort of key indexes by key (radix over 8-byte words; see vc_sort.h)
+    int vc_sort_keys_by_index(const unsigned char* data, const size_t* offs, const uint32_t* lens,
+                              uint32_t* idx, size_t n)
 
 cdef extern from *:
     """
@@ -103,27 +126,6 @@ cdef object raise_error(vc_err* e):
 
 # ---------------------------------------------------------------- argument helpers
 
-cdef extern from *:
-    """
-    /* put_many applies its batch in key order (cache-friendly skip-list inserts); ties
-       keep input order so a repeated key still ends with its last value. */
-    typedef struct { const unsigned char *key; uint32_t klen; uint32_t idx; } vc_sortkey;
-    static int vc_sortkey_cmp(const void *a, const void *b) {
-        const vc_sortkey *x = (const vc_sortkey *)a, *y = (const vc_sortkey *)b;
-        uint32_t n = x->klen < y->klen ? x->klen : y->klen;
-        int r = memcmp(x->key, y->key, n);
-        if (r) return r;
-        if (x->klen != y->klen) return x->klen < y->klen ? -1 : 1;
-        return x->idx < y->idx ? -1 : (x->idx > y->idx);
-    }
-    """
-    ctypedef struct vc_sortkey:
-        const unsigned char* key
-        uint32_t klen
-        uint32_t idx
-    int vc_sortkey_cmp(const void* a, const void* b) noexcept nogil
-
-from libc.stdlib cimport qsort
 
 cdef struct keybuf:
     unsigned char data[1028]     # table id + user key
@@ -853,17 +855,23 @@ cdef class Txn:
         return PyBytes_FromStringAndSize(<const char*>v, vlen)
 
     def get_many(self, table, keys):
-        """get_many(table, keys) -> list of bytes or None, in the order of keys."""
+        """get_many(table, keys) -> list of bytes or None, in the order of keys.
+
+        The keys are looked up in key order with the GIL released (neighbouring keys then
+        share tree leaves), and the results returned in the order given."""
         cdef uint32_t tid
-        cdef Py_ssize_t n, i
+        cdef Py_ssize_t n, i, j
         cdef keyarray ka
         cdef int64_t* offs = NULL
+        cdef uint32_t* order = NULL
+        cdef vc_lookup* lk = NULL
         cdef vc_buf out
         cdef vc_err err
         cdef int rc = 0
         cdef const unsigned char* v
         cdef size_t vlen
         cdef Py_ssize_t failed_at = -1
+        cdef list result
         self.check()
         tid = self.tid(table, False)
         keys = list(keys)
@@ -871,9 +879,13 @@ cdef class Txn:
         memset(&out, 0, sizeof(out))
         memset(&ka, 0, sizeof(ka))
         offs = <int64_t*>malloc(<size_t>(n + 1) * sizeof(int64_t))
+        order = <uint32_t*>malloc(<size_t>(n + 1) * sizeof(uint32_t))
+        lk = <vc_lookup*>malloc(sizeof(vc_lookup))
         try:
-            if offs == NULL:
+            if offs == NULL or order == NULL or lk == NULL:
                 raise MemoryError()
+            if n > 0xFFFFFFFF:
+                raise ValueError("get_many takes at most 2**32 - 1 keys per call")
             keyarray_fill(&ka, tid, keys)
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
@@ -881,36 +893,62 @@ cdef class Txn:
             self.store.busy += 1
             with nogil:
                 for i in range(n):
-                    rc = vc_txn_get(self.t, ka.data + ka.offs[i], ka.lens[i], &v, &vlen, &err)
-                    if rc < 0:
-                        failed_at = i
-                        break
-                    if rc == VC_NOTFOUND:
-                        offs[i] = -1
-                        continue
-                    offs[i] = <int64_t>out.len
-                    if vc_buf_reserve(&out, out.len + vlen + 8) < 0:
-                        rc = -2
-                        break
-                    memcpy(out.data + out.len, &vlen, 8)
-                    if vlen:
-                        memcpy(out.data + out.len + 8, v, vlen)
-                    out.len += vlen + 8
+                    order[i] = <uint32_t>i
+                if vc_sort_keys_by_index(ka.data, ka.offs, ka.lens, order, <size_t>n) < 0:
+                    rc = -2
+                else:
+                    vc_txn_lookup_init(self.t, lk)
+                    for j in range(n):
+                        # the keys sit in input order: fetch the ones a few steps ahead
+                        if j + 16 < n:
+                            vc_prefetch(&ka.offs[order[j + 16]])
+                            vc_prefetch(&ka.lens[order[j + 16]])
+                        if j + 8 < n:
+                            vc_prefetch(ka.data + ka.offs[order[j + 8]])
+                        i = order[j]
+                        rc = vc_txn_get_lk(self.t, lk, ka.data + ka.offs[i], ka.lens[i], &v, &vlen, &err)
+                        if rc < 0:
+                            failed_at = i
+                            break
+                        if rc == VC_NOTFOUND:
+                            offs[j] = -1
+                            continue
+                        offs[j] = <int64_t>out.len
+                        if vc_buf_reserve(&out, out.len + vlen + 8) < 0:
+                            rc = -2
+                            break
+                        memcpy(out.data + out.len, &vlen, 8)
+                        if vlen:
+                            memcpy(out.data + out.len + 8, v, vlen)
+                        out.len += vlen + 8
+                    vc_lookup_close(lk)
             self.in_use = False
             self.store.busy -= 1
             if rc == -2:
                 raise MemoryError("out of memory in get_many")
             if failed_at >= 0:
                 raise_error(&err)
-            result = [None] * n
+            # values in key order (offs[j] is the j-th key in that order), so `out` is
+            # read front to back; only the stores into the list jump around
+            # stores into the list jump around, so they must not read the slot: the
+            # list starts with NULL items (no old item to release), then absent keys get None
+            result = PyList_New(n)
+            for j in range(n):
+                if offs[j] >= 0:
+                    memcpy(&vlen, out.data + offs[j], 8)
+                    value = PyBytes_FromStringAndSize(<const char*>out.data + offs[j] + 8, vlen)
+                    Py_INCREF(value)
+                    PyList_SET_ITEM(result, order[j], value)
             for i in range(n):
-                if offs[i] >= 0:
-                    memcpy(&vlen, out.data + offs[i], 8)
-                    result[i] = PyBytes_FromStringAndSize(<const char*>out.data + offs[i] + 8, vlen)
+                if PyList_GET_ITEM_PTR(result, i) == NULL:
+                    Py_INCREF(None)
+                    PyList_SET_ITEM(result, i, None)
             return result
         finally:
             keyarray_free(&ka)
             free(offs)
+            free(order)
+            free(lk)
             vc_buf_free(&out)
 
     def range(self, table, start=None, stop=None, *, reverse=False, prefix=None, keys_only=False):
@@ -1028,7 +1066,7 @@ cdef class Txn:
         cdef keybuf kb
         cdef const unsigned char** vptrs = NULL
         cdef uint32_t* vlens = NULL
-        cdef vc_sortkey* order = NULL
+        cdef uint32_t* order = NULL
         cdef keyarray ka
         cdef Py_ssize_t j
         cdef list values
@@ -1051,6 +1089,8 @@ cdef class Txn:
         try:
             if vptrs == NULL or vlens == NULL:
                 raise MemoryError()
+            if n > 0xFFFFFFFF:
+                raise ValueError("put_many takes at most 2**32 - 1 items per call")
             keyarray_init(&ka, n)
             for i in range(n):
                 pair = pairs[i]
@@ -1067,28 +1107,33 @@ cdef class Txn:
                 values[i] = v
                 vptrs[i] = <const unsigned char*>PyBytes_AS_STRING(v)
                 vlens[i] = <uint32_t>PyBytes_GET_SIZE(v)
-            order = <vc_sortkey*>malloc(<size_t>(n if n else 1) * sizeof(vc_sortkey))
+            order = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
             if order == NULL:
                 raise MemoryError()
-            for i in range(n):
-                order[i].key = ka.data + ka.offs[i]
-                order[i].klen = ka.lens[i]
-                order[i].idx = <uint32_t>i
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
             self.in_use = True
             self.store.busy += 1
             with nogil:
-                qsort(order, <size_t>n, sizeof(vc_sortkey), vc_sortkey_cmp)
                 for i in range(n):
-                    j = order[i].idx
-                    rc = vc_txn_write(self.t, ka.data + ka.offs[j], ka.lens[j], vptrs[j], vlens[j], VC_PUT, &err)
-                    if rc < 0:
-                        break
+                    order[i] = <uint32_t>i
+                # applied in key order (cache-friendly skip-list inserts); the sort is
+                # stable, so a repeated key still ends with its last value
+                if vc_sort_keys_by_index(ka.data, ka.offs, ka.lens, order, <size_t>n) < 0:
+                    rc = -2
+                else:
+                    for i in range(n):
+                        j = order[i]
+                        rc = vc_txn_write(self.t, ka.data + ka.offs[j], ka.lens[j], vptrs[j], vlens[j],
+                                          VC_PUT, &err)
+                        if rc < 0:
+                            break
             free(order)
             order = NULL
             self.in_use = False
             self.store.busy -= 1
+            if rc == -2:
+                raise MemoryError("out of memory sorting a put_many batch")
             if rc < 0:
                 raise_error(&err)
         finally:
