@@ -14,6 +14,7 @@ from posix.stat cimport struct_stat, stat as c_stat
 from posix.stdlib cimport posix_memalign
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
+                               vc_crc32c,
                                VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
                                VC_E_CONFLICT, VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID,
                                VC_E_NOFILE, VC_E_NONE,
@@ -37,8 +38,8 @@ from velocore._btree cimport (vc_op, vc_key_cmp, vc_tree_get, vc_tree_merge, vc_
                               vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
                               vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
                               VC_MAX_KEY)
-from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append, vc_wal_sync_to, vc_wal_flush,
-                            vc_wal_rotate, vc_wal_remove_before, vc_wal_close, VC_SYNC_FULL,
+from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append_stream,
+                            vc_wal_sync_to, vc_wal_flush, vc_wal_rotate, vc_wal_remove_before, vc_wal_close, VC_SYNC_FULL,
                             VC_SYNC_OFF)
 
 cdef extern from "<dirent.h>" nogil:
@@ -68,6 +69,7 @@ cdef extern from "<time.h>" nogil:
 
 cdef enum:
     TXN_GET_TREE = 2        # txn_get_mem: not decided by the memtables
+    LOG_CHUNK = 1 << 20     # a commit's log record is encoded and written in pieces this big
     ARENA_CHUNK = 1 << 20
     ARENA_BIG = 1 << 18
 
@@ -1041,7 +1043,18 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         n = sl_link(t.ws, preds, succs, key, klen)   # nothing changed the write set since
     if n != NULL:
         finger_set(&t.ws_finger, t.ws, n, preds)
-    wv = new_version(t.ws, 0, t.id, kind, value, vlen) if n != NULL else NULL
+    if n == NULL:
+        wv = NULL
+    elif sv != NULL and kind == VC_PUT:
+        # one copy of the value: the pending version's, which lives as long as this txn
+        # (its memtable is freed only after every transaction that could read it ended)
+        wv = new_version(t.ws, 0, t.id, VC_DEL, NULL, 0)
+        if wv != NULL:
+            wv.kind = VC_PUT
+            wv.value = sv.value
+            wv.vlen = vlen
+    else:
+        wv = new_version(t.ws, 0, t.id, kind, value, vlen)
     if wv == NULL:
         if sv != NULL:
             vc_store_u64(&sv.commit_ts, VC_TS_ABORTED)
@@ -1130,10 +1143,33 @@ cdef int copy_forward(vc_txn* t, uint64_t ts, vc_err* err) noexcept nogil:
     return 0
 
 
+cdef struct log_producer:
+    vc_node* w              # next write-set node to encode
+
+
+cdef int log_fill(void* ctx, vc_buf* chunk) noexcept nogil:
+    """The next piece of a commit's log record: whole entries, about LOG_CHUNK bytes."""
+    cdef log_producer* lp = <log_producer*>ctx
+    cdef vc_version* v
+    chunk.len = 0
+    while lp.w != NULL and chunk.len < LOG_CHUNK:
+        v = lp.w.versions
+        if v.kind != VC_CHECK:
+            if encode_put(chunk, v.kind, lp.w.key, lp.w.klen, v.value, v.vlen) < 0:
+                return -1
+        lp.w = sl_next(lp.w, 0)
+    return 0
+
+
 cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     cdef vc_db* db = t.db
     cdef vc_node* w
+    cdef vc_node* rest_start
     cdef vc_version* v
+    cdef log_producer lp
+    cdef vc_buf rest
+    cdef size_t payload_len = 0
+    cdef uint32_t crc = 0
     cdef vc_memtable* last_m
     cdef bint any_frozen
     cdef uint64_t ts, lsn = 0
@@ -1157,16 +1193,26 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     if db.readonly:
         vc_txn_abort(t)
         return vc_fail(err, VC_E_READONLY, "the store is read-only")
-    # the redo record, built outside the lock
-    t.payload.len = 0
-    w = sl_next(t.ws.head, 0)
-    while w != NULL:
-        v = w.versions
-        if v.kind != VC_CHECK:
-            if encode_put(&t.payload, v.kind, w.key, w.klen, v.value, v.vlen) < 0:
-                vc_txn_abort(t)
-                return vc_fail(err, VC_E_NOMEM, "out of memory building the log record")
-        w = sl_next(w, 0)
+    # the redo record, outside the lock: its first piece (all of a small transaction's),
+    # and for a large one the length and CRC of the rest, which is encoded a second time,
+    # piece by piece, as it is written (the record never exists whole in memory)
+    memset(&rest, 0, sizeof(vc_buf))
+    if db.wal != NULL:
+        t.payload.len = 0
+        lp.w = sl_next(t.ws.head, 0)
+        rc = log_fill(&lp, &t.payload)
+        payload_len = t.payload.len
+        crc = vc_crc32c(0, t.payload.data, t.payload.len)
+        rest_start = lp.w
+        while rc == 0 and lp.w != NULL:
+            rc = log_fill(&lp, &rest)
+            payload_len += rest.len
+            crc = vc_crc32c(crc, rest.data, rest.len)
+        if rc < 0:
+            vc_buf_free(&rest)
+            vc_txn_abort(t)
+            return vc_fail(err, VC_E_NOMEM, "out of memory building the log record")
+        lp.w = rest_start
     # the one critical section: a timestamp and the log record's place, in the same order
     pthread_mutex_lock(&db.commit_lock)
     if db.failed:
@@ -1182,7 +1228,10 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
                        "dropped or created concurrently")
     ts = db.last_ts + 1
     if db.wal != NULL:
-        if vc_wal_append(db.wal, ts, t.payload.data, t.payload.len, &lsn, err) < 0:
+        rc = vc_wal_append_stream(db.wal, ts, payload_len, crc, t.payload.data, t.payload.len,
+                                  log_fill, &lp, &rest, &lsn, err)
+        vc_buf_free(&rest)
+        if rc < 0:
             db_fail(db, err)
             pthread_mutex_unlock(&db.commit_lock)
             vc_txn_abort(t)

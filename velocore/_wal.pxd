@@ -5,7 +5,7 @@
 # - Records are appended in strictly increasing commit_ts order (the caller guarantees it).
 # - Files: <dir>/wal/NNNNNNNN.log (8 decimal digits, segment number, starting at 1).
 from libc.stdint cimport uint32_t, uint64_t
-from velocore._common cimport vc_err
+from velocore._common cimport vc_err, vc_buf
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
@@ -65,6 +65,17 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
 # *lsn receives the lsn just past the record, to pass to vc_wal_sync_to.
 cdef int vc_wal_append(vc_wal* w, uint64_t commit_ts, const unsigned char* payload,
                        size_t payload_len, uint64_t* lsn, vc_err* err) noexcept nogil
+
+# Produce the next piece of a streamed payload into chunk (chunk.len = its size, > 0).
+ctypedef int (*vc_wal_fill_fn)(void* ctx, vc_buf* chunk) noexcept nogil
+
+# Append one record whose payload (payload_len bytes, CRC32C payload_crc, both known in
+# advance) is `first` followed by what fill() produces, piece by piece, until payload_len
+# bytes are written: a large transaction's record never exists whole in memory.
+cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
+                              uint32_t payload_crc, const unsigned char* first, size_t first_len,
+                              vc_wal_fill_fn fill, void* ctx, vc_buf* chunk, uint64_t* lsn,
+                              vc_err* err) noexcept nogil
 
 # Group commit: return once durable_lsn >= lsn.  One caller (the leader) runs fdatasync
 # for everyone waiting; others wait on the condition.  No-op for VC_SYNC_OFF; for

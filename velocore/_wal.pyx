@@ -854,12 +854,24 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
 
 cdef int vc_wal_append(vc_wal* w, uint64_t commit_ts, const unsigned char* payload,
                        size_t payload_len, uint64_t* lsn, vc_err* err) noexcept nogil:
+    if payload == NULL and payload_len > 0:
+        return vc_fail(err, VC_E_INVALID, "log record payload is NULL")
+    return vc_wal_append_stream(w, commit_ts, payload_len,
+                                vc_crc32c(0, payload, payload_len),       # outside the locks
+                                payload, payload_len, NULL, NULL, NULL, lsn, err)
+
+
+cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
+                              uint32_t payload_crc, const unsigned char* first, size_t first_len,
+                              vc_wal_fill_fn fill, void* ctx, vc_buf* chunk, uint64_t* lsn,
+                              vc_err* err) noexcept nogil:
     cdef unsigned char hdr[REC_HDR_SIZE]
     cdef unsigned char zeros[8]
     cdef iovec iov[3]
-    cdef int cnt = 0, e
-    cdef uint64_t off, rec_size
-    cdef uint32_t payload_crc
+    cdef int cnt = 0, e = 0
+    cdef uint64_t off, rec_size, pos
+    cdef size_t done
+    cdef bint produce_failed = False
     if w == NULL:
         return vc_fail(err, VC_E_INVALID, "log is closed")
     if w.readonly:
@@ -867,9 +879,8 @@ cdef int vc_wal_append(vc_wal* w, uint64_t commit_ts, const unsigned char* paylo
     if <uint64_t>payload_len > WAL_MAX_PAYLOAD:
         return vc_fail(err, VC_E_INVALID, "log record of %llu bytes exceeds the maximum",
                        <unsigned long long>payload_len)
-    if payload == NULL and payload_len > 0:
-        return vc_fail(err, VC_E_INVALID, "log record payload is NULL")
-    payload_crc = vc_crc32c(0, payload, payload_len)      # outside the locks
+    if first_len > payload_len or (first_len < payload_len and fill == NULL):
+        return vc_fail(err, VC_E_INVALID, "log record pieces do not add up")
     rec_size = REC_HDR_SIZE + pad8(payload_len)
     memset(zeros, 0, 8)
 
@@ -882,28 +893,50 @@ cdef int vc_wal_append(vc_wal* w, uint64_t commit_ts, const unsigned char* paylo
         return fail_sticky(w, e, err)
     # seg_fd / seg_no / seg_bytes only change under append_lock, which we hold
     encode_rec_header(hdr, record_seed(w.seg_no), commit_ts, payload_len, payload_crc)
+    off = w.seg_bytes
     iov[0].iov_base = hdr
     iov[0].iov_len = REC_HDR_SIZE
     cnt = 1
-    if payload_len > 0:
-        iov[cnt].iov_base = <void*>payload
-        iov[cnt].iov_len = payload_len
+    if first_len > 0:
+        iov[cnt].iov_base = <void*>first
+        iov[cnt].iov_len = first_len
         cnt += 1
-    if pad8(payload_len) != payload_len:
+    if first_len == payload_len and pad8(payload_len) != payload_len:
         iov[cnt].iov_base = zeros
         iov[cnt].iov_len = <size_t>(pad8(payload_len) - payload_len)
         cnt += 1
-    off = w.seg_bytes
-    if write_full_v(w.seg_fd, iov, cnt, off) != 0:
-        e = errno
+    pos = off
+    e = 0
+    if write_full_v(w.seg_fd, iov, cnt, pos) != 0:
+        e = errno if errno != 0 else EIO
+    else:
+        pos += REC_HDR_SIZE + first_len
+        done = first_len
+        while done < payload_len:
+            # the rest of the payload, piece by piece (the CRC was taken in a first pass)
+            if fill(ctx, chunk) < 0 or chunk.len == 0 or chunk.len > payload_len - done:
+                produce_failed = True
+                break
+            if write_full(w.seg_fd, chunk.data, chunk.len, pos) != 0:
+                e = errno if errno != 0 else EIO
+                break
+            pos += chunk.len
+            done += chunk.len
+        if e == 0 and not produce_failed and done == payload_len and pad8(payload_len) != payload_len:
+            if write_full(w.seg_fd, zeros, <size_t>(pad8(payload_len) - payload_len), pos) != 0:
+                e = errno if errno != 0 else EIO
+    if e != 0 or produce_failed:
         # drop the partial record so a later append does not leave its remains behind;
         # if even that fails the log can no longer be trusted
         if ftruncate(w.seg_fd, <off_t>off) != 0:
             pthread_mutex_lock(&w.lock)
-            w.failed = e if e != 0 else EIO
+            w.failed = errno if errno != 0 else EIO
             pthread_cond_broadcast(&w.cond)
             pthread_mutex_unlock(&w.lock)
         pthread_mutex_unlock(&w.append_lock)
+        if produce_failed:
+            return vc_fail(err, VC_E_NOMEM, "%s/%08llu.log: could not produce the log record",
+                           w.path, <unsigned long long>w.seg_no)
         return vc_fail_errno(err, VC_E_IO, e, "%s/%08llu.log: write at offset %llu", w.path,
                              <unsigned long long>w.seg_no, <unsigned long long>off)
     pthread_mutex_lock(&w.lock)
