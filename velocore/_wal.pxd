@@ -48,6 +48,13 @@ cdef struct vc_wal:
     uint64_t unsynced_seg       # sync off: oldest segment rotated away unflushed, 0 if none
     uint64_t dir_gen            # bumped when wal/ changes without a dir fsync (sync off)
     uint64_t dir_synced_gen     # dir_gen covered by the last dir fsync
+    # group commit (w.lock): a leader whose last group had several commits waits a moment
+    # for the others to append before it flushes, so groups do not alternate 1, n-1, 1 ...
+    uint64_t appends            # records appended so far
+    uint64_t synced_appends     # of those, covered by the last completed flush
+    uint64_t last_group         # records the last commit flush covered
+    uint64_t last_flush_ns      # how long that flush took
+    bint leader_waiting         # a leader waits for appends: append signals cond
 
 # Open <dir>/wal (create it when missing unless readonly), replay segments >= start_seg,
 # calling fn for each record whose commit_ts > after_ts, and (unless readonly) position
