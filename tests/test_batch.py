@@ -155,3 +155,29 @@ def test_large_commit_log_record_replays(tmp_path):
         for i in (0, 1, 39, 40, 12345, 59999):
             assert s.get(table, b"k%07d" % i) == (b"%07d" % i) * (1 + i % 40)
     store.close()
+
+
+@pytest.mark.parametrize("checkpoint_mb", [1, 64])
+def test_memtable_reads_with_key_filter(tmp_path, checkpoint_mb):
+    """Point reads skip a memtable whose key filter says "absent": every key written must
+    still be found (present, overwritten, deleted), whether the filter is nearly empty or
+    saturated (checkpoint_mb=1 gives the smallest filter, overfilled many times here)."""
+    rnd = random.Random(5)
+    store = velocore.open(str(tmp_path / "db"), sync="off", checkpoint_mb=checkpoint_mb)
+    table = store.table("t")
+    model = {}
+    keys = [rnd.randbytes(rnd.randint(1, 30)) for _ in range(40_000)]
+    for i in range(0, len(keys), 500):
+        with store.txn() as t:
+            for k in keys[i:i + 500]:
+                if rnd.random() < 0.1 and k in model:
+                    t.delete(table, k)
+                    del model[k]
+                else:
+                    model[k] = b"%d" % rnd.randrange(10 ** 9)
+                    t.put(table, k, model[k])
+    probe = keys + [rnd.randbytes(rnd.randint(1, 30)) for _ in range(5000)]
+    with store.snapshot() as s:
+        assert [s.get(table, k) for k in probe] == [model.get(k) for k in probe]
+        assert s.get_many(table, probe) == [model.get(k) for k in probe]
+    store.close()

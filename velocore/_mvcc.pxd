@@ -52,8 +52,14 @@ cdef struct vc_node:
     uint32_t klen
     uint32_t height
 
+cdef extern from "vc_bloom.h" nogil:
+    ctypedef struct vc_bloom:   # blocked Bloom filter of a shared memtable's keys
+        uint64_t* words
+        uint64_t block_mask
+
 cdef struct vc_memtable:
     vc_arena arena
+    vc_bloom bloom          # shared memtables: "certainly absent" for point reads
     vc_node* head           # sentinel with VC_SL_MAX links
     int height              # levels in use (read relaxed by readers)
     uint32_t rng            # xorshift state for tower heights (writer only)

@@ -67,6 +67,13 @@ cdef extern from "<time.h>" nogil:
     enum:
         CLOCK_REALTIME
 
+cdef extern from "vc_bloom.h" nogil:
+    uint64_t vc_key_hash(const unsigned char* k, uint32_t n)
+    int vc_bloom_init(vc_bloom* b, size_t nbytes)
+    void vc_bloom_free(vc_bloom* b)
+    void vc_bloom_add(vc_bloom* b, uint64_t h)
+    bint vc_bloom_maybe(const vc_bloom* b, uint64_t h)
+
 cdef enum:
     TXN_GET_TREE = 2        # txn_get_mem: not decided by the memtables
     LOG_CHUNK = 1 << 20     # a commit's log record is encoded and written in pieces this big
@@ -147,15 +154,30 @@ cdef void arena_free(vc_arena* a) noexcept nogil:
 
 # ---------------------------------------------------------------- skip list memtable
 
-cdef vc_memtable* mem_new(uint64_t gen, bint shared) noexcept nogil:
+cdef size_t bloom_bytes_for(uint64_t checkpoint_bytes) noexcept nogil:
+    """Filter size for a memtable that grows to about checkpoint_bytes of log: ~8 bits per
+    key at ~64 log bytes a key (a few % false positives when full), 64 KiB to 64 MiB."""
+    cdef uint64_t b = checkpoint_bytes // 64
+    if b < (64 << 10):
+        b = 64 << 10
+    if b > (64 << 20):
+        b = 64 << 20
+    return <size_t>b
+
+
+cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexcept nogil:
     cdef vc_memtable* m = <vc_memtable*>calloc(1, sizeof(vc_memtable))
     cdef vc_node* h
     if m == NULL:
+        return NULL
+    if shared and bloom_bytes and vc_bloom_init(&m.bloom, bloom_bytes) < 0:
+        free(m)
         return NULL
     pthread_mutex_init(&m.arena.lock, NULL)
     h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_node*))
     if h == NULL:
         pthread_mutex_destroy(&m.arena.lock)
+        vc_bloom_free(&m.bloom)
         free(m)
         return NULL
     h.versions = NULL
@@ -178,6 +200,7 @@ cdef void mem_free(vc_memtable* m) noexcept nogil:
     if m != NULL:
         arena_free(&m.arena)
         pthread_mutex_destroy(&m.arena.lock)
+        vc_bloom_free(&m.bloom)
         free(m)
 
 
@@ -225,7 +248,10 @@ cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen
 
 
 cdef inline vc_node* sl_find_eq(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
-    cdef vc_node* n = sl_find_ge(m, key, klen)
+    cdef vc_node* n
+    if m.bloom.words != NULL and not vc_bloom_maybe(&m.bloom, vc_key_hash(key, klen)):
+        return NULL
+    n = sl_find_ge(m, key, klen)
     if n != NULL and n.klen == klen and memcmp(n.key, key, klen) == 0:
         return n
     return NULL
@@ -296,19 +322,13 @@ cdef inline void finger_set(vc_finger* f, vc_memtable* m, vc_node* n, vc_node** 
     memcpy(f.path, preds, VC_SL_MAX * sizeof(vc_node*))
 
 
-cdef uint32_t random_height(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
-    """Geometric tower height, p = 1/4.  Shared memtables hash the key instead of a shared
-    random state, so concurrent writers touch no common cache line here."""
+cdef uint32_t random_height(vc_memtable* m, uint64_t key_hash) noexcept nogil:
+    """Geometric tower height, p = 1/4.  Shared memtables use bits of the key's hash
+    instead of a shared random state, so concurrent writers touch no common cache line."""
     cdef uint32_t r
-    cdef uint32_t i
     cdef int h = 1
     if m.shared:
-        r = 2166136261U
-        for i in range(klen):
-            r = (r ^ key[i]) * 16777619U
-        r ^= r >> 15
-        r *= 0x2C1B3C6DU
-        r ^= r >> 12
+        r = <uint32_t>((key_hash * <uint64_t>0x9E3779B97F4A7C15U) >> 32)
     else:
         r = m.rng
         r ^= r << 13
@@ -329,7 +349,10 @@ cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_node** succs, const un
     cdef vc_node* n
     cdef uint32_t h, i
     cdef int cur
-    h = random_height(m, key, klen)
+    cdef uint64_t kh = vc_key_hash(key, klen) if m.shared else 0
+    h = random_height(m, kh)
+    if m.bloom.words != NULL:
+        vc_bloom_add(&m.bloom, kh)    # before the node can be found (see vc_bloom.h)
     n = <vc_node*>mem_alloc(m, sizeof(vc_node) + <size_t>h * sizeof(vc_node*) + klen)
     if n == NULL:
         return NULL
@@ -556,7 +579,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     pthread_rwlock_init(&db.mems_lock, NULL)
     pthread_mutex_init(&db.vis_lock, NULL)
     pthread_cond_init(&db.vis_cond, NULL)
-    db.view.active = mem_new(db.next_gen, True)
+    db.view.active = mem_new(db.next_gen, True, bloom_bytes_for(db.checkpoint_bytes))
     if db.view.active == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
     db.next_gen += 1
@@ -1313,7 +1336,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
         pthread_mutex_unlock(&db.commit_lock)
         pthread_mutex_unlock(&db.ckpt_lock)
         return 0
-    fresh = mem_new(db.next_gen, True)
+    fresh = mem_new(db.next_gen, True, bloom_bytes_for(db.checkpoint_bytes))
     if fresh == NULL:
         pthread_mutex_unlock(&db.commit_lock)
         pthread_mutex_unlock(&db.ckpt_lock)

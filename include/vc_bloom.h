@@ -1,0 +1,92 @@
+/* vc_bloom.h: a blocked Bloom filter over the keys of a shared memtable.
+ *
+ * A point read looks for its key in the active (and frozen) memtable before the tree.
+ * Most keys read are not in the memtable, and a skip-list search that finds nothing still
+ * costs a dozen cache misses.  The filter answers "certainly absent" from one cache line:
+ * a key sets 3 bits inside one 64-byte block chosen by its hash.
+ *
+ * Concurrency: writers set bits with a relaxed atomic OR before they link the key's node
+ * (a release CAS); a reader that can see a committed version of the key saw that commit
+ * through an acquire of the visible timestamp, which the linking thread's stores precede,
+ * so it sees the bits too.  A reader racing an insert may miss the key, exactly as if it
+ * had read a moment earlier.  Bits are never cleared: the filter dies with its memtable.
+ */
+#ifndef VC_BLOOM_H
+#define VC_BLOOM_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct vc_bloom {
+    uint64_t *words;      /* nblocks * 8 words, 64-byte aligned */
+    uint64_t block_mask;  /* nblocks - 1 (nblocks is a power of two) */
+} vc_bloom;
+
+/* 64-bit hash of a key: 8 bytes per step, multiply-xorshift mixing. */
+static inline uint64_t vc_key_hash(const unsigned char *k, uint32_t n)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)n * 0xD6E8FEB86659FD93ULL);
+    uint64_t w;
+    while (n >= 8) {
+        memcpy(&w, k, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 29;
+        k += 8;
+        n -= 8;
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, k, n);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 29;
+    }
+    h *= 0x94D049BB133111EBULL;
+    h ^= h >> 32;
+    return h;
+}
+
+/* A filter of about `bytes` bytes (rounded to a power of two, at least 4 KiB). 0 / -1. */
+static inline int vc_bloom_init(vc_bloom *b, size_t bytes)
+{
+    size_t nblocks = 64;
+    void *p = NULL;
+    while (nblocks * 64 < bytes && nblocks < ((size_t)1 << 26))
+        nblocks <<= 1;
+    if (posix_memalign(&p, 64, nblocks * 64) != 0)
+        return -1;
+    memset(p, 0, nblocks * 64);
+    b->words = (uint64_t *)p;
+    b->block_mask = nblocks - 1;
+    return 0;
+}
+
+static inline void vc_bloom_free(vc_bloom *b)
+{
+    free(b->words);
+    b->words = NULL;
+}
+
+static inline void vc_bloom_add(vc_bloom *b, uint64_t h)
+{
+    uint64_t *blk = b->words + ((h & b->block_mask) << 3);
+    unsigned b1 = (unsigned)(h >> 37) & 511, b2 = (unsigned)(h >> 46) & 511,
+             b3 = (unsigned)(h >> 55) & 511;
+    /* relaxed: ordered before the node's publication by that release CAS (see above) */
+    __atomic_fetch_or(&blk[b1 >> 6], 1ULL << (b1 & 63), __ATOMIC_RELAXED);
+    __atomic_fetch_or(&blk[b2 >> 6], 1ULL << (b2 & 63), __ATOMIC_RELAXED);
+    __atomic_fetch_or(&blk[b3 >> 6], 1ULL << (b3 & 63), __ATOMIC_RELAXED);
+}
+
+/* 0: the key was certainly never added.  1: it may have been. */
+static inline int vc_bloom_maybe(const vc_bloom *b, uint64_t h)
+{
+    const uint64_t *blk = b->words + ((h & b->block_mask) << 3);
+    unsigned b1 = (unsigned)(h >> 37) & 511, b2 = (unsigned)(h >> 46) & 511,
+             b3 = (unsigned)(h >> 55) & 511;
+    return ((__atomic_load_n(&blk[b1 >> 6], __ATOMIC_RELAXED) >> (b1 & 63)) &
+            (__atomic_load_n(&blk[b2 >> 6], __ATOMIC_RELAXED) >> (b2 & 63)) &
+            (__atomic_load_n(&blk[b3 >> 6], __ATOMIC_RELAXED) >> (b3 & 63)) & 1);
+}
+
+#endif
