@@ -51,6 +51,8 @@ cdef struct vc_node:
     unsigned char* key
     uint32_t klen
     uint32_t height
+    uint64_t kprefix        # first 8 key bytes, big-endian, zero-padded: most comparisons
+                            # of a search end here, without reading the key itself
 
 cdef extern from "vc_bloom.h" nogil:
     ctypedef struct vc_bloom:   # blocked Bloom filter of a shared memtable's keys

@@ -33,7 +33,8 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                pthread_mutex_trylock, pthread_mutex_unlock)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta, vc_pager_hits,
                               vc_pager_reclaim)
-from velocore._btree cimport (vc_op, vc_key_cmp, vc_tree_get, vc_tree_merge, vc_tree_check,
+from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_tree_merge,
+                              vc_tree_check,
                               vc_lookup, vc_lookup_init, vc_lookup_get,
                               vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
                               vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
@@ -185,6 +186,7 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexc
     memset(h.next, 0, VC_SL_MAX * sizeof(vc_node*))
     h.key = NULL
     h.klen = 0
+    h.kprefix = 0
     h.height = VC_SL_MAX
     m.head = h
     m.height = 1
@@ -214,17 +216,38 @@ cdef inline vc_node* sl_next(vc_node* x, int level) noexcept nogil:
     return <vc_node*>vc_load_ptr(<void* const*>&x.next[level])
 
 
+cdef inline uint64_t key_prefix(const unsigned char* key, uint32_t klen) noexcept nogil:
+    """The first 8 bytes as a big-endian integer, zero-padded.  Padded prefixes order like
+    the keys wherever they differ (a key that ends early is a prefix of the other, and
+    sorts first either way), so only equal prefixes need the full comparison."""
+    cdef unsigned char b[8]
+    if klen >= 8:
+        return vc_load_be64(key)
+    memset(b, 0, 8)
+    memcpy(b, key, klen)
+    return vc_load_be64(b)
+
+
+cdef inline bint node_lt(vc_node* n, const unsigned char* key, uint32_t klen, uint64_t kp) noexcept nogil:
+    """n's key < key (kp: key_prefix(key))."""
+    if n.kprefix != kp:
+        return n.kprefix < kp
+    return vc_key_cmp(n.key, n.klen, key, klen) < 0
+
+
 cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
     """First node with key >= key (key NULL: the first node)."""
     cdef vc_node* x = m.head
     cdef vc_node* nx
     cdef int level = vc_load_int_relaxed(&m.height) - 1
+    cdef uint64_t kp
     if key == NULL:
         return sl_next(x, 0)
+    kp = key_prefix(key, klen)
     nx = NULL
     while level >= 0:
         nx = sl_next(x, level)
-        while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
+        while nx != NULL and node_lt(nx, key, klen, kp):
             x = nx
             nx = sl_next(x, level)
         level -= 1
@@ -238,9 +261,10 @@ cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen
     cdef vc_node* x = m.head
     cdef vc_node* nx
     cdef int level = vc_load_int_relaxed(&m.height) - 1
+    cdef uint64_t kp = key_prefix(key, klen) if key != NULL else 0
     while level >= 0:
         nx = sl_next(x, level)
-        while nx != NULL and (key == NULL or vc_key_cmp(nx.key, nx.klen, key, klen) < 0):
+        while nx != NULL and (key == NULL or node_lt(nx, key, klen, kp)):
             x = nx
             nx = sl_next(x, level)
         level -= 1
@@ -264,13 +288,14 @@ cdef void sl_find_preds(vc_memtable* m, const unsigned char* key, uint32_t klen,
     cdef vc_node* nx
     cdef int level = VC_SL_MAX - 1
     cdef int top = vc_load_int_relaxed(&m.height)
+    cdef uint64_t kp = key_prefix(key, klen)
     while level >= top:               # levels above the height in use: only the head
         preds[level] = x
         succs[level] = sl_next(x, level)
         level -= 1
     while level >= 0:
         nx = sl_next(x, level)
-        while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
+        while nx != NULL and node_lt(nx, key, klen, kp):
             x = nx
             nx = sl_next(x, level)
         preds[level] = x
@@ -291,7 +316,8 @@ cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t kle
     cdef bint moved = False            # x was walked past path[level + 1]
     cdef int level = VC_SL_MAX - 1
     cdef int top
-    if f.mem != m or f.last == NULL or vc_key_cmp(f.last.key, f.last.klen, key, klen) >= 0:
+    cdef uint64_t kp = key_prefix(key, klen)
+    if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, kp):
         sl_find_preds(m, key, klen, preds, succs)
         return
     top = vc_load_int_relaxed(&m.height)
@@ -307,7 +333,7 @@ cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t kle
                 x = c
                 moved = False
         nx = sl_next(x, level)
-        while nx != NULL and vc_key_cmp(nx.key, nx.klen, key, klen) < 0:
+        while nx != NULL and node_lt(nx, key, klen, kp):
             x = nx
             moved = True
             nx = sl_next(x, level)
@@ -362,6 +388,7 @@ cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_node** succs, const un
     memcpy(n.key, key, klen)
     n.klen = klen
     n.height = h
+    n.kprefix = key_prefix(key, klen)
     while True:
         for i in range(h):
             vc_store_ptr(<void**>&n.next[i], succs[i])
