@@ -545,6 +545,24 @@ cdef int vc_cursor_value(vc_cursor* c, const unsigned char** value, size_t* vlen
     return 0
 
 
+cdef int vc_cursor_entry(vc_cursor* c, const unsigned char** key, uint32_t* klen,
+                         const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil:
+    cdef leaf_ent e
+    if leaf_get(c.pager, c.leaf, c.pid[c.height - 1], <uint32_t>c.idx[c.height - 1], &e, err) < 0:
+        return -1
+    key[0] = e.key
+    klen[0] = e.klen
+    if e.ovf == 0:
+        value[0] = e.value
+        vlen[0] = e.vlen
+        return 0
+    if read_overflow(c.pager, e.ovf, e.vlen, &c.ovf, err) < 0:
+        return -1
+    value[0] = c.ovf.data
+    vlen[0] = e.vlen
+    return 0
+
+
 # ---------------------------------------------------------------- merge (checkpoint)
 
 cdef struct kid:

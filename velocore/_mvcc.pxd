@@ -173,6 +173,7 @@ cdef struct vc_iter:
     uint32_t curlen
     const unsigned char* value  # value returned last (valid until the next step)
     size_t vlen
+    bint from_tree          # the entry returned last came from the tree cursor
 
 cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode, size_t cache_bytes,
                     uint64_t checkpoint_bytes, vc_err* err) noexcept nogil

@@ -38,6 +38,7 @@ from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_t
                               vc_lookup, vc_lookup_init, vc_lookup_get,
                               vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
                               vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
+                              vc_cursor_entry,
                               VC_MAX_KEY)
 from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append_stream,
                             vc_wal_sync_to, vc_wal_flush, vc_wal_rotate, vc_wal_remove_before, vc_wal_close, VC_SYNC_FULL,
@@ -1656,6 +1657,23 @@ cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
     cdef vc_version* v
     if it.done:
         return VC_NOTFOUND
+    if it.from_tree and it.node[0] == NULL and it.node[1] == NULL and it.node[2] == NULL:
+        # only the tree is left (a checkpointed range), and the cursor is on the entry
+        # returned last: step, decode once, check the bound
+        if (vc_cursor_prev(&it.tree, err) if it.reverse else vc_cursor_next(&it.tree, err)) < 0:
+            return -1
+        if not it.tree.valid:
+            it.done = True
+            return VC_NOTFOUND
+        if vc_cursor_entry(&it.tree, &k, &kl, &it.value, &it.vlen, err) < 0:
+            return -1
+        if (not it.reverse and vc_key_cmp(k, kl, it.hi, it.hilen) >= 0) or \
+           (it.reverse and vc_key_cmp(k, kl, it.lo, it.lolen) < 0):
+            it.done = True
+            return VC_NOTFOUND
+        memcpy(it.cur, k, kl)
+        it.curlen = kl
+        return VC_OK
     while True:
         # step every source off the key returned last
         if it.started:
@@ -1711,6 +1729,7 @@ cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
             return VC_NOTFOUND
         memcpy(it.cur, bk, bkl)
         it.curlen = bkl
+        it.from_tree = best == 3
         if best == 3:
             if vc_cursor_value(&it.tree, &it.value, &it.vlen, err) < 0:
                 return -1
