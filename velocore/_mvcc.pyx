@@ -1621,7 +1621,16 @@ cdef void src_settle(vc_iter* it, int s) noexcept nogil:
 cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t lolen,
                       const unsigned char* hi, uint32_t hilen, bint reverse, vc_err* err) noexcept nogil:
     cdef int s
-    memset(it, 0, sizeof(vc_iter))
+    # every field but the key buffers (which are written before they are read)
+    memset(it, 0, <size_t>(<char*>&it.lo - <char*>it))
+    it.done = False
+    it.started = False
+    it.from_tree = False
+    it.value = NULL
+    it.vlen = 0
+    it.curlen = 0
+    it.mem[0] = it.mem[1] = it.mem[2] = NULL
+    it.node[0] = it.node[1] = it.node[2] = NULL
     it.txn = t
     it.reverse = reverse
     memcpy(it.lo, lo, lolen)

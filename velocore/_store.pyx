@@ -962,9 +962,10 @@ cdef class Txn:
         cdef bytes lo, hi, plo, phi
         self.check()
         tid = self.tid(table, False)
-        tprefix = (<uint32_t>tid).to_bytes(4, "big")
-        lo = tprefix
-        hi = (tid + 1).to_bytes(4, "big")
+        put_tid(kb.data, tid)
+        lo = PyBytes_FromStringAndSize(<char*>kb.data, 4)
+        put_tid(kb.data, tid + 1)
+        hi = PyBytes_FromStringAndSize(<char*>kb.data, 4)
         if start is not None:
             make_key(&kb, tid, start, "start")
             lo = PyBytes_FromStringAndSize(<char*>kb.data, kb.len)
@@ -1257,7 +1258,7 @@ cdef class RangeIterator:
         self.finished = True
         memset(&self.block, 0, sizeof(vc_buf))
         self.last_pos = -1
-        self.batch = 16
+        self.batch = 32
 
     cdef int setup(self, Txn txn, bytes lo, bytes hi, bint reverse, bint keys_only, int strip) except -1:
         cdef vc_err err
