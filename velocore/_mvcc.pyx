@@ -274,6 +274,10 @@ cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen
 
 cdef inline vc_node* sl_find_eq(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
     cdef vc_node* n
+    # an empty memtable (the usual state right after a checkpoint) costs one load; a reader
+    # that must see a node saw its commit published after the node was counted
+    if vc_load_u64(&m.nkeys) == 0:
+        return NULL
     if m.bloom.words != NULL and not vc_bloom_maybe(&m.bloom, vc_key_hash(key, klen)):
         return NULL
     n = sl_find_ge(m, key, klen)

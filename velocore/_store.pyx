@@ -216,10 +216,27 @@ cdef int keyarray_push(keyarray* ka, uint32_t tid, object key) except -1:
 
 cdef int keyarray_fill(keyarray* ka, uint32_t tid, list keys) except -1:
     """Composite keys of a batch call in C arrays, so its loop can run without the GIL."""
-    cdef Py_ssize_t i, n = len(keys)
+    cdef Py_ssize_t i, n = len(keys), kl
+    cdef unsigned char tidb[4]
+    cdef unsigned char* p
+    cdef object key
     keyarray_init(ka, n)
+    put_tid(tidb, tid)
     for i in range(n):
-        keyarray_push(ka, tid, keys[i])
+        key = keys[i]
+        if PyBytes_CheckExact(key):
+            kl = PyBytes_GET_SIZE(key)
+            if 1 <= kl <= MAX_KEY and ka.used + TID_LEN + <size_t>kl <= ka.cap:
+                # the common case inline: bytes that fit the room already there
+                p = ka.data + ka.used
+                memcpy(p, tidb, TID_LEN)
+                memcpy(p + TID_LEN, PyBytes_AS_STRING(key), <size_t>kl)
+                ka.offs[ka.n] = ka.used
+                ka.lens[ka.n] = <uint32_t>(kl + TID_LEN)
+                ka.used += <size_t>(kl + TID_LEN)
+                ka.n += 1
+                continue
+        keyarray_push(ka, tid, key)          # checks, errors, growth
     return 0
 
 
