@@ -11,6 +11,8 @@ not memtables being folded into the tree.
 """
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -64,6 +66,30 @@ def test_hot_key_large_values_are_freed(tmp_path):
         assert info["versions_retained"] < 1000, info
         assert info["memtable_bytes"] < 80 * 1024 * 1024, info
         assert tbl.get(b"big") == b"%06d" % 1999 + big
+    finally:
+        store.close()
+
+
+def test_replay_keeps_one_version_per_key(tmp_path):
+    """Recovery replays every logged overwrite of a key: only the newest stays."""
+    path = tmp_path / "db"
+    child = (
+        "import os, sys, velocore\n"
+        "s = velocore.open(sys.argv[1], sync='off', checkpoint_mb=4096)\n"
+        "t = s.table('t')\n"
+        "for i in range(30000):\n"
+        "    with s.txn() as x:\n"
+        "        x.put(t, b'hot', b'%016d' % i)\n"
+        "os._exit(0)\n"                  # no close: no checkpoint, the log holds it all
+    )
+    subprocess.run([sys.executable, "-c", child, str(path)], check=True)
+    store = velocore.open(path, sync="off", checkpoint_mb=4096)
+    try:
+        info = store.info()
+        assert info["checkpoints"] == 0
+        assert info["versions_retained"] < 10, info
+        assert info["versions_pruned"] >= 29_000, info
+        assert store.table("t").get(b"hot") == b"%016d" % 29_999
     finally:
         store.close()
 
