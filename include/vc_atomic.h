@@ -55,6 +55,8 @@ static inline int vc_cas_int(int *p, int expected, int desired)
 }
 
 static inline uint64_t vc_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+/* Counters that also go down (versions held by a memtable as the GC prunes them): RELAXED. */
+static inline uint64_t vc_sub_u64_relaxed(uint64_t *p, uint64_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_RELAXED); }
 
 /* Seqlock around the published view: a publisher makes the sequence odd, writes, makes
  * it even again; a reader copies the fields between two equal, even readings.  All
@@ -63,7 +65,10 @@ static inline uint64_t vc_fetch_add_u64(uint64_t *p, uint64_t v) { return __atom
 static inline uint64_t vc_load_u64_sc(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void vc_store_u64_sc(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline void vc_seq_bump(uint64_t *p) { __atomic_fetch_add(p, 1, __ATOMIC_SEQ_CST); }
-/* Racy field reads validated by the seqlock: RELAXED atomics keep them well defined. */
+/* Racy field reads validated by the seqlock: RELAXED atomics keep them well defined.
+ * vc_fence_acquire goes between those reads and the closing sequence read, so none of
+ * them can be satisfied after it. */
+static inline void vc_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 static inline uint32_t vc_load_u32_relaxed(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline uint64_t vc_load_u64_relaxed(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void *vc_load_ptr_relaxed(void *const *p) { return __atomic_load_n((void **)p, __ATOMIC_RELAXED); }

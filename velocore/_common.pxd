@@ -28,6 +28,10 @@ cdef extern from "vc_common.h" nogil:
     int vc_fail(vc_err* e, int code, const char* fmt, ...)
     int vc_fail_errno(vc_err* e, int code, int errnum, const char* fmt, ...)
 
+cdef extern from "vc_poison.h" nogil:
+    void VC_POISON(const void* p, size_t n)
+    void VC_UNPOISON(const void* p, size_t n)
+
 cdef extern from "vc_crc32c.h" nogil:
     uint32_t vc_crc32c(uint32_t crc, const void* buf, size_t length)
     int vc_crc32c_hw()
@@ -47,6 +51,8 @@ cdef extern from "vc_atomic.h" nogil:
     void vc_store_int_sc(int* p, int v)
     void vc_max_u64_relaxed(uint64_t* p, uint64_t v)
     uint64_t vc_fetch_add_u64(uint64_t* p, uint64_t v)
+    uint64_t vc_sub_u64_relaxed(uint64_t* p, uint64_t v)
+    void vc_fence_acquire()
     bint vc_cas_int(int* p, int expected, int desired)
     uint64_t vc_load_u64_sc(const uint64_t* p)
     void vc_store_u64_sc(uint64_t* p, uint64_t v)

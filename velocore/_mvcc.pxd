@@ -22,6 +22,13 @@ cdef enum:
 cdef enum:
     VC_TS_PENDING = 0       # commit_ts of a version whose transaction has not committed
 
+cdef enum:
+    VC_GC_CLASS = 32        # free-list size classes of pruned versions: 32-byte steps
+    VC_GC_SMALL_MAX = 2048  # versions bigger than this are malloc'ed one by one
+    VC_GC_CLASSES = 65      # VC_GC_SMALL_MAX / VC_GC_CLASS + 1
+    VC_GC_SNAPS = 64        # distinct live snapshots a GC round publishes (the oldest ones;
+                            # versions above the last of them are all kept)
+
 cdef struct vc_arena_chunk:
     vc_arena_chunk* next    # older chunk
     size_t size             # usable bytes after the header
@@ -35,10 +42,13 @@ cdef struct vc_arena:
 cdef struct vc_version:
     uint64_t commit_ts      # VC_TS_PENDING until its txn commits, then the commit ts;
                             # VC_TS_ABORTED if its txn ended without it (atomic)
-    uint64_t owner          # id of the writing transaction (0: recovered from the log)
-    vc_version* older       # next older version (immutable after publication)
-    const unsigned char* value   # arena copy; NULL for VC_DEL / VC_CHECK
-    vc_version* shared      # write set only: the pending version installed in a memtable
+    uint64_t owner          # id of the writing transaction (0: recovered from the log);
+                            # once unlinked by the GC and deferred: the tag it waits for
+    vc_version* older       # next older version; set before publication, later only moved
+                            # down the chain (or to NULL) by the GC (release store, acquire load)
+    const unsigned char* value   # copy right after the header; NULL for VC_DEL / VC_CHECK
+    vc_version* shared      # write set only: the pending version installed in a memtable;
+                            # memtable versions pruned by the GC: the free-list / deferred link
     vc_memtable* shared_mem # write set only: the memtable holding `shared`
     uint32_t vlen
     uint8_t kind            # VC_PUT / VC_DEL / VC_CHECK
@@ -59,8 +69,14 @@ cdef extern from "vc_bloom.h" nogil:
         uint64_t* words
         uint64_t block_mask
 
+cdef struct vc_bigblk:      # header of a version bigger than VC_GC_SMALL_MAX (shared memtables)
+    vc_bigblk* prev         # the memtable's list of them (arena.lock), freed with it
+    vc_bigblk* next
+    size_t size             # bytes after this header
+    size_t pad
+
 cdef struct vc_memtable:
-    vc_arena arena
+    vc_arena arena          # shared memtables: arena.bytes also counts big versions
     vc_bloom bloom          # shared memtables: "certainly absent" for point reads
     vc_node* head           # sentinel with VC_SL_MAX links
     int height              # levels in use (read relaxed by readers)
@@ -68,13 +84,22 @@ cdef struct vc_memtable:
     uint64_t gen            # creation order
     uint64_t max_ts         # newest commit_ts installed (commit lock)
     uint64_t nkeys          # nodes
-    uint64_t nversions      # versions installed
+    uint64_t nversions      # versions linked in chains (installed minus pruned; atomic)
     uint64_t retired_version  # tree version that folded it in; 0 while live
     vc_memtable* older      # the store's list of live memtables, newest first
     int inflight            # writers installing right now (freeze handshake, seq_cst)
     int frozen              # set by a checkpoint: no new installs (seq_cst)
     uint64_t frozen_ts      # the freezing checkpoint's ts (written before `frozen`)
     bint shared             # written by many threads (concurrent inserts, locked arena)
+    pthread_mutex_t free_lock   # the free lists and the deferred list
+    vc_version* free_heads[VC_GC_CLASSES]   # pruned versions by size class (free_lock;
+                                            # peeked with a relaxed load), linked by `shared`
+    vc_bigblk* big          # big versions, newest first (arena.lock)
+    vc_version* deferred    # versions unlinked by the GC that an older snapshot may still be
+    vc_version* deferred_tail   # walking past: oldest first, linked by `shared`, each
+                                # freed once the GC horizon reaches its tag (free_lock)
+    uint64_t ndeferred      # on that list (atomic)
+    uint64_t deferred_tag   # tag of the oldest deferred version, 0 if none (relaxed peek)
 
 cdef struct vc_finger:       # a writer's last search path in one memtable (finger search)
     vc_memtable* mem        # memtable the path belongs to, NULL when unused
@@ -96,7 +121,8 @@ cdef enum:
 cdef struct vc_slot:        # one cache line per live transaction
     vc_txn* txn             # owner, NULL when free (claimed with a CAS)
     uint64_t tree_version   # the owner's view; 0 while unpublished (seq_cst)
-    uint64_t snapshot_ts    # for info() only
+    uint64_t snapshot_ts    # the owner's snapshot_ts + 1; 0 while free or unpublished
+                            # (seq_cst: the GC horizon scan, and info())
     uint64_t pad[5]
 
 cdef struct vc_txn:
@@ -156,6 +182,19 @@ cdef struct vc_db:
     int ckpt_stop               # close asks the checkpointer to exit (ckpt_sig_lock)
     pthread_mutex_t ckpt_sig_lock
     pthread_cond_t ckpt_sig_cond
+    # version GC: a round (gc_refresh, one at a time under gc_lock) stores gc_target =
+    # visible_ts (seq_cst) before it scans the slots, and a beginning transaction stores
+    # its slot's snapshot before it checks gc_target (retrying if it moved past its
+    # snapshot): every transaction is either scanned or starts at or after gc_target.
+    pthread_mutex_t gc_lock
+    uint64_t gc_target      # visible_ts when the latest round began (seq_cst)
+    uint64_t gc_seq         # seqlock over the published round below
+    uint64_t gc_horizon     # oldest snapshot of any live or future txn (0: no round yet)
+    uint64_t gc_live        # visible_ts of the published round: later snapshots start >= it
+    uint32_t gc_nsnaps      # gc_snaps[0..n): the smallest distinct live snapshots, ascending
+    uint32_t gc_more        # more live snapshots exist above gc_snaps[n-1]
+    uint64_t gc_snaps[VC_GC_SNAPS]
+    uint64_t versions_pruned    # freed by the GC (atomic)
 
 cdef struct vc_iter:
     vc_txn* txn

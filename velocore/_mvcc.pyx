@@ -30,7 +30,8 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                vc_load_u64_relaxed, vc_load_ptr_relaxed, vc_store_u32_relaxed,
                                vc_store_u64_relaxed, vc_store_ptr_relaxed,
                                pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
-                               pthread_mutex_trylock, pthread_mutex_unlock)
+                               pthread_mutex_trylock, pthread_mutex_unlock, vc_sub_u64_relaxed,
+                               vc_fence_acquire, VC_POISON, VC_UNPOISON)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta, vc_pager_hits,
                               vc_pager_reclaim)
 from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_tree_merge,
@@ -40,9 +41,9 @@ from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_t
                               vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
                               vc_cursor_entry,
                               VC_MAX_KEY)
-from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append_stream,
-                            vc_wal_sync_to, vc_wal_flush, vc_wal_rotate, vc_wal_remove_before, vc_wal_close, VC_SYNC_FULL,
-                            VC_SYNC_OFF)
+from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append_stream, vc_wal_sync_to,
+                            vc_wal_flush, vc_wal_rotate, vc_wal_remove_before, vc_wal_close,
+                            VC_SYNC_FULL, VC_SYNC_OFF)
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR:
@@ -81,6 +82,7 @@ cdef enum:
     LOG_CHUNK = 1 << 20     # a commit's log record is encoded and written in pieces this big
     ARENA_CHUNK = 1 << 20
     ARENA_BIG = 1 << 18
+    GC_EVERY = 64           # commits between GC rounds (recomputing the horizon)
 
 
 # ---------------------------------------------------------------- arena
@@ -176,9 +178,11 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexc
         free(m)
         return NULL
     pthread_mutex_init(&m.arena.lock, NULL)
+    pthread_mutex_init(&m.free_lock, NULL)
     h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_node*))
     if h == NULL:
         pthread_mutex_destroy(&m.arena.lock)
+        pthread_mutex_destroy(&m.free_lock)
         vc_bloom_free(&m.bloom)
         free(m)
         return NULL
@@ -200,9 +204,18 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexc
 
 
 cdef void mem_free(vc_memtable* m) noexcept nogil:
+    cdef vc_bigblk* b
+    cdef vc_bigblk* nb
     if m != NULL:
+        b = m.big
+        while b != NULL:
+            nb = b.next
+            free(b)
+            b = nb
+        m.big = NULL
         arena_free(&m.arena)
         pthread_mutex_destroy(&m.arena.lock)
+        pthread_mutex_destroy(&m.free_lock)
         vc_bloom_free(&m.bloom)
         free(m)
 
@@ -211,6 +224,93 @@ cdef inline void* mem_alloc(vc_memtable* m, size_t n) noexcept nogil:
     if m.shared:
         return arena_alloc_mt(&m.arena, n)
     return arena_alloc(&m.arena, n)
+
+
+# ---------------------------------------------------------------- version memory (shared memtables)
+#
+# Versions the GC prunes (see chain_prune) are reused by later versions of the same
+# memtable: small ones go to a free list of their 32-byte size class, big ones are
+# malloc'ed one by one and freed at once.  Everything goes when the memtable does.
+
+cdef inline size_t version_bytes(uint32_t vlen) noexcept nogil:
+    return sizeof(vc_version) + vlen
+
+
+cdef inline size_t link_offset() noexcept nogil:
+    """Offset of the free-list link (`shared`) in a version: the one word of a free
+    version left unpoisoned under AddressSanitizer."""
+    cdef vc_version probe
+    return <size_t>(<unsigned char*>&probe.shared - <unsigned char*>&probe)
+
+
+cdef vc_version* version_alloc(vc_memtable* m, size_t n) noexcept nogil:
+    """n bytes for a version of a shared memtable: a pruned block of its size class, new
+    arena space rounded up to the class, or (big) its own malloc.  Any number of writers."""
+    cdef size_t c
+    cdef vc_version* v
+    cdef vc_bigblk* b
+    if n > VC_GC_SMALL_MAX:
+        b = <vc_bigblk*>malloc(sizeof(vc_bigblk) + n)
+        if b == NULL:
+            return NULL
+        b.size = n
+        b.prev = NULL
+        pthread_mutex_lock(&m.arena.lock)
+        b.next = m.big
+        if m.big != NULL:
+            m.big.prev = b
+        m.big = b
+        m.arena.bytes += sizeof(vc_bigblk) + n
+        pthread_mutex_unlock(&m.arena.lock)
+        return <vc_version*>(<unsigned char*>b + sizeof(vc_bigblk))
+    c = (n + VC_GC_CLASS - 1) // VC_GC_CLASS
+    if vc_load_ptr_relaxed(<void* const*>&m.free_heads[c]) != NULL:
+        # a mutex, not a lock-free pop: a CAS pop could be fooled by ABA (the block popped,
+        # reused, pruned and pushed back between another popper's two reads)
+        pthread_mutex_lock(&m.free_lock)
+        v = m.free_heads[c]
+        if v != NULL:
+            vc_store_ptr_relaxed(<void**>&m.free_heads[c], v.shared)
+        pthread_mutex_unlock(&m.free_lock)
+        if v != NULL:
+            VC_UNPOISON(v, c * VC_GC_CLASS)
+            return v
+    return <vc_version*>arena_alloc_mt(&m.arena, c * VC_GC_CLASS)
+
+
+cdef uint64_t versions_free(vc_memtable* m, vc_version* v) noexcept nogil:
+    """Give back a list of pruned versions (linked by `shared`) that no reader can reach
+    any more; returns how many."""
+    cdef vc_version* nx
+    cdef vc_bigblk* b
+    cdef size_t n, c, link = link_offset()
+    cdef uint64_t count = 0
+    pthread_mutex_lock(&m.free_lock)
+    while v != NULL:
+        nx = v.shared
+        n = version_bytes(v.vlen)
+        if n > VC_GC_SMALL_MAX:
+            b = <vc_bigblk*>(<unsigned char*>v - sizeof(vc_bigblk))
+            pthread_mutex_lock(&m.arena.lock)
+            if b.prev != NULL:
+                b.prev.next = b.next
+            else:
+                m.big = b.next
+            if b.next != NULL:
+                b.next.prev = b.prev
+            m.arena.bytes -= sizeof(vc_bigblk) + b.size
+            pthread_mutex_unlock(&m.arena.lock)
+            free(b)
+        else:
+            c = (n + VC_GC_CLASS - 1) // VC_GC_CLASS
+            v.shared = m.free_heads[c]
+            vc_store_ptr_relaxed(<void**>&m.free_heads[c], v)
+            VC_POISON(v, link)
+            VC_POISON(<unsigned char*>v + link + sizeof(void*), c * VC_GC_CLASS - link - sizeof(void*))
+        count += 1
+        v = nx
+    pthread_mutex_unlock(&m.free_lock)
+    return count
 
 
 cdef inline vc_node* sl_next(vc_node* x, int level) noexcept nogil:
@@ -448,7 +548,8 @@ cdef vc_node* sl_upsert_f(vc_memtable* m, const unsigned char* key, uint32_t kle
 
 cdef vc_version* new_version(vc_memtable* m, uint64_t ts, uint64_t owner, int kind,
                              const unsigned char* value, uint32_t vlen) noexcept nogil:
-    cdef vc_version* v = <vc_version*>mem_alloc(m, sizeof(vc_version) + vlen)
+    cdef vc_version* v = version_alloc(m, version_bytes(vlen)) if m.shared else \
+        <vc_version*>mem_alloc(m, sizeof(vc_version) + vlen)
     cdef unsigned char* copy
     if v == NULL:
         return NULL
@@ -501,8 +602,255 @@ cdef inline vc_version* visible(vc_node* n, uint64_t snapshot_ts) noexcept nogil
         ts = version_ts(v)
         if ts != VC_TS_PENDING and ts <= snapshot_ts:
             return v
-        v = v.older
+        v = <vc_version*>vc_load_ptr(<void* const*>&v.older)    # the GC may move it
     return NULL
+
+
+# ---------------------------------------------------------------- version GC
+#
+# A GC round (gc_refresh, every GC_EVERY commits) publishes the snapshots that matter:
+# the smallest distinct snapshot_ts of live transactions and `live` = visible_ts when it
+# began (every later transaction starts at or after it; see vc_txn_begin).  A version X
+# of a chain is *needed* if some snapshot s reads it: ts(X) <= s < ts of the next newer
+# committed version.  Whoever installs a pending version at a chain head prunes that
+# chain (write-write conflicts let only one such owner exist per chain at a time; replay
+# is single-threaded; copy_forward only pushes): versions no published snapshot and no
+# snapshot >= live needs are unlinked, in runs ("gaps") between needed ones, each gap
+# tagged with the ts of the needed version above it.
+#
+# Who can still be at a gap's version?  A walker passes a committed version only if its
+# snapshot is below its ts, so a walker in the gap has snapshot < tag (a walker that
+# loaded an older head did so before the version above was even installed, and so has
+# an older snapshot still).  Once a published horizon (the oldest live snapshot, found
+# by a scan after which every transaction has a snapshot >= it) reaches the tag, every
+# such walker has ended and the gap can be freed.  Gaps below the version the oldest
+# snapshot reads (the tail) qualify at once; gaps between live snapshots wait on the
+# memtable's deferred list (still linked through `older`, so a walker in one goes on
+# down to what it needs) until the snapshots older than them end.  Values handed out
+# are those of needed versions, and the facade copies them before the call returns.
+#
+# Only the active memtable is pruned (inside the install's in-flight section, so no
+# checkpoint can freeze it meanwhile): a checkpoint folds the newest version <= its own
+# ts, which is >= every `live` published before the freeze, so it is never pruned.
+
+cdef bint gc_read(vc_db* db, uint64_t* snaps, uint32_t* nsnaps, uint64_t* lim,
+                  uint64_t* horizon) noexcept nogil:
+    """The published round: snapshots ascending, *lim (every snapshot >= it may be in use),
+    *horizon (the oldest snapshot).  False before the first round."""
+    cdef uint64_t s1, s2, live
+    cdef uint32_t i, n, more
+    while True:
+        s1 = vc_load_u64_sc(&db.gc_seq)
+        if s1 & 1:
+            sched_yield()
+            continue
+        live = vc_load_u64_relaxed(&db.gc_live)
+        more = vc_load_u32_relaxed(&db.gc_more)
+        n = vc_load_u32_relaxed(&db.gc_nsnaps)
+        if n > VC_GC_SNAPS:
+            n = VC_GC_SNAPS
+        for i in range(n):
+            snaps[i] = vc_load_u64_relaxed(&db.gc_snaps[i])
+        vc_fence_acquire()
+        s2 = vc_load_u64_sc(&db.gc_seq)
+        if s1 == s2:
+            break
+    if n == 0:
+        return False
+    nsnaps[0] = n
+    horizon[0] = snaps[0]
+    lim[0] = live
+    if more and snaps[n - 1] + 1 < live:
+        lim[0] = snaps[n - 1] + 1      # unknown snapshots above the last one published
+    return True
+
+
+cdef void gc_add_snap(uint64_t* snaps, uint32_t* n, uint32_t* more, uint64_t s) noexcept nogil:
+    """Insert s into the ascending, duplicate-free array of at most VC_GC_SNAPS values; when
+    it is full the largest value drops out (*more records that)."""
+    cdef uint32_t k = 0, i = n[0]
+    while k < i and snaps[k] < s:
+        k += 1
+    if k < i and snaps[k] == s:
+        return
+    if i == VC_GC_SNAPS:
+        more[0] = 1
+        if k == i:
+            return
+        i -= 1
+    while i > k:
+        snaps[i] = snaps[i - 1]
+        i -= 1
+    snaps[k] = s
+    if n[0] < VC_GC_SNAPS:
+        n[0] += 1
+
+
+cdef void gc_refresh(vc_db* db) noexcept nogil:
+    """One GC round: publish the live snapshots (one round at a time; a busy lock skips)."""
+    cdef uint64_t snaps[VC_GC_SNAPS]
+    cdef uint32_t n = 0, more = 0, i
+    cdef uint64_t target, s
+    cdef vc_txn* t
+    if pthread_mutex_trylock(&db.gc_lock) != 0:
+        return
+    target = vc_load_u64(&db.visible_ts)
+    # published before the scan: a transaction whose slot the scan misses reads it in
+    # vc_txn_begin and takes a snapshot >= target (Dekker, both sides seq_cst)
+    vc_store_u64_sc(&db.gc_target, target)
+    gc_add_snap(snaps, &n, &more, target)
+    for i in range(VC_NSLOTS):
+        s = vc_load_u64_sc(&db.slots[i].snapshot_ts)
+        if s != 0:
+            gc_add_snap(snaps, &n, &more, s - 1)
+    pthread_mutex_lock(&db.reg_lock)      # the overflow list; its members begin under this lock
+    t = db.txns
+    while t != NULL:
+        gc_add_snap(snaps, &n, &more, t.snapshot_ts)
+        t = t.next
+    pthread_mutex_unlock(&db.reg_lock)
+    vc_seq_bump(&db.gc_seq)
+    vc_store_u64_relaxed(&db.gc_live, target)
+    vc_store_u64_relaxed(&db.gc_horizon, snaps[0])
+    vc_store_u32_relaxed(&db.gc_more, more)
+    vc_store_u32_relaxed(&db.gc_nsnaps, n)
+    for i in range(n):
+        vc_store_u64_relaxed(&db.gc_snaps[i], snaps[i])
+    vc_seq_bump(&db.gc_seq)
+    pthread_mutex_unlock(&db.gc_lock)
+
+
+cdef void gap_dispose(vc_db* db, vc_memtable* m, vc_version* first, vc_version* last, uint64_t count,
+                      uint64_t tag, uint64_t horizon) noexcept nogil:
+    """A gap was unlinked from its chain: free it now if no walker can be in it, else defer it."""
+    vc_sub_u64_relaxed(&m.nversions, count)
+    last.shared = NULL
+    if tag <= horizon:
+        vc_fetch_add_u64(&db.versions_pruned, versions_free(m, first))
+        return
+    pthread_mutex_lock(&m.free_lock)
+    if m.deferred_tail != NULL:
+        m.deferred_tail.shared = first
+    else:
+        m.deferred = first
+        vc_store_u64_relaxed(&m.deferred_tag, tag)
+    m.deferred_tail = last
+    vc_fetch_add_u64(&m.ndeferred, count)
+    pthread_mutex_unlock(&m.free_lock)
+
+
+cdef void deferred_sweep(vc_db* db, vc_memtable* m, uint64_t horizon) noexcept nogil:
+    """Free the deferred versions at the front of m's list whose tag the horizon reached
+    (the list is in unlink order, which is nearly tag order: one with a higher tag in front
+    only delays the ones behind it)."""
+    cdef vc_version* first
+    cdef vc_version* last = NULL
+    cdef vc_version* v
+    cdef uint64_t count = 0
+    cdef uint64_t tag = vc_load_u64_relaxed(&m.deferred_tag)
+    if tag == 0 or tag > horizon:
+        return
+    pthread_mutex_lock(&m.free_lock)
+    first = m.deferred
+    v = first
+    while v != NULL and v.owner <= horizon:
+        last = v
+        v = v.shared
+        count += 1
+    if last != NULL:
+        last.shared = NULL
+        m.deferred = v
+        if v == NULL:
+            m.deferred_tail = NULL
+        vc_sub_u64_relaxed(&m.ndeferred, count)
+    vc_store_u64_relaxed(&m.deferred_tag, v.owner if v != NULL else 0)
+    pthread_mutex_unlock(&m.free_lock)
+    if last != NULL:
+        vc_fetch_add_u64(&db.versions_pruned, versions_free(m, first))
+
+
+cdef void chain_prune(vc_db* db, vc_memtable* m, vc_version* head) noexcept nogil:
+    """Unlink the versions of head's chain that no snapshot needs (see above).  Caller: the
+    owner of the pending version `head`, inside the active memtable's in-flight section."""
+    cdef uint64_t snaps[VC_GC_SNAPS]
+    cdef uint32_t nsnaps
+    cdef uint64_t lim, horizon, ts, prev_ts, kept_ts, count = 0
+    cdef int j
+    cdef bint drop
+    cdef vc_version* kept
+    cdef vc_version* x
+    cdef vc_version* first = NULL
+    cdef vc_version* last = NULL
+    if not gc_read(db, snaps, &nsnaps, &lim, &horizon):
+        return
+    deferred_sweep(db, m, horizon)
+    # the newest committed version: always needed (snapshots >= live read it or newer ones)
+    kept = head
+    while kept != NULL:
+        ts = version_ts(kept)
+        if ts != VC_TS_PENDING and ts != VC_TS_ABORTED:
+            break
+        kept = <vc_version*>vc_load_ptr(<void* const*>&kept.older)
+    if kept == NULL:
+        return
+    kept_ts = ts
+    prev_ts = ts
+    j = <int>nsnaps - 1
+    x = <vc_version*>vc_load_ptr(<void* const*>&kept.older)
+    while x != NULL:
+        ts = version_ts(x)
+        if ts == VC_TS_PENDING:
+            break                     # not expected below a committed version: leave the rest
+        drop = True
+        if ts != VC_TS_ABORTED:
+            # x is what snapshots in [ts, prev_ts) read
+            if prev_ts - 1 >= lim:
+                drop = False
+            else:
+                while j >= 0 and snaps[j] > prev_ts - 1:
+                    j -= 1
+                if j >= 0 and snaps[j] >= ts:
+                    drop = False
+            prev_ts = ts
+        if drop:
+            x.owner = kept_ts         # the tag, should the gap be deferred
+            x.shared = NULL
+            if first == NULL:
+                first = x
+            else:
+                last.shared = x
+            last = x
+            count += 1
+        else:
+            if first != NULL:
+                vc_store_ptr(<void**>&kept.older, x)
+                gap_dispose(db, m, first, last, count, kept_ts, horizon)
+                first = NULL
+                count = 0
+            kept = x
+            kept_ts = ts
+        x = <vc_version*>vc_load_ptr(<void* const*>&x.older)
+    if first != NULL:
+        vc_store_ptr(<void**>&kept.older, x)
+        gap_dispose(db, m, first, last, count, kept_ts, horizon)
+
+
+cdef void chain_cut_replayed(vc_db* db, vc_memtable* m, vc_node* n) noexcept nogil:
+    """Recovery: the version just replayed is committed and nobody reads yet, so every
+    older version of the chain goes."""
+    cdef vc_version* head = n.versions
+    cdef vc_version* first = head.older
+    cdef vc_version* v = first
+    cdef uint64_t count
+    if first == NULL:
+        return
+    head.older = NULL
+    while v != NULL:
+        v.shared = v.older
+        v = v.older
+    count = versions_free(m, first)
+    vc_sub_u64_relaxed(&m.nversions, count)
+    vc_fetch_add_u64(&db.versions_pruned, count)
 
 
 # ---------------------------------------------------------------- open / close / recovery
@@ -558,6 +906,7 @@ cdef int replay_record(void* ctx, uint64_t commit_ts, const unsigned char* paylo
         n = sl_upsert(db.view.active, key, klen)
         if n == NULL or mem_add_version(db.view.active, n, commit_ts, kind, payload + off, vlen) < 0:
             return vc_fail(err, VC_E_NOMEM, "out of memory replaying the log")
+        chain_cut_replayed(db, db.view.active, n)
         off += vlen
     if commit_ts > db.view.active.max_ts:
         db.view.active.max_ts = commit_ts
@@ -590,6 +939,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     pthread_mutex_init(&db.commit_lock, NULL)
     pthread_mutex_init(&db.reg_lock, NULL)
     pthread_mutex_init(&db.ckpt_lock, NULL)
+    pthread_mutex_init(&db.gc_lock, NULL)
     if path != NULL:
         snprintf(lock_path, sizeof(lock_path), "%s/LOCK", path)
         db.lock_fd = c_open(lock_path, O_RDWR | O_CREAT, 0o644)
@@ -715,6 +1065,7 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     pthread_mutex_destroy(&db.commit_lock)
     pthread_mutex_destroy(&db.reg_lock)
     pthread_mutex_destroy(&db.ckpt_lock)
+    pthread_mutex_destroy(&db.gc_lock)
     pthread_rwlock_destroy(&db.mems_lock)
     pthread_mutex_destroy(&db.ckpt_sig_lock)
     pthread_cond_destroy(&db.ckpt_sig_cond)
@@ -769,7 +1120,10 @@ cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexc
     """Begin a transaction.  The common path takes no lock: a slot is claimed with a CAS
     and the view is copied under a seqlock; the slot's tree_version is published before
     the sequence is re-read, so reclaim() (which scans slots after a view changed) either
-    sees this transaction or this transaction sees the new view and retries."""
+    sees this transaction or this transaction sees the new view and retries.  Likewise
+    the slot's snapshot is published before gc_target is read: a GC round (which stores
+    gc_target before it scans the slots) either sees this snapshot or this transaction
+    sees the round's target and, if that is past its snapshot, takes a newer one."""
     cdef vc_txn* t = <vc_txn*>calloc(1, sizeof(vc_txn))
     cdef vc_slot* slot = NULL
     cdef uint64_t s1, s2, snap
@@ -807,11 +1161,11 @@ cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexc
         view_read(db, &t.view)
         snap = vc_load_u64(&db.visible_ts)
         vc_store_u64_sc(&slot.tree_version, t.view.tree_version)
+        vc_store_u64_sc(&slot.snapshot_ts, snap + 1)
         s2 = vc_load_u64_sc(&db.view_seq)
-        if s1 == s2:
+        if s1 == s2 and vc_load_u64_sc(&db.gc_target) <= snap:
             break
     t.snapshot_ts = snap
-    vc_store_u64_relaxed(&slot.snapshot_ts, snap)
     t.slot = slot
     out[0] = t
     return 0
@@ -868,6 +1222,7 @@ cdef void txn_unregister(vc_txn* t) noexcept nogil:
     cdef vc_db* db = t.db
     cdef vc_slot* slot = t.slot
     if slot != NULL:
+        vc_store_u64_sc(&slot.snapshot_ts, 0)
         vc_store_u64_sc(&slot.tree_version, 0)
         vc_store_ptr(<void**>&slot.txn, NULL)      # the slot is free for the next claim
         t.slot = NULL
@@ -886,6 +1241,8 @@ cdef void txn_unregister(vc_txn* t) noexcept nogil:
     txn_release(t)
     if db.reclaim_pending:
         reclaim(db)
+    if vc_load_u64(&db.visible_ts) >= vc_load_u64_relaxed(&db.gc_target) + GC_EVERY:
+        gc_refresh(db)
 
 
 cdef void mark_shared(vc_txn* t, uint64_t ts) noexcept nogil:
@@ -983,7 +1340,7 @@ cdef int chain_conflict(vc_node* n, vc_txn* t, bint* decided) noexcept nogil:
             if ts == VC_TS_PENDING:
                 return 1 if v.owner != t.id else 0
             return 1 if ts > t.snapshot_ts else 0
-        v = v.older
+        v = <vc_version*>vc_load_ptr(<void* const*>&v.older)    # the GC may move it
     return 0
 
 
@@ -1057,6 +1414,7 @@ cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int
         if vc_cas_ptr(<void**>&n.versions, head, v):
             break
     vc_fetch_add_u64(&m.nversions, 1)
+    chain_prune(db, m, v)            # this pending head makes us the chain's one pruner
     vc_add_int_sc(&m.inflight, -1)
     out_v[0] = v
     out_m[0] = m
@@ -1558,12 +1916,12 @@ cdef long vc_db_check(vc_db* db, vc_buf* report, uint64_t* nkeys, vc_err* err) n
 
 
 cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
-    """out[0..15]: see _store.pyx Store.info for the meaning of each slot."""
+    """out[0..18]: see _store.pyx Store.info for the meaning of each slot."""
     cdef vc_txn* t
     cdef uint64_t live, snap
     cdef uint32_t i
     cdef vc_memtable* m
-    cdef uint64_t oldest = 0, mem_bytes = 0, versions = 0, nmems = 0
+    cdef uint64_t oldest = 0, mem_bytes = 0, versions = 0, nmems = 0, deferred = 0
     pthread_mutex_lock(&db.reg_lock)
     t = db.txns
     oldest = 0
@@ -1575,13 +1933,14 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     for i in range(VC_NSLOTS):
         if vc_load_u64_sc(&db.slots[i].tree_version) != 0:
             live += 1
-            snap = vc_load_u64_relaxed(&db.slots[i].snapshot_ts)
-            if oldest == 0 or snap < oldest:
-                oldest = snap
+            snap = vc_load_u64_sc(&db.slots[i].snapshot_ts)
+            if snap != 0 and (oldest == 0 or snap - 1 < oldest):
+                oldest = snap - 1
     m = db.mems
     while m != NULL:
         mem_bytes += m.arena.bytes
         versions += m.nversions
+        deferred += vc_load_u64_relaxed(&m.ndeferred)
         nmems += 1
         m = m.older
     out[0] = db.pager.page_count
@@ -1600,6 +1959,9 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     out[13] = nmems
     out[14] = db.commits
     out[15] = db.pager.free_now.len
+    out[16] = vc_load_u64_relaxed(&db.versions_pruned)
+    out[17] = deferred
+    out[18] = vc_load_u64_relaxed(&db.gc_horizon)
     pthread_mutex_unlock(&db.reg_lock)
 
 

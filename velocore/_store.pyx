@@ -507,7 +507,7 @@ cdef class Store:
 
     def info(self):
         """info() -> dict: sizes, counters and settings of the store."""
-        cdef uint64_t s[16]
+        cdef uint64_t s[19]
         self.check_open()
         vc_db_stats(self.db, s)
         data_bytes = None
@@ -542,6 +542,9 @@ cdef class Store:
             "visible_ts": s[10],
             "memtable_bytes": s[11],
             "versions_retained": s[12],
+            "versions_pruned": s[16],
+            "versions_deferred": s[17],
+            "gc_horizon_ts": s[18],
             "memtables": s[13],
             "commits": s[14],
         }

@@ -1,0 +1,267 @@
+"""Incremental version garbage collection.
+
+Old versions of a key are pruned from its chain in the active memtable as new versions
+are written, so a hot key does not grow memory between checkpoints, and a long-lived
+snapshot keeps the one version it reads (not every version written since it began).
+The threaded test checks that every read still sees exactly its snapshot while chains
+are pruned under it and checkpoints freeze memtables mid-write.
+
+`checkpoint_mb=4096` keeps checkpoints from running, so what is measured is the GC and
+not memtables being folded into the tree.
+"""
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import velocore
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def overwrite(store, tbl, key, start, count, size=16):
+    for i in range(start, start + count):
+        with store.txn() as t:
+            t.put(tbl, key, b"%0*d" % (size, i))
+
+
+@pytest.mark.parametrize("where", ["disk", "memory"])
+def test_hot_key_memory_is_bounded(tmp_path, where):
+    path = tmp_path / "db" if where == "disk" else None
+    store = velocore.open(path, sync="off", checkpoint_mb=4096)
+    try:
+        tbl = store.table("t")
+        overwrite(store, tbl, b"hot", 0, 20_000)
+        info = store.info()
+        mem_early, rss_early = info["memtable_bytes"], rss_bytes()
+        overwrite(store, tbl, b"hot", 20_000, 180_000)
+        info = store.info()
+        assert info["checkpoints"] == 0
+        assert info["versions_retained"] < 1000, info
+        assert info["versions_pruned"] > 190_000, info
+        # 180k more versions of ~80 bytes would be ~14 MB: none of it may stay
+        assert info["memtable_bytes"] - mem_early < 256 * 1024, (mem_early, info["memtable_bytes"])
+        assert rss_bytes() - rss_early < 8 * 1024 * 1024
+        assert tbl.get(b"hot") == b"%016d" % 199_999
+    finally:
+        store.close()
+
+
+def test_hot_key_large_values_are_freed(tmp_path):
+    store = velocore.open(tmp_path / "db", sync="off", checkpoint_mb=4096)
+    try:
+        tbl = store.table("t")
+        big = os.urandom(100_000)
+        for i in range(2_000):                       # 200 MB written, one value live
+            with store.txn() as t:
+                t.put(tbl, b"big", b"%06d" % i + big)
+        info = store.info()
+        assert info["versions_retained"] < 1000, info
+        assert info["memtable_bytes"] < 80 * 1024 * 1024, info
+        assert tbl.get(b"big") == b"%06d" % 1999 + big
+    finally:
+        store.close()
+
+
+def test_replay_keeps_one_version_per_key(tmp_path):
+    """Recovery replays every logged overwrite of a key: only the newest stays."""
+    path = tmp_path / "db"
+    child = (
+        "import os, sys, velocore\n"
+        "s = velocore.open(sys.argv[1], sync='off', checkpoint_mb=4096)\n"
+        "t = s.table('t')\n"
+        "for i in range(30000):\n"
+        "    with s.txn() as x:\n"
+        "        x.put(t, b'hot', b'%016d' % i)\n"
+        "os._exit(0)\n"                  # no close: no checkpoint, the log holds it all
+    )
+    subprocess.run([sys.executable, "-c", child, str(path)], check=True)
+    store = velocore.open(path, sync="off", checkpoint_mb=4096)
+    try:
+        info = store.info()
+        assert info["checkpoints"] == 0
+        assert info["versions_retained"] < 10, info
+        assert info["versions_pruned"] >= 29_000, info
+        assert store.table("t").get(b"hot") == b"%016d" % 29_999
+    finally:
+        store.close()
+
+
+def test_long_lived_snapshot_keeps_only_its_version(tmp_path):
+    store = velocore.open(tmp_path / "db", sync="off", checkpoint_mb=4096)
+    try:
+        tbl = store.table("t")
+        tbl.put(b"k", b"old")
+        tbl.put(b"other", b"x")
+        snap = store.snapshot()
+        assert snap.get(tbl, b"k") == b"old"
+        overwrite(store, tbl, b"k", 0, 100_000)
+        info = store.info()
+        assert info["checkpoints"] == 0
+        assert info["oldest_snapshot_ts"] == snap_ts(store, info)
+        assert snap.get(tbl, b"k") == b"old"
+        assert snap.get(tbl, b"other") == b"x"
+        assert [(k, v) for k, v in snap.range(tbl)] == [(b"k", b"old"), (b"other", b"x")]
+        assert info["versions_retained"] < 1000, info
+        retained_with_snapshot = info["versions_retained"]
+        snap.abort()
+        overwrite(store, tbl, b"k", 100_000, 500)      # the next writes prune what it held
+        info = store.info()
+        assert info["oldest_snapshot_ts"] is None
+        assert info["versions_retained"] < retained_with_snapshot
+        assert info["versions_deferred"] == 0, info
+        assert tbl.get(b"k") == b"%016d" % 100_499
+    finally:
+        store.close()
+
+
+def snap_ts(store, info):
+    # the snapshot is the only live transaction: its ts is the one info reports
+    return info["oldest_snapshot_ts"]
+
+
+@pytest.mark.parametrize("nsnaps", [20, 100])
+def test_snapshots_of_many_ages(tmp_path, nsnaps):
+    """Snapshots taken every few hundred writes each keep their own version, in one chain.
+    A GC round publishes the 64 oldest distinct snapshots; past that, versions newer than
+    the 64th are all kept (so only the reads are checked)."""
+    store = velocore.open(tmp_path / "db", sync="off", checkpoint_mb=4096)
+    try:
+        tbl = store.table("t")
+        snaps = []
+        step = 20_000 // nsnaps
+        for round_ in range(nsnaps):
+            overwrite(store, tbl, b"k", round_ * step, step)
+            snaps.append((store.snapshot(), b"%016d" % (round_ * step + step - 1)))
+        info = store.info()
+        if nsnaps <= 64:
+            assert info["versions_retained"] < 500, info
+        for s, want in snaps:
+            assert s.get(tbl, b"k") == want
+        for s, want in snaps[::2]:
+            s.abort()
+        overwrite(store, tbl, b"k", 20_000, 300)
+        for s, want in snaps[1::2]:
+            assert s.get(tbl, b"k") == want
+            assert list(s.range(tbl)) == [(b"k", want)]
+            s.abort()
+        overwrite(store, tbl, b"k", 20_300, 300)
+        info = store.info()
+        assert info["versions_retained"] < 500, info
+        assert info["versions_deferred"] == 0, info
+    finally:
+        store.close()
+
+
+def run_threads(store, seconds, seed):
+    """4 writers bump per-key counters; readers check each snapshot's view is one moment.
+
+    Every write transaction increments one key's counter and the global `total` key by
+    one, so in any snapshot: each counter is monotone over time, and `total` equals the
+    sum of the counters (a snapshot mixing two moments would break that)."""
+    tbl = store.table("c")
+    keys = [b"k%02d" % i for i in range(8)]
+    with store.txn() as t:
+        for k in keys:
+            t.put(tbl, k, b"0")
+        t.put(tbl, b"total", b"0")
+    stop = time.monotonic() + seconds
+    errors = []
+    done = threading.Event()
+
+    def writer(wid):
+        rng = random.Random(seed * 100 + wid)
+        while time.monotonic() < stop and not errors:
+            k = rng.choice(keys)
+
+            def bump(t):
+                t.put(tbl, k, b"%d" % (int(t.get(tbl, k)) + 1))
+                t.put(tbl, b"total", b"%d" % (int(t.get(tbl, b"total")) + 1))
+            try:
+                store.retry(bump, attempts=1000)
+            except Exception as e:          # pragma: no cover - reported below
+                errors.append(("writer", repr(e)))
+
+    def view(s):
+        vals = {k: int(s.get(tbl, k)) for k in keys}
+        total = int(s.get(tbl, b"total"))
+        scanned = {k: int(v) for k, v in s.range(tbl)}
+        return vals, total, scanned
+
+    def reader(rid):
+        rng = random.Random(seed * 100 + 50 + rid)
+        last = {k: 0 for k in keys}
+        held = []
+        while time.monotonic() < stop and not errors:
+            held.append((store.snapshot(), None))
+            # keep snapshots of varying age: drop a random one now and then
+            if len(held) > rng.randint(1, 6):
+                s, first = held.pop(rng.randrange(len(held)))
+                s.abort()
+            for i, (s, first) in enumerate(held):
+                vals, total, scanned = view(s)
+                if sum(vals.values()) != total:
+                    errors.append(("torn snapshot", vals, total))
+                if scanned != {**vals, b"total": total}:
+                    errors.append(("range differs from get", scanned, vals, total))
+                if first is None:
+                    held[i] = (s, (vals, total))
+                elif first != (vals, total):
+                    errors.append(("snapshot changed", first, (vals, total)))
+            newest = held[-1][1][0]
+            for k in keys:
+                if newest[k] < last[k]:
+                    errors.append(("counter went back", k, last[k], newest[k]))
+            last = newest
+            time.sleep(rng.random() * 0.002)
+        for s, _ in held:
+            s.abort()
+
+    def checkpointer():
+        while time.monotonic() < stop and not errors:
+            time.sleep(0.05)
+            try:
+                store.checkpoint()
+            except Exception as e:          # pragma: no cover
+                errors.append(("checkpoint", repr(e)))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=reader, args=(i,)) for i in range(3)]
+    threads.append(threading.Thread(target=checkpointer))
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:5]
+    with store.snapshot() as s:
+        vals = {k: int(s.get(tbl, k)) for k in keys}
+        assert sum(vals.values()) == int(s.get(tbl, b"total"))
+    info = store.info()
+    assert info["versions_pruned"] > 0, info
+    return info
+
+
+@pytest.mark.parametrize("where", ["disk", "memory"])
+def test_threads_snapshots_and_checkpoints(tmp_path, where):
+    store = velocore.open(tmp_path / "db" if where == "disk" else None, sync="off")
+    try:
+        run_threads(store, 3.0, seed=1)
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3])
+def test_threads_snapshots_and_checkpoints_long(tmp_path, seed):
+    store = velocore.open(tmp_path / "db", sync="off")
+    try:
+        run_threads(store, 30.0, seed=seed)
+    finally:
+        store.close()
