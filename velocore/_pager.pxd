@@ -17,6 +17,9 @@ cdef enum:
     VC_PAGE_FREELIST = 0x46  # 'F'
     VC_FORMAT_VERSION = 1
     VC_NO_FRAME = 0xFFFFFFFF # handle of a page that needs no release (in-memory store)
+    VC_FRAME_LOADING = 0x40000000  # state bit, always with VC_FRAME_EVICTING: a miss is
+                                   # reading the page named in the high half into the frame
+    VC_FRAME_PINS = 0x3FFFFFFF     # pin count in the low half of the state word
 
 cdef packed struct vc_page_hdr:
     uint32_t crc             # CRC32C of bytes [4, VC_PAGE_SIZE)
@@ -41,9 +44,12 @@ cdef packed struct vc_meta:
     uint64_t free_count      # page ids listed in the freelist chain
 
 cdef struct vc_frame:       # one cache line each: hits on different frames share nothing
-    uint64_t state           # (page_id << 32) | pins, VC_FRAME_EVICTING bit while refilled
+    uint64_t state           # (page_id << 32) | pins; VC_FRAME_EVICTING while emptied or
+                             # refilled, plus VC_FRAME_LOADING (no pins) while the miss that
+                             # claimed it reads page_id without the cache lock
     uint64_t hits            # lookups served by this frame (relaxed; summed by info())
-    uint32_t page_id         # page held (mirror of state for the slot table), cache lock
+    uint32_t page_id         # page held or being loaded (mirror of state for the slot
+                             # table), changed under the cache lock
     uint8_t referenced       # CLOCK bit, set on a hit when clear (relaxed)
     uint8_t pad[43]
 
@@ -61,11 +67,13 @@ cdef struct vc_pager:
     unsigned char* frame_mem # nframes * VC_PAGE_SIZE, page aligned
     vc_frame* frames
     uint32_t* slots          # open addressing: frame index + 1, 0 = empty; size slot_mask+1;
-                             # changed under `lock`, read lock-free by hits (a hit that races
-                             # a change may miss and retry under the lock, never mis-hit)
+                             # maps valid and loading frames; changed under `lock`, read
+                             # lock-free by hits (a hit that races a change may miss and
+                             # retry under the lock, never mis-hit)
     uint32_t slot_mask
     uint32_t clock_hand
-    pthread_mutex_t lock     # guards misses, eviction and slot changes (hits take no lock)
+    pthread_mutex_t lock     # guards victim choice, eviction and slot changes; not held
+                             # across a miss's read (hits take no lock)
     uint64_t misses          # lookups that read from disk (cache lock)
     # free space (touched by the checkpointer, and reclaim under the store's lock)
     vc_u32vec free_now       # reusable at once

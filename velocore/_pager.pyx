@@ -16,7 +16,8 @@ from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_f
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32vec,
                                vc_u32vec_push, vc_u32vec_free, VC_E_IO, VC_E_CORRUPT,
                                VC_E_NOMEM, VC_E_NOFILE, pthread_mutex_init,
-                               pthread_mutex_destroy, pthread_mutex_lock, pthread_mutex_unlock)
+                               pthread_mutex_destroy, pthread_mutex_lock, pthread_mutex_unlock,
+                               sched_yield)
 
 cdef enum:
     MEM_CHUNK_BITS = 16
@@ -320,7 +321,7 @@ cdef void slot_remove(vc_pager* p, uint32_t page_id) noexcept nogil:
 
 
 cdef inline bint try_pin(vc_frame* fr, uint32_t page_id) noexcept nogil:
-    """Pin fr if it holds page_id and is not being refilled."""
+    """Pin fr if it holds page_id and is not being emptied, refilled or loaded."""
     cdef uint64_t st
     while True:
         st = vc_frame_load(&fr.state)
@@ -351,13 +352,51 @@ cdef inline int lookup_pin(vc_pager* p, uint32_t page_id) noexcept nogil:
     return -1
 
 
+cdef int slot_find(vc_pager* p, uint32_t page_id) noexcept nogil:
+    """Frame index mapped to page_id, -1 if none (caller holds the cache lock)."""
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    cdef uint32_t f
+    while True:
+        f = p.slots[i]
+        if f == 0:
+            return -1
+        if p.frames[f - 1].page_id == page_id:
+            return <int>(f - 1)
+        i = (i + 1) & p.slot_mask
+
+
+cdef void slot_insert(vc_pager* p, uint32_t page_id, uint32_t f) noexcept nogil:
+    """Map page_id to frame f (caller holds the cache lock; page_id is not mapped)."""
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    while p.slots[i] != 0:
+        i = (i + 1) & p.slot_mask
+    vc_store_u32_release(&p.slots[i], f + 1)
+
+
+cdef void wait_loaded(vc_frame* fr, uint32_t page_id) noexcept nogil:
+    """Return once fr no longer shows page_id being loaded (caller holds no lock).
+
+    A spin with sched_yield rather than a condition variable: two misses on one page at
+    once are rare (the pages every lookup passes stay cached; a cold leaf wanted by two
+    threads together is a coincidence) and last one 4 KiB read, while a condition
+    variable would make every load take the cache mutex again to broadcast its end.  The
+    waiter holds no pin and watches only the state word, so a load that fails, or a frame
+    that is reused at once, leaves it nothing to undo: its caller just looks again."""
+    cdef uint64_t st
+    while True:
+        st = vc_frame_load(&fr.state)
+        if <uint32_t>(st >> 32) != page_id or not (st & VC_FRAME_LOADING):
+            return
+        sched_yield()
+
+
 cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
                      uint32_t* handle, vc_err* err) noexcept nogil:
-    cdef uint32_t i, f, scanned
+    cdef uint32_t f, scanned
     cdef vc_frame* fr
     cdef unsigned char* buf
     cdef uint64_t st
-    cdef int n, hit
+    cdef int n, hit, busy, rc, eno
     if page_id < 2 or page_id >= p.page_count:
         return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u outside the file (page count %u)",
                        p.path, page_id, p.page_count)
@@ -368,19 +407,28 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
         page[0] = buf
         handle[0] = VC_NO_FRAME
         return 0
-    # the hit path: no lock, one CAS on the frame's own cache line
-    hit = lookup_pin(p, page_id)
-    if hit >= 0:
-        page[0] = p.frame_mem + <size_t>hit * VC_PAGE_SIZE
-        handle[0] = <uint32_t>hit
-        return 0
-    pthread_mutex_lock(&p.lock)
-    hit = lookup_pin(p, page_id)          # slots are stable under the lock
-    if hit >= 0:
+    while True:
+        # the hit path: no lock, one CAS on the frame's own cache line
+        hit = lookup_pin(p, page_id)
+        if hit >= 0:
+            page[0] = p.frame_mem + <size_t>hit * VC_PAGE_SIZE
+            handle[0] = <uint32_t>hit
+            return 0
+        pthread_mutex_lock(&p.lock)
+        hit = lookup_pin(p, page_id)          # slots are stable under the lock
+        if hit >= 0:
+            pthread_mutex_unlock(&p.lock)
+            page[0] = p.frame_mem + <size_t>hit * VC_PAGE_SIZE
+            handle[0] = <uint32_t>hit
+            return 0
+        busy = slot_find(p, page_id)
+        if busy < 0:
+            break                             # not cached: load it (still under the lock)
+        # mapped but not pinnable: another miss is loading it.  Wait for that load
+        # without the lock, then look again: a hit if it worked; if it failed the page is
+        # unmapped again and this thread reads it itself (and gets its own error).
         pthread_mutex_unlock(&p.lock)
-        page[0] = p.frame_mem + <size_t>hit * VC_PAGE_SIZE
-        handle[0] = <uint32_t>hit
-        return 0
+        wait_loaded(&p.frames[busy], page_id)
     p.misses += 1
     # CLOCK: two sweeps at most, clearing reference bits on the first; a victim is claimed
     # with a CAS from "unpinned" to "evicting", which no reader can pin
@@ -396,8 +444,8 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
             p.clock_hand = 0
         scanned += 1
         st = vc_frame_load(&fr.state)
-        if <uint32_t>(st & 0x7FFFFFFFU) != 0:
-            continue                                  # pinned
+        if <uint32_t>st != 0:
+            continue                                  # pinned, or being loaded
         if fr.page_id != VC_NO_FRAME and vc_load_u8_relaxed(&fr.referenced):
             vc_store_u8_relaxed(&fr.referenced, 0)
             continue
@@ -405,26 +453,35 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
             break
     if fr.page_id != VC_NO_FRAME:
         slot_remove(p, fr.page_id)
-        fr.page_id = VC_NO_FRAME
-    vc_frame_store(&fr.state, ((<uint64_t>VC_NO_FRAME) << 32) | VC_FRAME_EVICTING)
-    buf = p.frame_mem + <size_t>f * VC_PAGE_SIZE
-    n = full_pread(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE)
-    if n != VC_PAGE_SIZE or check_page(p, buf, page_id, err) < 0:
-        vc_frame_store(&fr.state, (<uint64_t>VC_NO_FRAME) << 32)   # empty, unpinned
-        pthread_mutex_unlock(&p.lock)
-        if n < 0:
-            return vc_fail_errno(err, VC_E_IO, errno, "%s: reading page %u", p.path, page_id)
-        if n != VC_PAGE_SIZE:
-            return vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
-        return -1
+    # publish "loading page_id": a later miss on the same page finds this frame in the
+    # table and waits for it instead of reading the page into a second frame; hits and
+    # CLOCK leave it alone (the EVICTING and LOADING bits)
     fr.page_id = page_id
     vc_store_u8_relaxed(&fr.referenced, 1)
-    vc_frame_store(&fr.state, ((<uint64_t>page_id) << 32) | 1)     # pinned by this caller
-    i = slot_hash(page_id) & p.slot_mask
-    while p.slots[i] != 0:
-        i = (i + 1) & p.slot_mask
-    vc_store_u32_release(&p.slots[i], f + 1)
+    vc_frame_store(&fr.state, ((<uint64_t>page_id) << 32) | VC_FRAME_EVICTING | VC_FRAME_LOADING)
+    slot_insert(p, page_id, f)
     pthread_mutex_unlock(&p.lock)
+    # read and verify without the lock: only this thread touches the frame's bytes now
+    buf = p.frame_mem + <size_t>f * VC_PAGE_SIZE
+    n = full_pread(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE)
+    eno = errno
+    if n < 0:
+        rc = vc_fail_errno(err, VC_E_IO, eno, "%s: reading page %u", p.path, page_id)
+    elif n != VC_PAGE_SIZE:
+        rc = vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
+    else:
+        rc = check_page(p, buf, page_id, err)
+    if rc < 0:
+        # unmap and empty the frame; waiters see the state change and look again
+        pthread_mutex_lock(&p.lock)
+        slot_remove(p, page_id)
+        fr.page_id = VC_NO_FRAME
+        vc_store_u8_relaxed(&fr.referenced, 0)
+        vc_frame_store(&fr.state, (<uint64_t>VC_NO_FRAME) << 32)   # empty, unpinned
+        pthread_mutex_unlock(&p.lock)
+        return -1
+    # RELEASE after the bytes: a waiter or hit that pins the frame sees the page
+    vc_frame_store(&fr.state, ((<uint64_t>page_id) << 32) | 1)     # pinned by this caller
     page[0] = buf
     handle[0] = f
     return 0
@@ -505,35 +562,40 @@ cdef int vc_page_write(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err
         return 0
     h.crc = vc_page_crc(buf)
     # The page was free: no reader holds it, but an old image may still be cached.
-    pthread_mutex_lock(&p.lock)
     slot_remove_frame(p, page_id)
-    pthread_mutex_unlock(&p.lock)
     if full_pwrite(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE) < 0:
         return vc_fail_errno(err, VC_E_IO, errno, "%s: writing page %u", p.path, page_id)
     return 0
 
 
 cdef void slot_remove_frame(vc_pager* p, uint32_t page_id) noexcept nogil:
-    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
-    cdef uint32_t f
+    """Drop any cached image of page_id (caller holds no cache lock)."""
+    cdef int f
+    cdef vc_frame* fr
     cdef uint64_t st
     while True:
-        f = p.slots[i]
-        if f == 0:
+        pthread_mutex_lock(&p.lock)
+        f = slot_find(p, page_id)
+        if f < 0:
+            pthread_mutex_unlock(&p.lock)
             return
-        if p.frames[f - 1].page_id == page_id:
-            # no new pins (the page was free, so nobody should hold one); a stray holder
-            # keeps its pin count, and the frame is reused once it drops to zero
-            vc_frame_mark_evicting(&p.frames[f - 1].state)
-            slot_remove(p, page_id)
-            p.frames[f - 1].page_id = VC_NO_FRAME
-            vc_store_u8_relaxed(&p.frames[f - 1].referenced, 0)
-            st = vc_frame_load(&p.frames[f - 1].state)
-            while not vc_frame_cas(&p.frames[f - 1].state, st,
-                                   ((<uint64_t>VC_NO_FRAME) << 32) | (st & 0x7FFFFFFFU)):
-                st = vc_frame_load(&p.frames[f - 1].state)
-            return
-        i = (i + 1) & p.slot_mask
+        fr = &p.frames[f]
+        if not (vc_frame_load(&fr.state) & VC_FRAME_LOADING):
+            break
+        # a free page has no readers, so no load should be under way; if one is, let it
+        # finish (it may need the lock to undo a failure) and unmap what it left
+        pthread_mutex_unlock(&p.lock)
+        wait_loaded(fr, page_id)
+    # no new pins (the page was free, so nobody should hold one); a stray holder keeps
+    # its pin count, and the frame is reused once it drops to zero
+    vc_frame_mark_evicting(&fr.state)
+    slot_remove(p, page_id)
+    fr.page_id = VC_NO_FRAME
+    vc_store_u8_relaxed(&fr.referenced, 0)
+    st = vc_frame_load(&fr.state)
+    while not vc_frame_cas(&fr.state, st, ((<uint64_t>VC_NO_FRAME) << 32) | (st & VC_FRAME_PINS)):
+        st = vc_frame_load(&fr.state)
+    pthread_mutex_unlock(&p.lock)
 
 
 cdef int vc_page_free(vc_pager* p, uint32_t page_id, vc_err* err) noexcept nogil:

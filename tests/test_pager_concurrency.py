@@ -1,0 +1,290 @@
+"""Page-cache misses from several threads at once (cache_mb=1, so nearly every lookup
+misses): a miss reads its page without the cache mutex, a second miss on the same page
+waits for that load instead of reading it again, and a failed load leaves nothing
+pinned or stuck.  Every value encodes its key, so a frame holding the wrong page shows.
+"""
+import json
+import os
+import random
+import shutil
+import threading
+
+import pytest
+
+import velocore
+from _helpers import assert_no_signal, run_python
+
+N_KEYS = 300_000
+PAGE = 4096
+
+
+def key(i):
+    return b"key%013d" % i
+
+
+def value(i, gen=0):
+    # encodes the key (and the generation that wrote it); ~50 bytes
+    return key(i) + b"|%d|" % gen + b"v" * (i % 23)
+
+
+def value_ok(i, v):
+    return v is not None and v.startswith(key(i) + b"|")
+
+
+def run_threads(targets):
+    """Run each callable in its own thread, started together; re-raise the first error."""
+    barrier = threading.Barrier(len(targets))
+    errors = []
+
+    def wrap(fn):
+        try:
+            barrier.wait()
+            fn()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    ths = [threading.Thread(target=wrap, args=(fn,)) for fn in targets]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(timeout=600)
+        assert not th.is_alive(), "a reader thread hangs"
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory):
+    """A closed, checkpointed store of N_KEYS keys (about 5000 leaves: 20 MB)."""
+    path = str(tmp_path_factory.mktemp("pager") / "big")
+    with velocore.open(path, sync="off", checkpoint_mb=256) as s:
+        t = s.table("t")
+        for lo in range(0, N_KEYS, 50_000):
+            with s.txn() as x:
+                x.put_many(t, [(key(i), value(i)) for i in range(lo, min(N_KEYS, lo + 50_000))])
+        s.checkpoint()
+    return path
+
+
+@pytest.fixture
+def big_copy(big_store, tmp_path):
+    dst = str(tmp_path / "copy")
+    shutil.copytree(big_store, dst)
+    return dst
+
+
+def test_readers_writer_and_checkpoints_with_a_tiny_cache(big_copy):
+    """3 readers (get_many and per-key get) against a writer that commits and
+    checkpoints (pages freed and reused under the readers): every value right."""
+    s = velocore.open(big_copy, cache_mb=1, sync="off", checkpoint_mb=256)
+    try:
+        t = s.table("t")
+        latest = {}
+        stats = {"commits": 0, "checkpoints": 0, "readers": 3}
+        lock = threading.Lock()
+
+        def reader(seed):
+            rnd = random.Random(seed)
+            try:
+                for _ in range(150):
+                    ids = [rnd.randrange(N_KEYS) for _ in range(1000)]
+                    with s.snapshot() as snap:
+                        got = snap.get_many(t, [key(i) for i in ids])
+                        for i, v in zip(ids, got):
+                            assert value_ok(i, v), (i, v)
+                    for _ in range(30):
+                        i = rnd.randrange(N_KEYS)
+                        v = t.get(key(i))
+                        assert value_ok(i, v), (i, v)
+            finally:
+                with lock:
+                    stats["readers"] -= 1
+
+        def writer():
+            rnd = random.Random(99)
+            gen = 0
+            while stats["readers"] > 0 or stats["checkpoints"] < 2:
+                gen += 1
+                batch = {rnd.randrange(N_KEYS): gen for _ in range(300)}
+                with s.txn() as x:
+                    x.put_many(t, sorted((key(i), value(i, g)) for i, g in batch.items()))
+                latest.update(batch)
+                stats["commits"] += 1
+                if gen % 3 == 0:
+                    s.checkpoint()
+                    stats["checkpoints"] += 1
+
+        run_threads([lambda seed=seed: reader(seed) for seed in (1, 2, 3)] + [writer])
+        assert stats["checkpoints"] >= 2
+        ids = list(range(N_KEYS))
+        with s.snapshot() as snap:
+            got = snap.get_many(t, [key(i) for i in ids])
+        wrong = [i for i, v in zip(ids, got) if v != value(i, latest.get(i, 0))]
+        assert wrong == [], "%d wrong values, first %r" % (len(wrong), wrong[:5])
+        assert s.info()["cache_misses"] > 1000
+        assert s.check()["ok"]
+    finally:
+        s.close()
+
+
+def test_disjoint_halves_from_two_threads(big_store):
+    """Two threads read disjoint halves of the keys (even / odd, each in random order)
+    with get_many at the same time, cache_mb=1: both finish with exactly the right
+    values.  The halves share their leaves, so the threads often miss on the same page
+    together and one waits for the other's load."""
+    with velocore.open(big_store, readonly=True, cache_mb=1) as s:
+        t = s.table("t")
+        results = {}
+        before = s.info()["cache_misses"]
+
+        def half(which):
+            ids = list(range(which, N_KEYS, 2))
+            random.Random(which).shuffle(ids)
+            with s.snapshot() as snap:
+                got = snap.get_many(t, [key(i) for i in ids])
+            results[which] = [i for i, v in zip(ids, got) if v != value(i)]
+
+        run_threads([lambda: half(0), lambda: half(1)])
+        assert results == {0: [], 1: []}
+        assert s.info()["cache_misses"] - before > N_KEYS // 2
+
+
+def test_same_page_is_loaded_once(big_store):
+    """Two threads missing on the same pages at the same time must share one load: with
+    a cache big enough to hold everything, the misses equal one thread's alone."""
+    rnd = random.Random(5)
+    ids = [rnd.randrange(N_KEYS) for _ in range(20_000)]
+    keys = [key(i) for i in ids]
+
+    def misses(nthreads):
+        with velocore.open(big_store, readonly=True, cache_mb=64) as s:
+            t = s.table("t")
+            bad = []
+
+            def run():
+                with s.snapshot() as snap:
+                    got = snap.get_many(t, keys)
+                bad.extend(i for i, v in zip(ids, got) if v != value(i))
+
+            run_threads([run] * nthreads)
+            assert bad == []
+            return s.info()["cache_misses"]
+
+    one = misses(1)
+    assert misses(2) == one
+    assert misses(3) == one
+
+
+# ---------------------------------------------------------------- a damaged page
+
+CORRUPT_CHILD = r"""
+import json, sys, threading
+import velocore
+
+path, bad_ids = sys.argv[1], json.loads(sys.argv[2])
+N = int(sys.argv[3])
+def key(i): return b"key%013d" % i
+def value_ok(i, v): return v is not None and v.startswith(key(i) + b"|")
+
+out = {"errors": [], "wrong": [], "hang": False}
+s = velocore.open(path, cache_mb=1)
+t = s.table("t")
+bad_keys = [key(i) for i in bad_ids]
+
+def round_of(fn, n=3):
+    res = [None] * n
+    barrier = threading.Barrier(n)
+    def run(k):
+        barrier.wait()
+        try:
+            fn(k)
+            res[k] = "no error"
+        except velocore.CorruptionError as e:
+            res[k] = "CorruptionError" if "data.vc" in str(e) else "message: " + str(e)
+        except BaseException as e:
+            res[k] = "%s: %s" % (type(e).__name__, e)
+    ths = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for th in ths: th.start()
+    for th in ths:
+        th.join(120)
+        if th.is_alive():
+            out["hang"] = True
+            print(json.dumps(out), flush=True)
+            import os; os._exit(3)
+    return res
+
+def many(k):
+    with s.snapshot() as snap:
+        snap.get_many(t, bad_keys[k % len(bad_keys):] + bad_keys)
+
+def single(k):
+    t.get(bad_keys[(k * 7) % len(bad_keys)])
+
+# more failed loads than the cache has frames (256): a frame left stuck by a failed
+# load would soon exhaust the cache
+for r in range(100):
+    out["errors"].extend(round_of(many))
+out["errors"].extend(round_of(single))
+
+# the failed frame must not stay stuck: every undamaged key still reads, from 3 threads
+bad = set(bad_ids)
+good = [i for i in range(N) if i not in bad]
+def read_good(k):
+    part = good[k::3]
+    with s.snapshot() as snap:
+        got = snap.get_many(t, [key(i) for i in part])
+    out["wrong"].extend(i for i, v in zip(part, got) if not value_ok(i, v))
+out["good"] = round_of(read_good)
+out["again"] = round_of(many)
+out["misses"] = s.info()["cache_misses"]
+s.close()
+print(json.dumps(out), flush=True)
+"""
+
+
+def leaf_pages(fname):
+    """(page number, key ids in it) of every leaf page of data.vc."""
+    import re
+    pages = []
+    with open(fname, "rb") as f:
+        data = f.read()
+    for pno in range(2, len(data) // PAGE):
+        page = data[pno * PAGE:(pno + 1) * PAGE]
+        if page[4] == 0x4C and int.from_bytes(page[8:12], "little") == pno:
+            ids = sorted({int(m) for m in re.findall(rb"key(\d{13})\|", page)})
+            if ids:
+                pages.append((pno, ids))
+    return pages
+
+
+def test_damaged_page_read_from_three_threads(tmp_path):
+    """A flipped byte in a leaf: every thread that reads it gets CorruptionError (no
+    hang, no crash, also when they miss on it together), and afterwards every
+    undamaged key still reads right (the failed frame did not stay stuck)."""
+    n = 40_000
+    path = str(tmp_path / "damaged")
+    with velocore.open(path, sync="off") as s:
+        t = s.table("t")
+        with s.txn() as x:
+            x.put_many(t, [(key(i), value(i)) for i in range(n)])
+        s.checkpoint()
+    fname = os.path.join(path, "data.vc")
+    leaves = leaf_pages(fname)
+    assert len(leaves) > 100
+    pno, ids = leaves[len(leaves) // 2]
+    assert len(ids) > 10
+    with open(fname, "r+b") as f:
+        f.seek(pno * PAGE + PAGE - 1)
+        b = f.read(1)
+        f.seek(pno * PAGE + PAGE - 1)
+        f.write(bytes([b[0] ^ 0x20]))
+    p = run_python(CORRUPT_CHILD, path, json.dumps(ids), n, timeout=300)
+    assert_no_signal(p, "reader child")
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert p.returncode == 0 and lines, f"rc={p.returncode}\n{p.stdout}\n{p.stderr[-4000:]}"
+    res = json.loads(lines[-1])
+    assert not res["hang"], res
+    assert set(res["errors"]) == {"CorruptionError"}, res["errors"]
+    assert res["good"] == ["no error"] * 3, res["good"]
+    assert res["wrong"] == [], res["wrong"][:10]
+    assert res["again"] == ["CorruptionError"] * 3, res["again"]
