@@ -146,7 +146,9 @@ def test_disjoint_halves_from_two_threads(big_store):
 
         run_threads([lambda: half(0), lambda: half(1)])
         assert results == {0: [], 1: []}
-        assert s.info()["cache_misses"] - before > N_KEYS // 2
+        # get_many visits keys in key order, so each pass loads every leaf (far more
+        # than the 256 frames of cache_mb=1) about once, not once per key
+        assert s.info()["cache_misses"] - before > N_KEYS // 100
 
 
 def test_same_page_is_loaded_once(big_store):
