@@ -148,9 +148,18 @@ static int vc_sort_keys_by_index(const unsigned char *data, const size_t *offs,
     vc_sort_keys k;
     vc_sort_rec *recs, *tmp;
     int rc;
+    size_t i;
     k.data = data;
     k.offs = offs;
     k.lens = lens;
+    /* already in order (a sorted load): one pass over neighbours, no sort */
+    for (i = 1; i < n; i++) {
+        if (vc_key_cmp(data + offs[idx[i - 1]], lens[idx[i - 1]],
+                       data + offs[idx[i]], lens[idx[i]]) > 0)
+            break;
+    }
+    if (i >= n)
+        return 0;
     if (n <= VC_SORT_SMALL) {
         vc_sort_small(&k, idx, n);
         return 0;

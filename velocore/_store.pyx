@@ -37,6 +37,7 @@ cdef extern from "Python.h":
     void* PyList_GET_ITEM_PTR "PyList_GET_ITEM" (object lst, Py_ssize_t i)
 
 from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
 from cpython.ref cimport Py_INCREF
 
 cdef extern from "vc_sort.h" nogil:
@@ -1089,6 +1090,10 @@ cdef class Txn:
         cdef uint32_t* vlens = NULL
         cdef uint32_t* order = NULL
         cdef keyarray ka
+        cdef unsigned char tidb[4]
+        cdef unsigned char* p
+        cdef Py_ssize_t kl
+        cdef bint held
         cdef Py_ssize_t j
         cdef list values
         cdef vc_err err
@@ -1113,19 +1118,38 @@ cdef class Txn:
             if n > 0xFFFFFFFF:
                 raise ValueError("put_many takes at most 2**32 - 1 items per call")
             keyarray_init(&ka, n)
+            put_tid(tidb, tid)
             for i in range(n):
                 pair = pairs[i]
-                if not isinstance(pair, tuple) or len(<tuple>pair) != 2:
+                held = PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2
+                if held:
+                    # an immutable pair held by `pairs`: its key and value stay alive
+                    k = (<tuple>pair)[0]
+                    val = (<tuple>pair)[1]
+                else:
                     try:
                         k, val = pair
                     except (TypeError, ValueError):
                         raise TypeError(f"put_many items must be (key, value) pairs, got "
                                         f"{type(pair).__name__}") from None
+                kl = PyBytes_GET_SIZE(k) if PyBytes_CheckExact(k) else 0
+                if 1 <= kl <= MAX_KEY and ka.used + TID_LEN + <size_t>kl <= ka.cap:
+                    p = ka.data + ka.used        # bytes keys that fit: packed inline
+                    memcpy(p, tidb, TID_LEN)
+                    memcpy(p + TID_LEN, PyBytes_AS_STRING(k), <size_t>kl)
+                    ka.offs[ka.n] = ka.used
+                    ka.lens[ka.n] = <uint32_t>(kl + TID_LEN)
+                    ka.used += <size_t>(kl + TID_LEN)
+                    ka.n += 1
                 else:
-                    k, val = <tuple>pair
-                keyarray_push(&ka, tid, k)
-                v = as_value(val)
-                values[i] = v
+                    keyarray_push(&ka, tid, k)   # checks, errors, growth
+                if PyBytes_CheckExact(val) and PyBytes_GET_SIZE(val) <= VC_MAX_VALUE:
+                    v = val
+                    if not held:
+                        values[i] = v
+                else:
+                    v = as_value(val)            # a copy (or the error)
+                    values[i] = v
                 vptrs[i] = <const unsigned char*>PyBytes_AS_STRING(v)
                 vlens[i] = <uint32_t>PyBytes_GET_SIZE(v)
             order = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
@@ -1144,6 +1168,12 @@ cdef class Txn:
                     rc = -2
                 else:
                     for i in range(n):
+                        if i + 8 < n:
+                            # the values are Python objects strewn over the heap: start
+                            # fetching the ones a few steps ahead (the copy misses otherwise)
+                            j = order[i + 8]
+                            vc_prefetch(vptrs[j])
+                            vc_prefetch(vptrs[j] + 64)
                         j = order[i]
                         rc = vc_txn_write(self.t, ka.data + ka.offs[j], ka.lens[j], vptrs[j], vlens[j],
                                           VC_PUT, &err)
@@ -1278,7 +1308,7 @@ cdef class RangeIterator:
         self.finished = True
         memset(&self.block, 0, sizeof(vc_buf))
         self.last_pos = -1
-        self.batch = 32
+        self.batch = 16
 
     cdef int setup(self, Txn txn, bytes lo, bytes hi, bint reverse, bint keys_only, int strip) except -1:
         cdef vc_err err
