@@ -344,3 +344,38 @@ def test_one_txn_shared_by_threads_never_crashes(tmp_path):
     assert_no_signal(p)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.startswith("ok"), p.stdout
+
+
+def test_group_commit_shares_flushes(tmp_path):
+    """Durable commits from several threads share fdatasync calls: info() counts the
+    flushes, never more than the commits, and (with 4 committers) fewer."""
+    import threading
+    store = velocore.open(str(tmp_path / "db"), sync="full")
+    table = store.table("t")
+    before = store.info()
+    per_thread = 150
+
+    def committer(i):
+        for j in range(per_thread):
+            with store.txn() as t:
+                t.put(table, b"%d-%d" % (i, j), b"v")
+
+    threads = [threading.Thread(target=committer, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    after = store.info()
+    commits = after["commits"] - before["commits"]
+    flushes = after["log_flushes"] - before["log_flushes"]
+    assert commits == 4 * per_thread
+    assert 0 < flushes < commits
+    with store.snapshot() as s:
+        assert s.count(table) == 4 * per_thread
+    store.close()
+    off = velocore.open(str(tmp_path / "off"), sync="off")
+    off_table = off.table("t")
+    with off.txn() as t:
+        t.put(off_table, b"k", b"v")
+    assert off.info()["log_flushes"] == 0
+    off.close()

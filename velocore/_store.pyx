@@ -508,7 +508,7 @@ cdef class Store:
 
     def info(self):
         """info() -> dict: sizes, counters and settings of the store."""
-        cdef uint64_t s[19]
+        cdef uint64_t s[20]
         self.check_open()
         vc_db_stats(self.db, s)
         data_bytes = None
@@ -548,6 +548,7 @@ cdef class Store:
             "gc_horizon_ts": s[18],
             "memtables": s[13],
             "commits": s[14],
+            "log_flushes": s[19],        # sync="full" group-commit flushes: commits per flush
         }
 
     def check(self):

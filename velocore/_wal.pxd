@@ -55,6 +55,7 @@ cdef struct vc_wal:
     uint64_t last_group         # records the last commit flush covered
     uint64_t last_flush_ns      # how long that flush took
     bint leader_waiting         # a leader waits for appends: append signals cond
+    uint64_t commit_flushes     # flushes run by committing leaders (info(): group size)
 
 # Open <dir>/wal (create it when missing unless readonly), replay segments >= start_seg,
 # calling fn for each record whose commit_ts > after_ts, and (unless readonly) position

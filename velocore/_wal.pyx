@@ -729,6 +729,7 @@ cdef int flush_locked(vc_wal* w, uint64_t lsn, vc_err* err, bint commit=False) n
         if commit:
             w.last_group = covered - w.synced_appends
             w.last_flush_ns = now_ns() - t0
+            w.commit_flushes += 1
         if covered > w.synced_appends:
             w.synced_appends = covered
         w.unsynced_seg = 0       # only a rotate sets it, and rotate waits for the leader
