@@ -215,30 +215,46 @@ cdef int keyarray_push(keyarray* ka, uint32_t tid, object key) except -1:
     return 0
 
 
+cdef inline bint keyarray_push_fast(keyarray* ka, const unsigned char* tidb, object key) noexcept:
+    """The common case of keyarray_push inline: a bytes key of valid length that fits the
+    room already there.  False: the caller takes keyarray_push (checks, errors, growth)."""
+    cdef Py_ssize_t kl
+    cdef unsigned char* p
+    if not PyBytes_CheckExact(key):
+        return False
+    kl = PyBytes_GET_SIZE(key)
+    if kl < 1 or kl > MAX_KEY or ka.used + TID_LEN + <size_t>kl > ka.cap:
+        return False
+    p = ka.data + ka.used
+    memcpy(p, tidb, TID_LEN)
+    memcpy(p + TID_LEN, PyBytes_AS_STRING(key), <size_t>kl)
+    ka.offs[ka.n] = ka.used
+    ka.lens[ka.n] = <uint32_t>(kl + TID_LEN)
+    ka.used += <size_t>(kl + TID_LEN)
+    ka.n += 1
+    return True
+
+
 cdef int keyarray_fill(keyarray* ka, uint32_t tid, list keys) except -1:
     """Composite keys of a batch call in C arrays, so its loop can run without the GIL."""
-    cdef Py_ssize_t i, n = len(keys), kl
+    cdef Py_ssize_t i, n = len(keys)
     cdef unsigned char tidb[4]
-    cdef unsigned char* p
-    cdef object key
     keyarray_init(ka, n)
     put_tid(tidb, tid)
     for i in range(n):
         key = keys[i]
-        if PyBytes_CheckExact(key):
-            kl = PyBytes_GET_SIZE(key)
-            if 1 <= kl <= MAX_KEY and ka.used + TID_LEN + <size_t>kl <= ka.cap:
-                # the common case inline: bytes that fit the room already there
-                p = ka.data + ka.used
-                memcpy(p, tidb, TID_LEN)
-                memcpy(p + TID_LEN, PyBytes_AS_STRING(key), <size_t>kl)
-                ka.offs[ka.n] = ka.used
-                ka.lens[ka.n] = <uint32_t>(kl + TID_LEN)
-                ka.used += <size_t>(kl + TID_LEN)
-                ka.n += 1
-                continue
-        keyarray_push(ka, tid, key)          # checks, errors, growth
+        if not keyarray_push_fast(ka, tidb, key):
+            keyarray_push(ka, tid, key)
     return 0
+
+
+cdef int keyarray_order(keyarray* ka, uint32_t* order) noexcept nogil:
+    """order[i] = index of the i-th key in key order (stable: equal keys keep their input
+    order).  0, or -1 when out of memory."""
+    cdef Py_ssize_t i
+    for i in range(ka.n):
+        order[i] = <uint32_t>i
+    return vc_sort_keys_by_index(ka.data, ka.offs, ka.lens, order, <size_t>ka.n)
 
 
 cdef void keyarray_free(keyarray* ka) noexcept:
@@ -914,9 +930,7 @@ cdef class Txn:
             self.in_use = True
             self.store.busy += 1
             with nogil:
-                for i in range(n):
-                    order[i] = <uint32_t>i
-                if vc_sort_keys_by_index(ka.data, ka.offs, ka.lens, order, <size_t>n) < 0:
+                if keyarray_order(&ka, order) < 0:
                     rc = -2
                 else:
                     vc_txn_lookup_init(self.t, lk)
@@ -1092,8 +1106,6 @@ cdef class Txn:
         cdef uint32_t* order = NULL
         cdef keyarray ka
         cdef unsigned char tidb[4]
-        cdef unsigned char* p
-        cdef Py_ssize_t kl
         cdef bint held
         cdef Py_ssize_t j
         cdef list values
@@ -1133,17 +1145,8 @@ cdef class Txn:
                     except (TypeError, ValueError):
                         raise TypeError(f"put_many items must be (key, value) pairs, got "
                                         f"{type(pair).__name__}") from None
-                kl = PyBytes_GET_SIZE(k) if PyBytes_CheckExact(k) else 0
-                if 1 <= kl <= MAX_KEY and ka.used + TID_LEN + <size_t>kl <= ka.cap:
-                    p = ka.data + ka.used        # bytes keys that fit: packed inline
-                    memcpy(p, tidb, TID_LEN)
-                    memcpy(p + TID_LEN, PyBytes_AS_STRING(k), <size_t>kl)
-                    ka.offs[ka.n] = ka.used
-                    ka.lens[ka.n] = <uint32_t>(kl + TID_LEN)
-                    ka.used += <size_t>(kl + TID_LEN)
-                    ka.n += 1
-                else:
-                    keyarray_push(&ka, tid, k)   # checks, errors, growth
+                if not keyarray_push_fast(&ka, tidb, k):
+                    keyarray_push(&ka, tid, k)
                 if PyBytes_CheckExact(val) and PyBytes_GET_SIZE(val) <= VC_MAX_VALUE:
                     v = val
                     if not held:
@@ -1161,11 +1164,9 @@ cdef class Txn:
             self.in_use = True
             self.store.busy += 1
             with nogil:
-                for i in range(n):
-                    order[i] = <uint32_t>i
                 # applied in key order (cache-friendly skip-list inserts); the sort is
                 # stable, so a repeated key still ends with its last value
-                if vc_sort_keys_by_index(ka.data, ka.offs, ka.lens, order, <size_t>n) < 0:
+                if keyarray_order(&ka, order) < 0:
                     rc = -2
                 else:
                     for i in range(n):
