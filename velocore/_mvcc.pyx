@@ -1369,6 +1369,20 @@ cdef int older_conflict(vc_db* db, vc_txn* t, vc_memtable* newest, const unsigne
     return rc
 
 
+cdef vc_memtable* enter_active(vc_db* db) noexcept nogil:
+    """The active memtable, entered for an install: its in-flight count is raised (leave
+    with vc_add_int_sc(&m.inflight, -1)), so a checkpoint cannot freeze it meanwhile.
+    While a checkpoint is switching memtables, wait for the new one."""
+    cdef vc_memtable* m
+    while True:
+        m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
+        vc_add_int_sc(&m.inflight, 1)
+        if not vc_load_int_sc(&m.frozen):
+            return m
+        vc_add_int_sc(&m.inflight, -1)
+        sched_yield()
+
+
 cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int kind,
                          const unsigned char* value, uint32_t vlen, vc_version** out_v,
                          vc_memtable** out_m, vc_err* err) noexcept nogil:
@@ -1381,15 +1395,7 @@ cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int
     cdef vc_version* v = NULL
     cdef bint decided
     cdef int conflict
-    while True:
-        m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
-        vc_add_int_sc(&m.inflight, 1)
-        if vc_load_int_sc(&m.frozen):
-            # a checkpoint is switching memtables: wait for the new one
-            vc_add_int_sc(&m.inflight, -1)
-            sched_yield()
-            continue
-        break
+    m = enter_active(db)
     n = sl_upsert_f(m, key, klen, &t.mem_finger)
     if n == NULL:
         vc_add_int_sc(&m.inflight, -1)
@@ -1537,14 +1543,7 @@ cdef int copy_forward(vc_txn* t, uint64_t ts, vc_err* err) noexcept nogil:
     while w != NULL:
         v = w.versions
         if v.shared != NULL and vc_load_int_sc(&v.shared_mem.frozen) and ts > v.shared_mem.frozen_ts:
-            while True:
-                m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
-                vc_add_int_sc(&m.inflight, 1)
-                if vc_load_int_sc(&m.frozen):
-                    vc_add_int_sc(&m.inflight, -1)
-                    sched_yield()
-                    continue
-                break
+            m = enter_active(db)
             if m != v.shared_mem:
                 n = sl_upsert(m, w.key, w.klen)
                 if n == NULL or mem_add_version(m, n, ts, v.kind, v.value, v.vlen) < 0:
