@@ -75,13 +75,20 @@ cdef struct vc_bigblk:      # header of a version bigger than VC_GC_SMALL_MAX (s
     size_t size             # bytes after this header
     size_t pad
 
-cdef struct vc_memtable:
-    vc_arena arena          # shared memtables: arena.bytes also counts big versions
-    vc_bloom bloom          # shared memtables: "certainly absent" for point reads
+cdef struct vc_memtable:   # 64-byte aligned (mem_new)
+    # -- first cache line: what every point read looks at, written (almost) never, so a
+    #    reader beside a busy writer does not keep losing it to the writer's counters
     vc_node* head           # sentinel with VC_SL_MAX links
-    int height              # levels in use (read relaxed by readers)
-    uint32_t rng            # xorshift state for tower heights (writer only)
-    uint64_t gen            # creation order
+    vc_bloom bloom          # shared memtables: "certainly absent" for point reads
+    vc_bloom bloom_small    # the same keys in 32 KiB: stays in cache while the memtable
+                            # is small (saturates on a big one; `bloom` then decides)
+    int height              # levels in use (read relaxed by readers; rises rarely)
+    int nonempty            # set once, by the first node linked (relaxed; read per get)
+    bint shared             # written by many threads (concurrent inserts, locked arena)
+    uint32_t rng            # xorshift state for tower heights (private memtables only)
+    uint64_t gen            # creation order (the line is 64 bytes: 8+16+16+4+4+4+4+8)
+    # -- from here on: written by writers
+    vc_arena arena          # shared memtables: arena.bytes also counts big versions
     uint64_t max_ts         # newest commit_ts installed (commit lock)
     uint64_t nkeys          # nodes
     uint64_t nversions      # versions linked in chains (installed minus pruned; atomic)
@@ -90,7 +97,6 @@ cdef struct vc_memtable:
     int inflight            # writers installing right now (freeze handshake, seq_cst)
     int frozen              # set by a checkpoint: no new installs (seq_cst)
     uint64_t frozen_ts      # the freezing checkpoint's ts (written before `frozen`)
-    bint shared             # written by many threads (concurrent inserts, locked arena)
     pthread_mutex_t free_lock   # the free lists and the deferred list
     vc_version* free_heads[VC_GC_CLASSES]   # pruned versions by size class (free_lock;
                                             # peeked with a relaxed load), linked by `shared`

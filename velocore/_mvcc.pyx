@@ -170,13 +170,20 @@ cdef size_t bloom_bytes_for(uint64_t checkpoint_bytes) noexcept nogil:
 
 
 cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexcept nogil:
-    cdef vc_memtable* m = <vc_memtable*>calloc(1, sizeof(vc_memtable))
+    cdef vc_memtable* m = NULL
     cdef vc_node* h
-    if m == NULL:
+    # aligned so that the read-mostly first cache line is a cache line of its own
+    if posix_memalign(<void**>&m, 64, sizeof(vc_memtable)) != 0:
         return NULL
-    if shared and bloom_bytes and vc_bloom_init(&m.bloom, bloom_bytes) < 0:
-        free(m)
-        return NULL
+    memset(m, 0, sizeof(vc_memtable))
+    if shared and bloom_bytes:
+        if vc_bloom_init(&m.bloom, bloom_bytes) < 0:
+            free(m)
+            return NULL
+        if vc_bloom_init(&m.bloom_small, 32 << 10) < 0:
+            vc_bloom_free(&m.bloom)
+            free(m)
+            return NULL
     pthread_mutex_init(&m.arena.lock, NULL)
     pthread_mutex_init(&m.free_lock, NULL)
     h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_node*))
@@ -184,6 +191,7 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexc
         pthread_mutex_destroy(&m.arena.lock)
         pthread_mutex_destroy(&m.free_lock)
         vc_bloom_free(&m.bloom)
+        vc_bloom_free(&m.bloom_small)
         free(m)
         return NULL
     h.versions = NULL
@@ -217,6 +225,7 @@ cdef void mem_free(vc_memtable* m) noexcept nogil:
         pthread_mutex_destroy(&m.arena.lock)
         pthread_mutex_destroy(&m.free_lock)
         vc_bloom_free(&m.bloom)
+        vc_bloom_free(&m.bloom_small)
         free(m)
 
 
@@ -374,12 +383,16 @@ cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen
 
 cdef inline vc_node* sl_find_eq(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
     cdef vc_node* n
+    cdef uint64_t h
     # an empty memtable (the usual state right after a checkpoint) costs one load; a reader
-    # that must see a node saw its commit published after the node was counted
-    if vc_load_u64(&m.nkeys) == 0:
+    # that must see a node saw its commit published after the node was linked (and the
+    # flag set).  Both filters hold every key: the small one answers while it is sparse
+    if vc_load_int_relaxed(&m.nonempty) == 0:
         return NULL
-    if m.bloom.words != NULL and not vc_bloom_maybe(&m.bloom, vc_key_hash(key, klen)):
-        return NULL
+    if m.bloom.words != NULL:
+        h = vc_key_hash(key, klen)
+        if not vc_bloom_maybe(&m.bloom_small, h) or not vc_bloom_maybe(&m.bloom, h):
+            return NULL
     n = sl_find_ge(m, key, klen)
     if n != NULL and n.klen == klen and memcmp(n.key, key, klen) == 0:
         return n
@@ -484,6 +497,7 @@ cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_node** succs, const un
     h = random_height(m, kh)
     if m.bloom.words != NULL:
         vc_bloom_add(&m.bloom, kh)    # before the node can be found (see vc_bloom.h)
+        vc_bloom_add(&m.bloom_small, kh)
     n = <vc_node*>mem_alloc(m, sizeof(vc_node) + <size_t>h * sizeof(vc_node*) + klen)
     if n == NULL:
         return NULL
@@ -517,6 +531,8 @@ cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_node** succs, const un
             break
         cur = vc_load_int_relaxed(&m.height)
     vc_fetch_add_u64(&m.nkeys, 1)
+    if vc_load_int_relaxed(&m.nonempty) == 0:
+        vc_store_int_relaxed(&m.nonempty, 1)   # once: later inserts leave the line alone
     return n
 
 
