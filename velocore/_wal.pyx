@@ -895,15 +895,6 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
     return VC_OK
 
 
-cdef int vc_wal_append(vc_wal* w, uint64_t commit_ts, const unsigned char* payload,
-                       size_t payload_len, uint64_t* lsn, vc_err* err) noexcept nogil:
-    if payload == NULL and payload_len > 0:
-        return vc_fail(err, VC_E_INVALID, "log record payload is NULL")
-    return vc_wal_append_stream(w, commit_ts, payload_len,
-                                vc_crc32c(0, payload, payload_len),       # outside the locks
-                                payload, payload_len, NULL, NULL, NULL, lsn, err)
-
-
 cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
                               uint32_t payload_crc, const unsigned char* first, size_t first_len,
                               vc_wal_fill_fn fill, void* ctx, vc_buf* chunk, uint64_t* lsn,
@@ -922,7 +913,8 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
     if <uint64_t>payload_len > WAL_MAX_PAYLOAD:
         return vc_fail(err, VC_E_INVALID, "log record of %llu bytes exceeds the maximum",
                        <unsigned long long>payload_len)
-    if first_len > payload_len or (first_len < payload_len and fill == NULL):
+    if first_len > payload_len or (first_len < payload_len and fill == NULL) or \
+            (first == NULL and first_len > 0):
         return vc_fail(err, VC_E_INVALID, "log record pieces do not add up")
     rec_size = REC_HDR_SIZE + pad8(payload_len)
     memset(zeros, 0, 8)
