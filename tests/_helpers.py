@@ -97,6 +97,17 @@ def run_in_thread(fn, timeout=120):
     return result.get("value")
 
 
+def run_threads_for(threads, seconds, stop):
+    """Start threads, let them run for `seconds`, set the `stop` event, join them all."""
+    import time
+    for th in threads:
+        th.start()
+    time.sleep(seconds)
+    stop.set()
+    for th in threads:
+        th.join()
+
+
 def file_digest_tree(root):
     """{relative path: (size, sha256)} for every file under root."""
     out = {}

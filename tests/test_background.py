@@ -2,6 +2,7 @@
 import os
 
 import velocore
+from _helpers import run_threads_for
 
 
 def test_log_stays_bounded_by_background_checkpoints(tmp_path):
@@ -122,13 +123,7 @@ def test_tiny_cache_under_concurrent_readers_writer_and_checkpoints(tmp_path):
 
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
     threads.append(threading.Thread(target=writer))
-    for th in threads:
-        th.start()
-    import time
-    time.sleep(6)
-    stop.set()
-    for th in threads:
-        th.join()
+    run_threads_for(threads, 6, stop)
     assert errors == []
     assert bad == []
     info = store.info()

@@ -5,6 +5,7 @@ import threading
 import pytest
 
 import velocore
+from _helpers import run_threads_for
 
 
 @pytest.mark.parametrize("on_disk", [False, True])
@@ -95,13 +96,7 @@ def test_point_reads_stable_while_neighbours_are_inserted():
                                 if by_get[i] != by_scan[i]][:3])
 
     threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(2)]
-    for th in threads:
-        th.start()
-    import time
-    time.sleep(6)
-    stop.set()
-    for th in threads:
-        th.join()
+    run_threads_for(threads, 6, stop)
     assert commits[0] > 1000
     assert bad == []
     store.close()
