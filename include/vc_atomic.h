@@ -90,6 +90,10 @@ static inline int vc_frame_cas(uint64_t *p, uint64_t expected, uint64_t desired)
 }
 static inline void vc_frame_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void vc_frame_unpin(uint64_t *p) { __atomic_fetch_sub(p, 1, __ATOMIC_RELEASE); }
+/* One more pin on a frame the caller already holds pinned: the count is above zero, so no
+ * evictor's CAS (which expects zero pins) can succeed meanwhile, and the caller's first pin
+ * already ordered the page bytes before its reads.  RELAXED is enough. */
+static inline void vc_frame_repin(uint64_t *p) { __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
 static inline void vc_frame_mark_evicting(uint64_t *p) { __atomic_fetch_or(p, (uint64_t)VC_FRAME_EVICTING, __ATOMIC_ACQ_REL); }
 static inline uint32_t vc_load_u32_acquire(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void vc_store_u32_release(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }

@@ -18,6 +18,13 @@
 #define VC_NOTFOUND  1
 #define VC_FAIL     (-1)
 
+/* a hint: load the cache line holding p soon (no fault if p is bad) */
+#if defined(__GNUC__) || defined(__clang__)
+#define vc_prefetch(p) __builtin_prefetch((const void *)(p))
+#else
+#define vc_prefetch(p) ((void)0)
+#endif
+
 /* commit_ts of a version whose transaction ended without committing it */
 #define VC_TS_ABORTED UINT64_MAX
 

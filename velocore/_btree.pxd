@@ -69,6 +69,8 @@ cdef int vc_cursor_next(vc_cursor* c, vc_err* err) noexcept nogil
 cdef int vc_cursor_prev(vc_cursor* c, vc_err* err) noexcept nogil
 cdef void vc_cursor_key(vc_cursor* c, const unsigned char** key, uint32_t* klen) noexcept nogil
 cdef int vc_cursor_value(vc_cursor* c, const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
+# Prefetch hint: the cursor's leaf from its entry on, in the scan's direction.
+cdef void vc_cursor_prefetch(vc_cursor* c, bint backward) noexcept nogil
 # Key and value of the entry under the cursor in one decode.
 cdef int vc_cursor_entry(vc_cursor* c, const unsigned char** key, uint32_t* klen,
                          const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil

@@ -5,7 +5,7 @@ from libc.string cimport memcpy, memmove, memset, memcmp
 from libc.stdio cimport snprintf
 
 from velocore._common cimport (vc_err, vc_fail, vc_buf, vc_buf_reserve, vc_buf_free,
-                               VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND)
+                               VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch)
 from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release,
                               vc_page_read_into, vc_page_alloc, vc_page_write, vc_page_free,
                               VC_PAGE_SIZE, VC_HDR_SIZE, VC_PAGE_LEAF, VC_PAGE_BRANCH,
@@ -561,6 +561,30 @@ cdef int vc_cursor_entry(vc_cursor* c, const unsigned char** key, uint32_t* klen
     value[0] = c.ovf.data
     vlen[0] = e.vlen
     return 0
+
+
+cdef void vc_cursor_prefetch(vc_cursor* c, bint backward) noexcept nogil:
+    """Start loading the entries a scan will read next in the cursor's leaf: from its
+    entry to the leaf's end (start, backward).  A hint only: bad offsets just stop it."""
+    cdef uint32_t count, i, j, a, b, off
+    if c.leaf == NULL or not c.valid:
+        return
+    count = hdr(c.leaf).count
+    i = <uint32_t>c.idx[c.height - 1]
+    if count == 0 or i >= count:
+        return
+    j = 0 if backward else count - 1
+    a = ld16(c.leaf + VC_HDR_SIZE + 2 * i)
+    b = ld16(c.leaf + VC_HDR_SIZE + 2 * j)
+    if a > b:
+        a, b = b, a
+    b += 128                     # the far entry's head and the start of its key and value
+    if b > VC_PAGE_SIZE:
+        b = VC_PAGE_SIZE
+    off = a & ~(<uint32_t>63)
+    while off < b:
+        vc_prefetch(c.leaf + off)
+        off += 64
 
 
 # ---------------------------------------------------------------- merge (checkpoint)

@@ -18,6 +18,7 @@ cdef extern from "vc_common.h" nogil:
         VC_E_INVALID
         VC_E_NOFILE
     const uint64_t VC_TS_ABORTED
+    void vc_prefetch(const void* p)     # a hint: load p's cache line soon
 
     ctypedef struct vc_err:
         int code            # one of VC_E_*; VC_E_NONE while nothing failed
@@ -68,6 +69,7 @@ cdef extern from "vc_atomic.h" nogil:
     bint vc_frame_cas(uint64_t* p, uint64_t expected, uint64_t desired)
     void vc_frame_store(uint64_t* p, uint64_t v)
     void vc_frame_unpin(uint64_t* p)
+    void vc_frame_repin(uint64_t* p)
     void vc_frame_mark_evicting(uint64_t* p)
     uint32_t vc_load_u32_acquire(const uint32_t* p)
     void vc_store_u32_release(uint32_t* p, uint32_t v)

@@ -153,6 +153,8 @@ cdef struct vc_txn:
 
 cdef struct vc_db:
     vc_pager* pager
+    uint64_t iter_pins      # leaves pinned by iterator blocks (atomic); kept under a quarter
+                            # of the cache's frames, so many open iterators cannot exhaust it
     vc_wal* wal             # NULL for in-memory stores
     int lock_fd             # flock on LOCK, -1 when none
     int sync_mode
@@ -202,11 +204,26 @@ cdef struct vc_db:
     uint64_t gc_snaps[VC_GC_SNAPS]
     uint64_t versions_pruned    # freed by the GC (atomic)
 
+cdef enum:
+    VC_ITER_PINS = 8        # leaves a block of entry references may keep pinned (one more
+                            # ends the block)
+
+cdef struct vc_iref:        # one entry of a block filled by vc_iter_fill_refs
+    const unsigned char* key    # into a pinned leaf or a memtable node; NULL: the entry
+                                # was copied to the spill buffer, key at voff, value after it
+    const unsigned char* value  # likewise; NULL: the value alone is in the spill at voff
+    size_t voff
+    uint32_t klen
+    uint32_t vlen
+
 cdef struct vc_iter:
     vc_txn* txn
     bint reverse
     bint done
     bint started
+    const unsigned char* key_ref  # the key returned last where it lives (leaf or node)
+    uint32_t npins          # leaves pinned for the current block (vc_iter_fill_refs)
+    uint32_t pins[VC_ITER_PINS + 1]
     unsigned char lo[1028]  # composite bounds: lo <= key < hi
     uint32_t lolen
     unsigned char hi[1028]
@@ -250,5 +267,13 @@ cdef void vc_iter_close(vc_iter* it) noexcept nogil
 # uint32 klen | uint32 vlen | key | value; *count gets how many (0: the range is exhausted).
 cdef int vc_iter_fill(vc_iter* it, vc_buf* out, size_t max_entries, size_t max_bytes,
                       bint keys_only, size_t* count, vc_err* err) noexcept nogil
+# Up to max_entries entries as references (no copy of keys or values): the leaves they lie
+# in stay pinned until the next fill, vc_iter_unpin or close.  Overflow values are copied to
+# spill, and so are whole entries of leaves it cannot pin (the store's iterator pins at their
+# cap).  The block ends early once VC_ITER_PINS + 1 leaves are pinned.  The references stay
+# valid while the transaction lives and writes nothing (its own writes may replace them).
+cdef int vc_iter_fill_refs(vc_iter* it, vc_iref* out, size_t max_entries, vc_buf* spill,
+                           bint keys_only, size_t* count, vc_err* err) noexcept nogil
+cdef void vc_iter_unpin(vc_iter* it) noexcept nogil
 
 cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil

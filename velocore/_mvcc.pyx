@@ -14,7 +14,7 @@ from posix.stat cimport struct_stat, stat as c_stat
 from posix.stdlib cimport posix_memalign
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
-                               vc_crc32c,
+                               vc_crc32c, vc_prefetch, vc_add_u64_relaxed,
                                VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
                                VC_E_CONFLICT, VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID,
                                VC_E_NOFILE, VC_E_NONE,
@@ -33,13 +33,13 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                pthread_mutex_trylock, pthread_mutex_unlock, vc_sub_u64_relaxed,
                                vc_fence_acquire, VC_POISON, VC_UNPOISON)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta, vc_pager_hits,
-                              vc_pager_reclaim)
+                              vc_pager_reclaim, vc_page_release, vc_page_repin, VC_NO_FRAME)
 from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_tree_merge,
                               vc_tree_check,
                               vc_lookup, vc_lookup_init, vc_lookup_get,
                               vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
                               vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
-                              vc_cursor_entry,
+                              vc_cursor_entry, vc_cursor_prefetch,
                               VC_MAX_KEY)
 from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append_stream, vc_wal_sync_to,
                             vc_wal_flush, vc_wal_rotate, vc_wal_remove_before, vc_wal_close,
@@ -2064,6 +2064,7 @@ cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
             return VC_NOTFOUND
         memcpy(it.cur, k, kl)
         it.curlen = kl
+        it.key_ref = k
         return VC_OK
     while True:
         # step every source off the key returned last
@@ -2120,6 +2121,7 @@ cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
             return VC_NOTFOUND
         memcpy(it.cur, bk, bkl)
         it.curlen = bkl
+        it.key_ref = bk
         it.from_tree = best == 3
         if best == 3:
             if vc_cursor_value(&it.tree, &it.value, &it.vlen, err) < 0:
@@ -2136,9 +2138,100 @@ cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
         return VC_OK
 
 
+cdef void vc_iter_unpin(vc_iter* it) noexcept nogil:
+    cdef uint32_t i
+    if it.npins == 0:
+        return
+    for i in range(it.npins):
+        vc_page_release(it.txn.db.pager, it.pins[i])
+    vc_sub_u64_relaxed(&it.txn.db.iter_pins, it.npins)
+    it.npins = 0
+
+
 cdef void vc_iter_close(vc_iter* it) noexcept nogil:
+    vc_iter_unpin(it)
     vc_cursor_close(&it.tree)
     it.done = True
+
+
+cdef inline bint iter_pin_leaf(vc_iter* it, uint32_t h) noexcept nogil:
+    """Pin the cursor's leaf (frame h) for the block, within the store-wide cap."""
+    cdef vc_db* db = it.txn.db
+    if vc_add_u64_relaxed(&db.iter_pins, 1) > db.pager.nframes // 4:
+        vc_sub_u64_relaxed(&db.iter_pins, 1)
+        return False
+    vc_page_repin(db.pager, h)
+    it.pins[it.npins] = h
+    it.npins += 1
+    return True
+
+
+cdef int vc_iter_fill_refs(vc_iter* it, vc_iref* out, size_t max_entries, vc_buf* spill,
+                           bint keys_only, size_t* count, vc_err* err) noexcept nogil:
+    cdef int rc
+    cdef uint32_t h
+    cdef uint32_t pinned = VC_NO_FRAME   # the leaf the block has pinned last
+    cdef uint32_t unpinned = VC_NO_FRAME # a leaf it could not pin: its entries are copied
+    cdef uint32_t vlen
+    cdef vc_iref* r
+    cdef bint copy
+    vc_iter_unpin(it)
+    count[0] = 0
+    spill.len = 0
+    while count[0] < max_entries:
+        rc = vc_iter_next(it, err)
+        if rc < 0:
+            return -1
+        if rc == VC_NOTFOUND:
+            break
+        vlen = 0 if keys_only else <uint32_t>it.vlen
+        copy = False
+        if it.from_tree:
+            h = it.tree.leaf_handle
+            if h != VC_NO_FRAME and h != pinned:
+                if h != unpinned:
+                    vc_cursor_prefetch(&it.tree, it.reverse)   # a new leaf: load what follows
+                    if iter_pin_leaf(it, h):
+                        pinned = h
+                    else:
+                        unpinned = h
+                copy = h == unpinned
+        r = &out[count[0]]
+        r.klen = it.curlen
+        r.vlen = vlen
+        r.voff = 0
+        if copy:
+            # no pin for this leaf: the entry itself goes to the spill buffer
+            r.key = NULL
+            r.value = NULL
+            r.voff = spill.len
+            if vc_buf_reserve(spill, spill.len + it.curlen + vlen) < 0:
+                return vc_fail(err, VC_E_NOMEM, "out of memory reading a range")
+            memcpy(spill.data + spill.len, it.key_ref, it.curlen)
+            if vlen:
+                memcpy(spill.data + spill.len + it.curlen, it.value, vlen)
+            spill.len += it.curlen + vlen
+        else:
+            r.key = it.key_ref
+            r.value = it.value if vlen else it.key_ref   # any valid pointer when empty
+            # the caller copies each entry soon after: start loading its lines now
+            vc_prefetch(it.key_ref)
+            if vlen:
+                vc_prefetch(it.value)
+                if vlen > 64:
+                    vc_prefetch(it.value + 64)
+            if vlen and it.from_tree and it.value == <const unsigned char*>it.tree.ovf.data:
+                # read from overflow pages into the cursor's buffer, which the next step reuses
+                r.value = NULL
+                r.voff = spill.len
+                if vc_buf_reserve(spill, spill.len + vlen) < 0:
+                    return vc_fail(err, VC_E_NOMEM, "out of memory reading a range")
+                memcpy(spill.data + spill.len, it.value, vlen)
+                spill.len += vlen
+        count[0] += 1
+        if it.npins > VC_ITER_PINS:
+            break
+    return 0
 
 
 cdef int vc_iter_fill(vc_iter* it, vc_buf* out, size_t max_entries, size_t max_bytes,

@@ -9,7 +9,7 @@ from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, fstat
 from posix.stdlib cimport posix_memalign
 
-from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin,
+from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin, vc_frame_repin,
                                vc_frame_mark_evicting, vc_load_u32_acquire, vc_store_u32_release,
                                vc_load_u8_relaxed, vc_store_u8_relaxed, vc_add_u64_relaxed,
                                VC_FRAME_EVICTING)
@@ -491,6 +491,12 @@ cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil:
     if handle == VC_NO_FRAME:
         return
     vc_frame_unpin(&p.frames[handle].state)
+
+
+cdef void vc_page_repin(vc_pager* p, uint32_t handle) noexcept nogil:
+    if handle == VC_NO_FRAME:
+        return
+    vc_frame_repin(&p.frames[handle].state)
 
 
 cdef uint64_t vc_pager_hits(vc_pager* p) noexcept nogil:

@@ -13,24 +13,15 @@ from libc.string cimport memcpy, memset
 
 from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_OK, VC_NOTFOUND,
                                VC_E_NONE, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_CONFLICT,
-                               VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID, VC_E_NOFILE)
+                               VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID, VC_E_NOFILE,
+                               vc_prefetch)
 from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc_db_checkpoint,
                              vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
-                             vc_iter_close, vc_iter_fill, vc_txn_lookup_init, vc_txn_get_lk,
+                             vc_iter_close, vc_iter_fill_refs, vc_iref, vc_txn_lookup_init, vc_txn_get_lk,
                              VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close
-
-cdef extern from *:
-    """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define vc_prefetch(p) __builtin_prefetch((const void *)(p))
-    #else
-    #define vc_prefetch(p) ((void)0)
-    #endif
-    """
-    void vc_prefetch(const void* p) noexcept nogil     # a hint: load p's cache line soon
 
 cdef extern from "Python.h":
     # the raw item pointer (NULL in a list fresh from PyList_New)
@@ -64,6 +55,10 @@ cdef extern from *:
 
 DEF MAX_KEY = 1024
 DEF TID_LEN = 4
+
+cdef enum:
+    RANGE_BLOCK_FIRST = 16       # entries in an iterator's first block (short scans stay cheap)
+    RANGE_BLOCK_MAX = 512        # ... doubling per refill up to this
 MAX_VALUE = VC_MAX_VALUE
 
 
@@ -1284,9 +1279,11 @@ cdef class Snapshot(Txn):
 cdef class RangeIterator:
     """Iterates a key range in order; valid while its transaction is open.
 
-    Entries are fetched in blocks, each with the GIL released; a write by the same
-    transaction makes the iterator drop its block and continue after the last key it
-    returned, so it sees that write if the write lies ahead.
+    Entries are fetched in blocks, each with the GIL released.  A block holds references
+    to the entries where they lie (pinned leaves, memtable nodes), so each key and value
+    is copied once, into its bytes object.  A write by the same transaction makes the
+    iterator drop its block and continue after the last key it returned, so it sees that
+    write if the write lies ahead.
     """
 
     cdef vc_iter* it
@@ -1298,19 +1295,23 @@ cdef class RangeIterator:
     cdef int strip               # bytes of table id to cut from returned keys
     cdef bytes lo                # composite bounds: lo <= key < hi
     cdef bytes hi
-    cdef vc_buf block            # prefetched entries: uint32 klen | uint32 vlen | key | value
-    cdef size_t pos              # next entry in block
-    cdef size_t left             # entries of block not yet returned
-    cdef Py_ssize_t last_pos     # offset in block of the entry returned last, -1 if none
-    cdef size_t batch            # entries per refill, grows up to 512
+    cdef vc_iref* refs           # the current block
+    cdef size_t refs_cap         # entries refs has room for
+    cdef vc_buf spill            # values of the block read from overflow pages
+    cdef size_t pos              # next entry in refs
+    cdef size_t left             # entries of the block not yet returned
+    cdef Py_ssize_t last_pos     # index in refs of the entry returned last, -1 if none
+    cdef size_t batch            # entries per refill, grows up to RANGE_BLOCK_MAX
     cdef uint64_t wgen           # txn.t.wgen when the block was fetched
 
     def __cinit__(self):
         self.it = NULL
+        self.refs = NULL
+        self.refs_cap = 0
         self.finished = True
-        memset(&self.block, 0, sizeof(vc_buf))
+        memset(&self.spill, 0, sizeof(vc_buf))
         self.last_pos = -1
-        self.batch = 16
+        self.batch = RANGE_BLOCK_FIRST
 
     cdef int setup(self, Txn txn, bytes lo, bytes hi, bint reverse, bint keys_only, int strip) except -1:
         cdef vc_err err
@@ -1334,23 +1335,29 @@ cdef class RangeIterator:
             raise_error(&err)
         return 0
 
+    cdef inline bint store_open(self):
+        return self.txn is not None and self.txn.store is not None \
+            and self.txn.store.db != NULL and not self.txn.store.closing
+
     cdef void finish(self):
         if self.finished:
             return
         self.finished = True
-        if self.it != NULL and self.txn.store.db != NULL and not self.txn.store.closing:
-            vc_iter_close(self.it)
+        self.left = 0
+        if self.it != NULL and self.store_open():
+            vc_iter_close(self.it)       # also drops the block's pins
         if self.owns_txn:
             self.txn.abort()
 
     def __dealloc__(self):
         if self.it != NULL:
-            if not self.finished and self.txn is not None and self.txn.store is not None \
-                    and self.txn.store.db != NULL and not self.txn.store.closing:
+            if not self.finished and self.store_open():
                 vc_iter_close(self.it)
             free(self.it)
             self.it = NULL
-        vc_buf_free(&self.block)
+        free(self.refs)
+        self.refs = NULL
+        vc_buf_free(&self.spill)
 
     def __iter__(self):
         return self
@@ -1358,10 +1365,11 @@ cdef class RangeIterator:
     cdef int reseek(self) except -1:
         """Restart after the entry returned last (the transaction wrote meanwhile)."""
         cdef vc_err err
-        cdef uint32_t klen
+        cdef vc_iref* r = &self.refs[self.last_pos]
         cdef int rc
-        memcpy(&klen, self.block.data + self.last_pos, 4)
-        last = PyBytes_FromStringAndSize(<const char*>self.block.data + self.last_pos + 8, klen)
+        # the block's pins (or its spill buffer) still hold the key
+        last = PyBytes_FromStringAndSize(<const char*>(r.key if r.key != NULL
+                                                       else self.spill.data + r.voff), r.klen)
         if self.reverse:
             self.hi = last
         else:
@@ -1384,12 +1392,20 @@ cdef class RangeIterator:
         cdef int rc
         cdef size_t count = 0
         cdef Txn txn = self.txn
+        cdef vc_iref* grown
         txn.check()
+        if self.refs_cap < self.batch:
+            grown = <vc_iref*>realloc(self.refs, self.batch * sizeof(vc_iref))
+            if grown == NULL:
+                raise MemoryError()
+            self.refs = grown
+            self.refs_cap = self.batch
         err.code = VC_E_NONE
         txn.in_use = True
         txn.store.busy += 1
         with nogil:
-            rc = vc_iter_fill(self.it, &self.block, self.batch, 1 << 20, self.keys_only, &count, &err)
+            rc = vc_iter_fill_refs(self.it, self.refs, self.batch, &self.spill, self.keys_only,
+                                   &count, &err)
         txn.in_use = False
         txn.store.busy -= 1
         if rc < 0:
@@ -1399,13 +1415,14 @@ cdef class RangeIterator:
         self.left = count
         self.last_pos = -1
         self.wgen = txn.t.wgen
-        if self.batch < 512:
+        if self.batch < RANGE_BLOCK_MAX:
             self.batch *= 2
         return 0
 
     def __next__(self):
-        cdef uint32_t klen, vlen
-        cdef const char* p
+        cdef vc_iref* r
+        cdef const char* k
+        cdef const char* v
         if self.finished:
             if self.txn is not None and (self.txn.ended or self.txn.store.db == NULL) and not self.owns_txn:
                 raise ClosedError("the iterator's transaction has ended")
@@ -1420,13 +1437,17 @@ cdef class RangeIterator:
             if self.left == 0:
                 self.finish()
                 raise StopIteration
-        p = <const char*>self.block.data + self.pos
-        memcpy(&klen, p, 4)
-        memcpy(&vlen, p + 4, 4)
+        r = &self.refs[self.pos]
         self.last_pos = <Py_ssize_t>self.pos
-        self.pos += 8 + klen + vlen
+        self.pos += 1
         self.left -= 1
-        key = PyBytes_FromStringAndSize(p + 8 + self.strip, klen - self.strip)
+        if r.key != NULL:
+            k = <const char*>r.key
+            v = <const char*>(r.value if r.value != NULL else self.spill.data + r.voff)
+        else:
+            k = <const char*>self.spill.data + r.voff
+            v = k + r.klen
+        key = PyBytes_FromStringAndSize(k + self.strip, r.klen - self.strip)
         if self.keys_only:
             return key
-        return (key, PyBytes_FromStringAndSize(p + 8 + klen, vlen))
+        return (key, PyBytes_FromStringAndSize(v, r.vlen))
