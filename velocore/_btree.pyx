@@ -6,7 +6,7 @@ from libc.stdio cimport snprintf
 
 from velocore._common cimport (vc_err, vc_fail, vc_buf, vc_buf_reserve, vc_buf_free,
                                VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch)
-from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release,
+from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release, vc_page_prefetch,
                               vc_page_read_into, vc_page_alloc, vc_page_write, vc_page_free,
                               VC_PAGE_SIZE, VC_HDR_SIZE, VC_PAGE_LEAF, VC_PAGE_BRANCH,
                               VC_PAGE_OVERFLOW, VC_PAGE_FREELIST, VC_NO_FRAME)
@@ -414,7 +414,8 @@ cdef int cursor_step_leaf(vc_cursor* c, bint backward, vc_err* err) noexcept nog
     """Move to the neighbouring leaf; c.valid False at either end of the tree."""
     cdef int level = <int>c.height - 2
     cdef const unsigned char* page
-    cdef uint32_t handle, child
+    cdef uint32_t handle, child, ahead
+    cdef vc_err ignored              # a damaged neighbour is reported when it is reached
     cursor_unpin(c)
     while level >= 0:
         if vc_page_get(c.pager, c.pid[level], &page, &handle, err) < 0:
@@ -424,6 +425,16 @@ cdef int cursor_step_leaf(vc_cursor* c, bint backward, vc_err* err) noexcept nog
             if branch_child(c.pager, page, c.pid[level], <uint32_t>c.idx[level], &child, err) < 0:
                 vc_page_release(c.pager, handle)
                 return -1
+            if level == <int>c.height - 2:
+                # a scan: start loading the leaf after this one too
+                if not backward and c.idx[level] < <int>hdr(page).count:
+                    if branch_child(c.pager, page, c.pid[level], <uint32_t>c.idx[level] + 1,
+                                    &ahead, &ignored) == 0:
+                        vc_page_prefetch(c.pager, ahead)
+                elif backward and c.idx[level] > 0:
+                    if branch_child(c.pager, page, c.pid[level], <uint32_t>c.idx[level] - 1,
+                                    &ahead, &ignored) == 0:
+                        vc_page_prefetch(c.pager, ahead)
             vc_page_release(c.pager, handle)
             if cursor_down(c, level + 1, child, backward, err) < 0:
                 return -1
