@@ -129,3 +129,42 @@ def test_iterator_outlives_its_snapshot_cleanly(tmp_path, memory):
     with store.snapshot() as s2:
         assert sum(1 for _ in s2.range(table)) == 3000
     store.close()
+
+
+def test_write_between_range_and_first_next_is_seen(tmp_path):
+    # range() fetches its first block at once; a write before the first next() must
+    # still show up (the block is fetched again from the bounds)
+    with velocore.open(str(tmp_path / "db"), sync="off") as store:
+        table = store.table("t")
+        _fill(store, table, 100)
+        with store.txn() as t:
+            it = t.range(table, b"k0000010", b"k0000020")
+            t.put(table, b"k0000010a", b"new")
+            t.delete(table, b"k0000011")
+            got = list(it)
+            it2 = t.range(table, reverse=True)
+            t.put(table, b"k0000099z", b"last")
+            assert next(it2) == (b"k0000099z", b"last")
+        keys = [k for k, _ in got]
+        assert keys[:2] == [b"k0000010", b"k0000010a"]
+        assert b"k0000011" not in keys
+        assert len(keys) == 10
+
+
+def test_resume_after_a_longest_key(tmp_path):
+    # resuming after a key of the maximum length needs one byte more than a key
+    long_keys = [bytes([65 + i]) * 1024 for i in range(6)]
+    between = b"A" * 1023 + b"B"                 # after long_keys[0], before long_keys[1]
+    with velocore.open(str(tmp_path / "db"), sync="off") as store:
+        table = store.table("t")
+        with store.txn() as t:
+            for k in long_keys:
+                t.put(table, k, b"v")
+        store.checkpoint()
+        with store.txn() as t:
+            it = t.range(table, keys_only=True)
+            first = next(it)
+            t.put(table, between, b"w")
+            rest = list(it)
+        assert first == long_keys[0]
+        assert rest == [between] + long_keys[1:]

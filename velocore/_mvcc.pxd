@@ -224,9 +224,9 @@ cdef struct vc_iter:
     const unsigned char* key_ref  # the key returned last where it lives (leaf or node)
     uint32_t npins          # leaves pinned for the current block (vc_iter_fill_refs)
     uint32_t pins[VC_ITER_PINS + 1]
-    unsigned char lo[1028]  # composite bounds: lo <= key < hi
-    uint32_t lolen
-    unsigned char hi[1028]
+    unsigned char lo[1032]  # composite bounds: lo <= key < hi (room for a longest key
+    uint32_t lolen          # plus one byte: a restart after key k begins at k + "\0")
+    unsigned char hi[1032]
     uint32_t hilen
     vc_memtable* mem[3]     # write set, active, frozen (NULL when absent)
     vc_node* node[3]        # each source's current node

@@ -831,7 +831,8 @@ cdef class Txn:
 
     def _catalog_names(self):
         cdef RangeIterator it = RangeIterator.__new__(RangeIterator)
-        it.setup(self, b"\0\0\0\0N", b"\0\0\0\0O", False, True, 4)
+        it.setup(self, <const unsigned char*>b"\0\0\0\0N", 5, <const unsigned char*>b"\0\0\0\0O", 5,
+                 False, True, 4)
         return list(it)
 
     cdef uint32_t tid(self, object table, bint for_write) except? 0xFFFFFFFF:
@@ -988,31 +989,33 @@ cdef class Txn:
         Iterate (key, value) pairs (keys with keys_only=True) with start <= key < stop,
         and key starting with prefix when given, in key order (descending with reverse).
         """
-        cdef keybuf kb
+        cdef keybuf lo, hi, pk
         cdef uint32_t tid
-        cdef bytes lo, hi, plo, phi
+        cdef bytes plo, phi
         self.check()
         tid = self.tid(table, False)
-        put_tid(kb.data, tid)
-        lo = PyBytes_FromStringAndSize(<char*>kb.data, 4)
-        put_tid(kb.data, tid + 1)
-        hi = PyBytes_FromStringAndSize(<char*>kb.data, 4)
         if start is not None:
-            make_key(&kb, tid, start, "start")
-            lo = PyBytes_FromStringAndSize(<char*>kb.data, kb.len)
+            make_key(&lo, tid, start, "start")
+        else:
+            put_tid(lo.data, tid)
+            lo.len = TID_LEN
         if stop is not None:
-            make_key(&kb, tid, stop, "stop")
-            hi = PyBytes_FromStringAndSize(<char*>kb.data, kb.len)
+            make_key(&hi, tid, stop, "stop")
+        else:
+            put_tid(hi.data, tid + 1)
+            hi.len = TID_LEN
         if prefix is not None:
-            make_key(&kb, tid, prefix, "prefix")
-            plo = PyBytes_FromStringAndSize(<char*>kb.data, kb.len)
+            make_key(&pk, tid, prefix, "prefix")
+            plo = PyBytes_FromStringAndSize(<char*>pk.data, pk.len)
             phi = prefix_end(plo)
-            if plo > lo:
-                lo = plo
-            if phi is not None and phi < hi:
-                hi = phi
+            if plo > PyBytes_FromStringAndSize(<char*>lo.data, lo.len):
+                memcpy(lo.data, pk.data, pk.len)
+                lo.len = pk.len
+            if phi is not None and phi < PyBytes_FromStringAndSize(<char*>hi.data, hi.len):
+                memcpy(hi.data, PyBytes_AS_STRING(phi), PyBytes_GET_SIZE(phi))
+                hi.len = <uint32_t>PyBytes_GET_SIZE(phi)
         cdef RangeIterator it = RangeIterator.__new__(RangeIterator)
-        it.setup(self, lo, hi, bool(reverse), bool(keys_only), 4)
+        it.setup(self, lo.data, lo.len, hi.data, hi.len, bool(reverse), bool(keys_only), TID_LEN)
         return it
 
     def count(self, table):
@@ -1293,8 +1296,6 @@ cdef class RangeIterator:
     cdef bint owns_txn           # made by Table.range: ends its snapshot when exhausted
     cdef bint finished
     cdef int strip               # bytes of table id to cut from returned keys
-    cdef bytes lo                # composite bounds: lo <= key < hi
-    cdef bytes hi
     cdef vc_iref* refs           # the current block
     cdef size_t refs_cap         # entries refs has room for
     cdef vc_buf spill            # values of the block read from overflow pages
@@ -1313,26 +1314,36 @@ cdef class RangeIterator:
         self.last_pos = -1
         self.batch = RANGE_BLOCK_FIRST
 
-    cdef int setup(self, Txn txn, bytes lo, bytes hi, bint reverse, bint keys_only, int strip) except -1:
+    cdef int setup(self, Txn txn, const unsigned char* lo, uint32_t lolen, const unsigned char* hi,
+                   uint32_t hilen, bint reverse, bint keys_only, int strip) except -1:
+        """Position on the range and fetch the first block, in one release of the GIL."""
         cdef vc_err err
         cdef int rc
+        cdef size_t count = 0
         self.txn = txn
         self.keys_only = keys_only
         self.reverse = reverse
         self.strip = strip
-        self.lo = lo
-        self.hi = hi
         self.it = <vc_iter*>malloc(sizeof(vc_iter))
-        if self.it == NULL:
+        self.refs = <vc_iref*>malloc(self.batch * sizeof(vc_iref))
+        if self.it == NULL or self.refs == NULL:
             raise MemoryError()
+        self.refs_cap = self.batch
         err.code = VC_E_NONE
-        rc = vc_iter_init(self.it, txn.t, <const unsigned char*>PyBytes_AS_STRING(lo),
-                          <uint32_t>PyBytes_GET_SIZE(lo), <const unsigned char*>PyBytes_AS_STRING(hi),
-                          <uint32_t>PyBytes_GET_SIZE(hi), reverse, &err)
+        txn.in_use = True
+        txn.store.busy += 1
+        with nogil:
+            rc = vc_iter_init(self.it, txn.t, lo, lolen, hi, hilen, reverse, &err)
+            if rc >= 0:
+                rc = vc_iter_fill_refs(self.it, self.refs, self.batch, &self.spill, keys_only,
+                                       &count, &err)
+        txn.in_use = False
+        txn.store.busy -= 1
         self.finished = False
         if rc < 0:
             self.finish()
             raise_error(&err)
+        self.block_fetched(count)
         return 0
 
     cdef inline bint store_open(self):
@@ -1363,29 +1374,46 @@ cdef class RangeIterator:
         return self
 
     cdef int reseek(self) except -1:
-        """Restart after the entry returned last (the transaction wrote meanwhile)."""
+        """The transaction wrote since the block was fetched, so the block may be stale:
+        start again after the entry returned last (from the bounds, if none was)."""
         cdef vc_err err
-        cdef vc_iref* r = &self.refs[self.last_pos]
+        cdef vc_iref* r
+        cdef const unsigned char* k
+        cdef unsigned char lo[1032]
+        cdef unsigned char hi[1032]
+        cdef uint32_t lolen = self.it.lolen, hilen = self.it.hilen
         cdef int rc
-        # the block's pins (or its spill buffer) still hold the key
-        last = PyBytes_FromStringAndSize(<const char*>(r.key if r.key != NULL
-                                                       else self.spill.data + r.voff), r.klen)
-        if self.reverse:
-            self.hi = last
-        else:
-            self.lo = last + b"\0"
+        memcpy(lo, self.it.lo, lolen)
+        memcpy(hi, self.it.hi, hilen)
+        if self.last_pos >= 0:
+            # the block's pins (or its spill buffer) still hold the key
+            r = &self.refs[self.last_pos]
+            k = r.key if r.key != NULL else <const unsigned char*>self.spill.data + r.voff
+            if self.reverse:
+                memcpy(hi, k, r.klen)
+                hilen = r.klen
+            else:
+                memcpy(lo, k, r.klen)
+                lo[r.klen] = 0
+                lolen = r.klen + 1
         vc_iter_close(self.it)
         self.left = 0
         self.last_pos = -1
         err.code = VC_E_NONE
-        rc = vc_iter_init(self.it, self.txn.t, <const unsigned char*>PyBytes_AS_STRING(self.lo),
-                          <uint32_t>PyBytes_GET_SIZE(self.lo),
-                          <const unsigned char*>PyBytes_AS_STRING(self.hi),
-                          <uint32_t>PyBytes_GET_SIZE(self.hi), self.reverse, &err)
+        rc = vc_iter_init(self.it, self.txn.t, lo, lolen, hi, hilen, self.reverse, &err)
+        self.wgen = self.txn.t.wgen
         if rc < 0:
             self.finish()
             raise_error(&err)
         return 0
+
+    cdef inline void block_fetched(self, size_t count):
+        self.pos = 0
+        self.left = count
+        self.last_pos = -1
+        self.wgen = self.txn.t.wgen
+        if self.batch < RANGE_BLOCK_MAX:
+            self.batch *= 2
 
     cdef int refill(self) except -1:
         cdef vc_err err
@@ -1411,12 +1439,7 @@ cdef class RangeIterator:
         if rc < 0:
             self.finish()
             raise_error(&err)
-        self.pos = 0
-        self.left = count
-        self.last_pos = -1
-        self.wgen = txn.t.wgen
-        if self.batch < RANGE_BLOCK_MAX:
-            self.batch *= 2
+        self.block_fetched(count)
         return 0
 
     def __next__(self):
@@ -1430,7 +1453,7 @@ cdef class RangeIterator:
         if self.txn.ended or self.txn.store.db == NULL or self.txn.store.closing:
             self.finished = True
             raise ClosedError("the iterator's transaction has ended")
-        if self.last_pos >= 0 and self.txn.t.wgen != self.wgen:
+        if self.txn.t.wgen != self.wgen:
             self.reseek()
         if self.left == 0:
             self.refill()
