@@ -181,3 +181,78 @@ def test_memtable_reads_with_key_filter(tmp_path, checkpoint_mb):
         assert [s.get(table, k) for k in probe] == [model.get(k) for k in probe]
         assert s.get_many(table, probe) == [model.get(k) for k in probe]
     store.close()
+
+
+def test_put_many_scattered_batches_into_a_large_memtable(tmp_path):
+    """Batches whose keys lie far apart in a memtable of many keys: their memtable
+    searches run in groups, each key's write walking on from its group's search path
+    (past the nodes its own group linked meanwhile).  Keys of every shape, repeats."""
+    rnd = random.Random(11)
+    store = velocore.open(str(tmp_path / "db"), sync="off", checkpoint_mb=512)
+    table = store.table("t")
+    base = [(b"base%08d" % i, b"b%d" % i) for i in range(60_000)]
+    with store.txn() as t:
+        t.put_many(table, base)
+    model = dict(base)
+    keys = key_kinds(rnd, 4000) + [b"base%08d" % rnd.randrange(60_000) for _ in range(2000)]
+    for _ in range(40):
+        batch = [(rnd.choice(keys), rnd.randbytes(rnd.randint(0, 40))) for _ in range(300)]
+        with store.txn() as t:
+            t.put_many(table, batch)
+        model.update(batch)
+    want = sorted(model.items())
+    with store.snapshot() as s:
+        assert list(s.range(table)) == want
+        assert s.get_many(table, keys) == [model.get(k) for k in keys]
+    store.checkpoint()
+    with store.snapshot() as s:
+        assert list(s.range(table)) == want
+    store.close()
+
+
+def test_put_many_groups_with_concurrent_writers_and_checkpoints(tmp_path):
+    """Writers in several threads put scattered batches into one memtable (their keys
+    interleave) while checkpoints switch memtables under them: a group's search paths
+    into a memtable that has since been frozen must be ignored, and concurrent links
+    walked past."""
+    import threading
+    store = velocore.open(str(tmp_path / "db"), sync="off", checkpoint_mb=4)
+    table = store.table("t")
+    with store.txn() as t:
+        t.put_many(table, [(b"%08d" % i + b"-", b"base") for i in range(30_000)])
+    models = [dict() for _ in range(3)]
+    stop = threading.Event()
+    errors = []
+
+    def writer(w):
+        rnd = random.Random(w)
+        try:
+            for r in range(80):
+                batch = [(b"%08d" % rnd.randrange(30_000) + b"-w%d" % w, b"%d:%d" % (w, r))
+                         for _ in range(400)]
+                with store.txn() as t:
+                    t.put_many(table, batch)
+                models[w].update(batch)
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+
+    def checkpointer():
+        while not stop.is_set():
+            store.checkpoint()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    cp = threading.Thread(target=checkpointer)
+    cp.start()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stop.set()
+    cp.join()
+    assert not errors
+    with store.snapshot() as s:
+        for model in models:
+            keys = sorted(model)
+            assert s.get_many(table, keys) == [model.get(k) for k in keys]
+        assert sum(1 for _ in s.range(table)) == 30_000 + sum(len(m) for m in models)
+    store.close()

@@ -15,6 +15,8 @@ cdef enum:
     VC_DEL = 2
     VC_CHECK = 3            # write set only: validate at commit, write nothing
     VC_SL_MAX = 20          # skip-list levels
+    VC_GROUP = 8            # keys of a batch searched together (vc_txn_group_fingers)
+    VC_FINGER_NEAR = 3      # a finger within this level's reach needs no group search
     VC_TXN_ACTIVE = 0
     VC_TXN_ENDED = 1
     VC_CATALOG_DROP = 0x44  # 'D'
@@ -257,6 +259,11 @@ cdef int vc_txn_get_lk(vc_txn* t, vc_lookup* lk, const unsigned char* key, uint3
                        const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
 cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
                       uint32_t vlen, int kind, vc_err* err) noexcept nogil
+# Fingers for up to VC_GROUP ascending keys about to be written, searched together (their
+# cache misses overlap); 0 if the writer's finger already covers them.  Copy out[i] to
+# t.mem_finger just before writing key i.
+cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint32_t* klens,
+                              int n, vc_finger* out) noexcept nogil
 
 cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t lolen,
                       const unsigned char* hi, uint32_t hilen, bint reverse, vc_err* err) noexcept nogil

@@ -1443,6 +1443,73 @@ cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int
     return 0
 
 
+cdef inline bint finger_covers(vc_finger* f, vc_memtable* m, const unsigned char* key,
+                               uint32_t klen) noexcept nogil:
+    """The finger's own search would reach key cheaply: key sorts after its last node and
+    before that node's successor at level VC_FINGER_NEAR (a walk of a few levels)."""
+    cdef vc_node* c
+    cdef vc_node* nx
+    if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, key_prefix(key, klen)):
+        return False
+    c = f.path[VC_FINGER_NEAR]
+    nx = sl_next(c, VC_FINGER_NEAR)
+    return nx == NULL or not node_lt(nx, key, klen, key_prefix(key, klen))
+
+
+cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint32_t* klens,
+                              int n, vc_finger* out) noexcept nogil:
+    """Search the active memtable for up to VC_GROUP ascending keys at once, each step of
+    one search overlapping the cache misses of the others, and leave each key's path in
+    out[i] as a finger for its write (see sl_find_preds_f: the write walks on from the
+    path past anything linked since, its own group's nodes included).  Returns how many
+    fingers it made: 0 when the writer's own finger already covers the keys (a sorted load
+    appending at one place), so the plain path is as cheap."""
+    cdef vc_db* db = t.db
+    cdef vc_memtable* m
+    cdef vc_node* x[VC_GROUP]
+    cdef vc_node* nx
+    cdef int lvl[VC_GROUP]
+    cdef uint64_t kp[VC_GROUP]
+    cdef int i, level, top, active
+    if n <= 1 or n > VC_GROUP:
+        return 0
+    m = enter_active(db)
+    if finger_covers(&t.mem_finger, m, keys[n - 1], klens[n - 1]):
+        vc_add_int_sc(&m.inflight, -1)
+        return 0
+    top = vc_load_int_relaxed(&m.height)
+    for i in range(n):
+        out[i].mem = m
+        x[i] = m.head
+        lvl[i] = top - 1
+        kp[i] = key_prefix(keys[i], klens[i])
+        for level in range(top, VC_SL_MAX):
+            out[i].path[level] = m.head
+    active = n if top > 0 else 0
+    while active > 0:
+        for i in range(n):
+            level = lvl[i]
+            if level < 0:
+                continue
+            nx = sl_next(x[i], level)
+            if nx != NULL and node_lt(nx, keys[i], klens[i], kp[i]):
+                x[i] = nx
+                vc_prefetch(sl_next(nx, level))      # what this search compares next
+            else:
+                out[i].path[level] = x[i]            # a tower of height > level
+                lvl[i] = level - 1
+                if level == 0:
+                    active -= 1
+                else:
+                    vc_prefetch(sl_next(x[i], level - 1))
+    for i in range(n):
+        out[i].last = out[i].path[0] if top > 0 and out[i].path[0] != m.head else NULL
+        if out[i].last == NULL:
+            out[i].mem = NULL                        # the plain search from the head
+    vc_add_int_sc(&m.inflight, -1)
+    return n
+
+
 cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
                       uint32_t vlen, int kind, vc_err* err) noexcept nogil:
     """Record a put or delete (installing a pending version, which detects conflicts at

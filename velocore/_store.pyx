@@ -19,7 +19,8 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
                              vc_iter_close, vc_iter_fill_refs, vc_iref, vc_txn_lookup_init, vc_txn_get_lk,
-                             VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE)
+                             VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE, VC_GROUP, vc_finger,
+                             vc_txn_group_fingers)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close
 
@@ -1109,6 +1110,11 @@ cdef class Txn:
         cdef list values
         cdef vc_err err
         cdef int rc = 0
+        cdef vc_finger fingers[VC_GROUP]
+        cdef const unsigned char* gkeys[VC_GROUP]
+        cdef uint32_t glens[VC_GROUP]
+        cdef Py_ssize_t g, gi
+        cdef int ngroup
         if columns:
             raise TypeError(f"unexpected keyword arguments {sorted(columns)}; column arrays need a typed table")
         self.check_write()
@@ -1167,6 +1173,7 @@ cdef class Txn:
                 if keyarray_order(&ka, order) < 0:
                     rc = -2
                 else:
+                    ngroup = 0
                     for i in range(n):
                         if i + 8 < n:
                             # the values are Python objects strewn over the heap: start
@@ -1174,6 +1181,18 @@ cdef class Txn:
                             j = order[i + 8]
                             vc_prefetch(vptrs[j])
                             vc_prefetch(vptrs[j] + 64)
+                        if i % VC_GROUP == 0:
+                            # the memtable searches of the next keys, together
+                            g = min(<Py_ssize_t>VC_GROUP, n - i)
+                            for gi in range(g):
+                                j = order[i + gi]
+                                gkeys[gi] = ka.data + ka.offs[j]
+                                glens[gi] = ka.lens[j]
+                            ngroup = vc_txn_group_fingers(self.t, gkeys, glens, <int>g, fingers)
+                        if ngroup:
+                            gi = i % VC_GROUP
+                            if fingers[gi].mem != NULL:
+                                memcpy(&self.t.mem_finger, &fingers[gi], sizeof(vc_finger))
                         j = order[i]
                         rc = vc_txn_write(self.t, ka.data + ka.offs[j], ka.lens[j], vptrs[j], vlens[j],
                                           VC_PUT, &err)
