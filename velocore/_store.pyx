@@ -60,6 +60,7 @@ DEF TID_LEN = 4
 cdef enum:
     RANGE_BLOCK_FIRST = 16       # entries in an iterator's first block (short scans stay cheap)
     RANGE_BLOCK_MAX = 512        # ... doubling per refill up to this
+    GET_MANY_CHUNK = 4096        # get_many: keys looked up per release of the GIL
 MAX_VALUE = VC_MAX_VALUE
 
 
@@ -906,6 +907,8 @@ cdef class Txn:
         cdef const unsigned char* v
         cdef size_t vlen
         cdef Py_ssize_t failed_at = -1
+        cdef Py_ssize_t j0, j1
+        cdef bint lk_open = False
         cdef list result
         self.check()
         tid = self.tid(table, False)
@@ -924,54 +927,67 @@ cdef class Txn:
             keyarray_fill(&ka, tid, keys)
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
+            # results are built a chunk of keys at a time: the chunk's lookups with the GIL
+            # released, then its bytes objects, so the value buffer stays small and warm.
+            # The list starts with NULL items: stores jump around (input order), and
+            # there is no old item to release; absent keys get None at the end
+            result = PyList_New(n)
             self.in_use = True
             self.store.busy += 1
-            with nogil:
-                if keyarray_order(&ka, order) < 0:
-                    rc = -2
-                else:
-                    vc_txn_lookup_init(self.t, lk)
-                    for j in range(n):
-                        # the keys sit in input order: fetch the ones a few steps ahead
-                        if j + 16 < n:
-                            vc_prefetch(&ka.offs[order[j + 16]])
-                            vc_prefetch(&ka.lens[order[j + 16]])
-                        if j + 8 < n:
-                            vc_prefetch(ka.data + ka.offs[order[j + 8]])
-                        i = order[j]
-                        rc = vc_txn_get_lk(self.t, lk, ka.data + ka.offs[i], ka.lens[i], &v, &vlen, &err)
-                        if rc < 0:
-                            failed_at = i
-                            break
-                        if rc == VC_NOTFOUND:
-                            offs[j] = -1
-                            continue
-                        offs[j] = <int64_t>out.len
-                        if vc_buf_reserve(&out, out.len + vlen + 8) < 0:
-                            rc = -2
-                            break
-                        memcpy(out.data + out.len, &vlen, 8)
-                        if vlen:
-                            memcpy(out.data + out.len + 8, v, vlen)
-                        out.len += vlen + 8
+            try:
+                with nogil:
+                    if keyarray_order(&ka, order) < 0:
+                        rc = -2
+                    else:
+                        vc_txn_lookup_init(self.t, lk)
+                        lk_open = True
+                j0 = 0
+                while j0 < n and rc == 0:
+                    j1 = min(n, j0 + GET_MANY_CHUNK)
+                    out.len = 0
+                    with nogil:
+                        for j in range(j0, j1):
+                            # the keys sit in input order: fetch the ones a few steps ahead
+                            if j + 16 < n:
+                                vc_prefetch(&ka.offs[order[j + 16]])
+                                vc_prefetch(&ka.lens[order[j + 16]])
+                            if j + 8 < n:
+                                vc_prefetch(ka.data + ka.offs[order[j + 8]])
+                            i = order[j]
+                            rc = vc_txn_get_lk(self.t, lk, ka.data + ka.offs[i], ka.lens[i], &v, &vlen, &err)
+                            if rc < 0:
+                                failed_at = i
+                                break
+                            if rc == VC_NOTFOUND:
+                                rc = 0
+                                offs[j] = -1
+                                continue
+                            offs[j] = <int64_t>out.len
+                            if vc_buf_reserve(&out, out.len + vlen + 8) < 0:
+                                rc = -2
+                                break
+                            memcpy(out.data + out.len, &vlen, 8)
+                            if vlen:
+                                memcpy(out.data + out.len + 8, v, vlen)
+                            out.len += vlen + 8
+                    if rc != 0:
+                        break
+                    for j in range(j0, j1):
+                        if offs[j] >= 0:
+                            memcpy(&vlen, out.data + offs[j], 8)
+                            value = PyBytes_FromStringAndSize(<const char*>out.data + offs[j] + 8, vlen)
+                            Py_INCREF(value)
+                            PyList_SET_ITEM(result, order[j], value)
+                    j0 = j1
+            finally:
+                if lk_open:
                     vc_lookup_close(lk)
-            self.in_use = False
-            self.store.busy -= 1
+                self.in_use = False
+                self.store.busy -= 1
             if rc == -2:
                 raise MemoryError("out of memory in get_many")
             if failed_at >= 0:
                 raise_error(&err)
-            # values in key order (offs[j] is the j-th key in that order), so `out` is
-            # read front to back; only the stores into the list jump around
-            # stores into the list jump around, so they must not read the slot: the
-            # list starts with NULL items (no old item to release), then absent keys get None
-            result = PyList_New(n)
-            for j in range(n):
-                if offs[j] >= 0:
-                    memcpy(&vlen, out.data + offs[j], 8)
-                    value = PyBytes_FromStringAndSize(<const char*>out.data + offs[j] + 8, vlen)
-                    Py_INCREF(value)
-                    PyList_SET_ITEM(result, order[j], value)
             for i in range(n):
                 if PyList_GET_ITEM_PTR(result, i) == NULL:
                     Py_INCREF(None)
