@@ -9,7 +9,7 @@ import random
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 import velocore
 from velocore._store import _page_search
@@ -226,7 +226,6 @@ SUFFIX = st.one_of(st.binary(min_size=1, max_size=12),
 
 @given(st.lists(SUFFIX, min_size=1, max_size=200, unique=True),
        st.binary(max_size=70), st.lists(st.binary(min_size=0, max_size=14), max_size=30))
-@settings(max_examples=300)
 def test_hinted_search_of_synthetic_leaf(suffixes, prefix, extra):
     """Leaves of keys sharing any prefix, heads equal or not, every count up to ~200 (heads
     sampled past 62): every probe gets the plain search's answer."""
@@ -261,7 +260,6 @@ def key_strategy():
 
 @given(st.lists(key_strategy(), min_size=1, max_size=400, unique=True),
        st.lists(key_strategy(), max_size=20), st.integers(0, 2 ** 32))
-@settings(max_examples=60)
 def test_store_reads_match_model(tmp_path_factory, keys, absent, seed):
     """Built, checkpointed and reopened with a 64-frame cache (pages evicted and loaded
     again, hints rebuilt each time): get, get_many and ranges from any start, forward and
