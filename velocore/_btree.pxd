@@ -10,7 +10,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp
 from velocore._common cimport vc_err, vc_buf
-from velocore._pager cimport vc_pager
+from velocore._pager cimport vc_pager, vc_hints
 
 cdef enum:
     VC_MAX_KEY = 1028            # 4-byte table id + 1024 user bytes
@@ -36,6 +36,17 @@ cdef struct vc_cursor:
     uint32_t leaf_handle
     bint valid                   # positioned on an entry
     vc_buf ovf                   # value read from overflow pages
+
+# Fill a cached page's hint block (the pager's vc_hints_fn, run while the frame is loading):
+# nheads = 0 unless it is a leaf or branch whose every slot passes the search's bounds checks.
+cdef void vc_hints_derive(const unsigned char* page, vc_hints* h) noexcept nogil
+# Test support: check and search one page image as a lookup would, with its hints or
+# without.  mode 0: leaf (pos = entries < key, exact); 1: branch (pos = separators <= key);
+# 2: branch, strict (separators < key).  *nheads: heads the page's hint block has.  -1 if
+# the page is not of that kind or a probe is damaged.
+cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
+                        uint32_t klen, uint32_t* pos, bint* exact, uint32_t* nheads,
+                        vc_err* err) noexcept nogil
 
 cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned char* key,
                      uint32_t klen, vc_buf* out, vc_err* err) noexcept nogil

@@ -8,8 +8,10 @@ from velocore._common cimport (vc_err, vc_fail, vc_buf, vc_buf_reserve, vc_buf_f
                                VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch)
 from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release, vc_page_prefetch,
                               vc_page_read_into, vc_page_alloc, vc_page_write, vc_page_free,
+                              vc_hints, vc_page_hints,
                               VC_PAGE_SIZE, VC_HDR_SIZE, VC_PAGE_LEAF, VC_PAGE_BRANCH,
-                              VC_PAGE_OVERFLOW, VC_PAGE_FREELIST, VC_NO_FRAME)
+                              VC_PAGE_OVERFLOW, VC_PAGE_FREELIST, VC_NO_FRAME, VC_HINT_WORDS,
+                              VC_HINT_MAX_PREFIX)
 
 cdef enum:
     CAP = VC_PAGE_SIZE - VC_HDR_SIZE          # bytes for slots + entries in a node
@@ -138,13 +140,118 @@ cdef inline int slot_key(const unsigned char* page, uint32_t i, bint leaf, uint3
     return 0
 
 
-cdef int branch_search(vc_pager* p, const unsigned char* page, uint32_t pid, const unsigned char* key,
-                       uint32_t klen, bint strict, uint32_t* ci, vc_err* err) noexcept nogil:
-    """ci = number of separators <= key (strict: < key)."""
+# ---------------------------------------------------------------- search hints
+#
+# A binary search over a page reads a slot offset and then a key elsewhere in the page at
+# every probe: a cache miss each.  A page loaded into the cache gets a 256-byte hint block
+# (vc_hints, built once by vc_hints_derive while the frame is loading; pages are immutable,
+# so it stays right while the page is cached): the prefix cp all its keys share (that of
+# its first and last keys) and, for every slot or evenly sampled ones, the key's "head",
+# bytes [cp, cp + 4) as a big-endian number, zero-padded.  For keys that start with the
+# prefix the head is monotone (a < b implies head(a) <= head(b)), so a slot whose head is
+# below the search key's sorts before it and one whose head is above sorts after it.  The
+# heads therefore bracket the answer of any lower or upper bound search to a few slots,
+# usually one, and the full-key probes run only there.  Equal heads (short keys, zero
+# bytes, prefixes longer than cp) just leave a wider range: the answer is always the
+# plain search's.
+
+cdef inline uint32_t key_head(const unsigned char* key, uint32_t klen, uint32_t cp) noexcept nogil:
+    """Key bytes [cp, cp + 4) as a big-endian number, zero-padded (klen >= cp)."""
+    cdef uint32_t head = 0, i
+    if klen >= cp + 4:
+        return ((<uint32_t>key[cp] << 24) | (<uint32_t>key[cp + 1] << 16)
+                | (<uint32_t>key[cp + 2] << 8) | key[cp + 3])
+    for i in range(4):
+        head <<= 8
+        if cp + i < klen:
+            head |= key[cp + i]
+    return head
+
+
+cdef void vc_hints_derive(const unsigned char* page, vc_hints* h) noexcept nogil:
+    cdef uint32_t count = hdr(page).count, lo_off, i, j, cp = 0, kl, fl = 0, ll = 0, nwords, step
+    cdef uint32_t n, head, prev = 0
+    cdef const unsigned char* k
+    cdef const unsigned char* first = NULL
+    cdef const unsigned char* last = NULL
+    cdef bint leaf
+    h.nheads = 0
+    if hdr(page).type == VC_PAGE_LEAF:
+        leaf = True
+    elif hdr(page).type == VC_PAGE_BRANCH:
+        leaf = False
+    else:
+        return
+    if count == 0 or VC_HDR_SIZE + 2 * count > VC_PAGE_SIZE:
+        return
+    lo_off = VC_HDR_SIZE + 2 * count
+    # Every slot must pass the search's own bounds checks: then a hinted search fails on no
+    # page that a plain one reads without error, and a page with a damaged slot gets no
+    # hints, so its searches report the damage exactly as they would without them.
+    for i in range(count):
+        if slot_key(page, i, leaf, lo_off, &k, &kl) < 0:
+            return
+    slot_key(page, 0, leaf, lo_off, &first, &fl)
+    slot_key(page, count - 1, leaf, lo_off, &last, &ll)
+    while cp < fl and cp < ll and first[cp] == last[cp]:
+        cp += 1
+    if cp > VC_HINT_MAX_PREFIX:
+        return
+    nwords = (cp + 3) >> 2
+    step = (count + (VC_HINT_WORDS - nwords) - 1) // (VC_HINT_WORDS - nwords)
+    n = (count + step - 1) // step
+    memset(h.words, 0, nwords * 4)
+    memcpy(<unsigned char*>h.words, first, cp)
+    for j in range(n):
+        slot_key(page, j * step, leaf, lo_off, &k, &kl)
+        # keys out of order (a page no checkpoint writes): no hints, the plain search decides
+        if kl < cp or memcmp(k, first, cp) != 0:
+            return
+        head = key_head(k, kl, cp)
+        if head < prev:
+            return
+        h.words[nwords + j] = head
+        prev = head
+    h.step = <uint16_t>step
+    h.count = <uint16_t>count
+    h.cp = <uint8_t>cp
+    h.hoff = <uint8_t>nwords
+    h.nheads = <uint16_t>n
+
+
+cdef inline void hints_narrow(const vc_hints* h, const unsigned char* key, uint32_t klen,
+                              uint32_t* lo, uint32_t* hi) noexcept nogil:
+    """Narrow [0, count) to [lo, hi): every slot before lo sorts before key, every slot
+    from hi on after it, so a lower or upper bound search for key lies in [lo, hi]."""
+    cdef uint32_t cp = h.cp, n = klen if klen < h.cp else h.cp, j, hk, below = 0, upto = 0
+    cdef const uint32_t* heads = h.words + h.hoff
+    cdef int c = vc_key_cmp(key, n, <const unsigned char*>h.words, n)
+    if c < 0 or (c == 0 and klen < cp):     # before the prefix: before every key
+        lo[0] = 0
+        hi[0] = 0
+        return
+    if c > 0:                                # after the prefix: after every key
+        lo[0] = h.count
+        hi[0] = h.count
+        return
+    hk = key_head(key, klen, cp)
+    for j in range(h.nheads):                # branch-free: the heads fill 1 to 4 cache lines
+        below += heads[j] < hk
+        upto += heads[j] <= hk
+    lo[0] = 0 if below == 0 else (below - 1) * h.step + 1
+    hi[0] = h.count if upto == h.nheads else upto * h.step
+
+
+cdef int branch_search(vc_pager* p, const unsigned char* page, uint32_t pid, const vc_hints* hints,
+                       const unsigned char* key, uint32_t klen, bint strict, uint32_t* ci,
+                       vc_err* err) noexcept nogil:
+    """ci = number of separators <= key (strict: < key).  hints: the page's, or NULL."""
     cdef uint32_t lo = 0, hi = hdr(page).count, mid, kl
     cdef uint32_t lo_off = VC_HDR_SIZE + 2 * hi
     cdef const unsigned char* k
     cdef int c
+    if hints != NULL and hints.nheads != 0:
+        hints_narrow(hints, key, klen, &lo, &hi)
     while lo < hi:
         mid = (lo + hi) >> 1
         if slot_key(page, mid, False, lo_off, &k, &kl) < 0:
@@ -159,13 +266,17 @@ cdef int branch_search(vc_pager* p, const unsigned char* page, uint32_t pid, con
     return 0
 
 
-cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, const unsigned char* key,
-                          uint32_t klen, uint32_t* pos, bint* exact, vc_err* err) noexcept nogil:
+cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, const vc_hints* hints,
+                          const unsigned char* key, uint32_t klen, uint32_t* pos, bint* exact,
+                          vc_err* err) noexcept nogil:
+    """pos = number of entries < key; exact: the entry at pos is key.  hints: the page's, or NULL."""
     cdef uint32_t lo = 0, hi = hdr(page).count, mid, kl
     cdef uint32_t lo_off = VC_HDR_SIZE + 2 * hi
     cdef const unsigned char* k
     cdef int c
     exact[0] = False
+    if hints != NULL and hints.nheads != 0:
+        hints_narrow(hints, key, klen, &lo, &hi)
     while lo < hi:
         mid = (lo + hi) >> 1
         if slot_key(page, mid, True, lo_off, &k, &kl) < 0:
@@ -180,6 +291,29 @@ cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, 
             hi = mid
     pos[0] = lo
     return 0
+
+
+cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
+                        uint32_t klen, uint32_t* pos, bint* exact, uint32_t* nheads,
+                        vc_err* err) noexcept nogil:
+    cdef vc_pager* p = <vc_pager*>calloc(1, sizeof(vc_pager))    # only its path is read
+    cdef vc_hints h
+    cdef int rc
+    if p == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory")
+    snprintf(p.path, sizeof(p.path), "<page>")
+    exact[0] = False
+    if node_check(p, page, 0, VC_PAGE_LEAF if mode == 0 else VC_PAGE_BRANCH, -1, err) < 0:
+        free(p)
+        return -1
+    vc_hints_derive(page, &h)
+    nheads[0] = h.nheads
+    if mode == 0:
+        rc = leaf_lower_bound(p, page, 0, &h if hinted else NULL, key, klen, pos, exact, err)
+    else:
+        rc = branch_search(p, page, 0, &h if hinted else NULL, key, klen, mode == 2, pos, err)
+    free(p)
+    return rc
 
 
 # ---------------------------------------------------------------- overflow chains
@@ -226,7 +360,8 @@ cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned
             return -1
         if level > 0:
             if (node_check(p, page, pid, VC_PAGE_BRANCH, <int>level, err) < 0
-                    or branch_search(p, page, pid, key, klen, False, &ci, err) < 0
+                    or branch_search(p, page, pid, vc_page_hints(p, handle), key, klen, False,
+                                     &ci, err) < 0
                     or branch_child(p, page, pid, ci, &pid, err) < 0):
                 vc_page_release(p, handle)
                 return -1
@@ -234,7 +369,8 @@ cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned
             level -= 1
             continue
         if (node_check(p, page, pid, VC_PAGE_LEAF, 0, err) < 0
-                or leaf_lower_bound(p, page, pid, key, klen, &pos, &exact, err) < 0):
+                or leaf_lower_bound(p, page, pid, vc_page_hints(p, handle), key, klen, &pos,
+                                    &exact, err) < 0):
             vc_page_release(p, handle)
             return -1
         if not exact:
@@ -295,7 +431,8 @@ cdef int lookup_descend(vc_lookup* lk, const unsigned char* key, uint32_t klen, 
         if vc_page_get(p, pid, &page, &handle, err) < 0:
             return -1
         if (node_check(p, page, pid, VC_PAGE_BRANCH, <int>level, err) < 0
-                or branch_search(p, page, pid, key, klen, False, &ci, err) < 0):
+                or branch_search(p, page, pid, vc_page_hints(p, handle), key, klen, False,
+                                 &ci, err) < 0):
             vc_page_release(p, handle)
             return -1
         # child ci holds [separator ci-1, separator ci); a deeper bound is tighter
@@ -340,7 +477,8 @@ cdef int vc_lookup_get(vc_lookup* lk, const unsigned char* key, uint32_t klen,
             or (lk.hilen != 0 and vc_key_cmp(key, klen, lk.hi, lk.hilen) >= 0)):
         if lookup_descend(lk, key, klen, err) < 0:
             return -1
-    if leaf_lower_bound(lk.pager, lk.leaf, lk.leaf_pid, key, klen, &pos, &exact, err) < 0:
+    if leaf_lower_bound(lk.pager, lk.leaf, lk.leaf_pid, vc_page_hints(lk.pager, lk.leaf_handle),
+                        key, klen, &pos, &exact, err) < 0:
         return -1
     if not exact:
         return VC_NOTFOUND
@@ -472,7 +610,8 @@ cdef int cursor_seek(vc_cursor* c, const unsigned char* key, uint32_t klen, bint
             return -1
         c.pid[level] = pid
         if (node_check(c.pager, page, pid, VC_PAGE_BRANCH, depth - 1 - level, err) < 0
-                or branch_search(c.pager, page, pid, key, klen, before, &ci, err) < 0
+                or branch_search(c.pager, page, pid, vc_page_hints(c.pager, handle), key, klen,
+                                 before, &ci, err) < 0
                 or branch_child(c.pager, page, pid, ci, &pid, err) < 0):
             vc_page_release(c.pager, handle)
             return -1
@@ -485,7 +624,8 @@ cdef int cursor_seek(vc_cursor* c, const unsigned char* key, uint32_t klen, bint
     c.leaf = page
     c.leaf_handle = handle
     if (node_check(c.pager, page, pid, VC_PAGE_LEAF, 0, err) < 0
-            or leaf_lower_bound(c.pager, page, pid, key, klen, &pos, &exact, err) < 0):
+            or leaf_lower_bound(c.pager, page, pid, vc_page_hints(c.pager, handle), key, klen,
+                                &pos, &exact, err) < 0):
         cursor_unpin(c)
         return -1
     c.valid = True

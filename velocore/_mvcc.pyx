@@ -35,7 +35,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta, vc_pager_hits,
                               vc_pager_reclaim, vc_page_release, vc_page_repin, VC_NO_FRAME)
 from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_tree_merge,
-                              vc_tree_check,
+                              vc_tree_check, vc_hints_derive,
                               vc_lookup, vc_lookup_init, vc_lookup_get,
                               vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
                               vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
@@ -984,7 +984,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
                 db.lock_fd = -1
                 return vc_fail(err, VC_E_LOCKED, "%s is open elsewhere (lock held on %s)", path, lock_path)
             return vc_fail_errno(err, VC_E_IO, errno, "flock %s", lock_path)
-    if vc_pager_open(&db.pager, path, readonly, cache_bytes, &meta, err) < 0:
+    if vc_pager_open(&db.pager, path, readonly, cache_bytes, vc_hints_derive, &meta, err) < 0:
         return -1
     db.next_gen = 1
     pthread_rwlock_init(&db.mems_lock, NULL)

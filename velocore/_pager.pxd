@@ -20,6 +20,8 @@ cdef enum:
     VC_FRAME_LOADING = 0x40000000  # state bit, always with VC_FRAME_EVICTING: a miss is
                                    # reading the page named in the high half into the frame
     VC_FRAME_PINS = 0x3FFFFFFF     # pin count in the low half of the state word
+    VC_HINT_WORDS = 62             # vc_hints.words: the block is 256 bytes, 4 cache lines
+    VC_HINT_MAX_PREFIX = 64        # a page whose keys share a longer prefix gets no hints
 
 cdef packed struct vc_page_hdr:
     uint32_t crc             # CRC32C of bytes [4, VC_PAGE_SIZE)
@@ -53,6 +55,20 @@ cdef struct vc_frame:       # one cache line each: hits on different frames shar
     uint8_t referenced       # CLOCK bit, set on a hit when clear (relaxed)
     uint8_t pad[43]
 
+cdef struct vc_hints:        # search hints of the page in one frame, derived from its bytes by
+                             # the miss that loads it, before it is published (see _btree.pyx)
+    uint16_t nheads          # heads in words[hoff:], 0 = no hints (not a leaf or branch,
+                             # a slot that fails the search's bounds checks, ...)
+    uint16_t step            # head j is that of slot j * step (1: every slot has one)
+    uint16_t count           # the page's entry count
+    uint8_t cp               # every key on the page starts with the cp bytes in words[:hoff]
+    uint8_t hoff             # first word of the heads: cp rounded up to whole words
+    uint32_t words[VC_HINT_WORDS]  # the prefix bytes, then the heads: per head, the
+                             # key bytes [cp, cp + 4) as a big-endian number, zero-padded;
+                             # non-decreasing in slot order
+
+ctypedef void (*vc_hints_fn)(const unsigned char* page, vc_hints* hints) noexcept nogil
+
 cdef struct vc_pending:
     uint64_t tree_version    # reusable once no reader holds a tree version below this
     vc_u32vec pages          # page ids freed by the checkpoint that made tree_version
@@ -66,6 +82,9 @@ cdef struct vc_pager:
     uint32_t nframes
     unsigned char* frame_mem # nframes * VC_PAGE_SIZE, page aligned
     vc_frame* frames
+    vc_hints* hints          # nframes blocks, 64-byte aligned; hints[f] describes frame f's page
+                             # while it is pinned (written only while the frame is loading)
+    vc_hints_fn derive_hints # fills a frame's hints from its page (NULL: none are built)
     uint32_t* slots          # open addressing: frame index + 1, 0 = empty; size slot_mask+1;
                              # maps valid and loading frames; changed under `lock`, read
                              # lock-free by hits (a hit that races a change may miss and
@@ -87,8 +106,10 @@ cdef struct vc_pager:
     uint64_t meta_seq        # checkpoint_seq of the durable meta
     char path[4096]          # path of data.vc (for messages)
 
+# cache_bytes pays for the frames and their hint blocks; derive_hints (or NULL) fills a
+# frame's hint block from the page read into it.
 cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, size_t cache_bytes,
-                       vc_meta* meta, vc_err* err) noexcept nogil
+                       vc_hints_fn derive_hints, vc_meta* meta, vc_err* err) noexcept nogil
 cdef void vc_pager_close(vc_pager* p) noexcept nogil
 
 # Read access: pin the page and return a pointer to its bytes (checksum verified on load).
@@ -100,6 +121,14 @@ cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil
 cdef void vc_page_prefetch(vc_pager* p, uint32_t page_id) noexcept nogil
 # Another pin on a page the caller holds pinned (one more vc_page_release is then owed).
 cdef void vc_page_repin(vc_pager* p, uint32_t handle) noexcept nogil
+
+# The hint block of a page pinned by vc_page_get, valid until vc_page_release; NULL for an
+# in-memory store's pages (they have none).
+cdef inline const vc_hints* vc_page_hints(vc_pager* p, uint32_t handle) noexcept nogil:
+    if handle == VC_NO_FRAME:
+        return NULL
+    return &p.hints[handle]
+
 # Read a page straight into buf, bypassing the cache (overflow chains, check).
 cdef int vc_page_read_into(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil
 

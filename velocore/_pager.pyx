@@ -150,7 +150,7 @@ cdef int load_freelist(vc_pager* p, vc_meta* meta, vc_err* err) noexcept nogil:
 
 
 cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, size_t cache_bytes,
-                       vc_meta* meta, vc_err* err) noexcept nogil:
+                       vc_hints_fn derive_hints, vc_meta* meta, vc_err* err) noexcept nogil:
     cdef vc_pager* p = <vc_pager*>calloc(1, sizeof(vc_pager))
     cdef struct_stat st
     cdef unsigned char buf0[VC_PAGE_SIZE]
@@ -230,13 +230,19 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
                            meta.hdr.page_id, meta.root, meta.height)
         p.freelist_head = meta.freelist_head
 
-    # page cache
-    p.nframes = <uint32_t>(cache_bytes // VC_PAGE_SIZE)
+    # page cache: each frame's page and hint block come out of cache_bytes
+    p.nframes = <uint32_t>(cache_bytes // (VC_PAGE_SIZE + sizeof(vc_hints)))
     if p.nframes < MIN_FRAMES:
         p.nframes = MIN_FRAMES
     if posix_memalign(&mem, VC_PAGE_SIZE, <size_t>p.nframes * VC_PAGE_SIZE) != 0:
         return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
     p.frame_mem = <unsigned char*>mem
+    mem = NULL
+    # hint blocks: not cleared, a frame's block is written by every load into it
+    if posix_memalign(&mem, 64, <size_t>p.nframes * sizeof(vc_hints)) != 0:
+        return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
+    p.hints = <vc_hints*>mem
+    p.derive_hints = derive_hints
     mem = NULL
     if posix_memalign(&mem, 64, p.nframes * sizeof(vc_frame)) != 0:
         mem = NULL
@@ -272,6 +278,7 @@ cdef void vc_pager_close(vc_pager* p) noexcept nogil:
                 free(p.mem_dir[i])
         free(p.mem_dir)
     free(p.frame_mem)
+    free(p.hints)
     free(p.frames)
     free(p.slots)
     vc_u32vec_free(&p.free_now)
@@ -471,6 +478,13 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
         rc = vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
     else:
         rc = check_page(p, buf, page_id, err)
+    if rc == 0:
+        # still loading: no reader can see the frame, so the hints need no synchronization
+        # beyond the release store that publishes the page
+        if p.derive_hints != NULL:
+            p.derive_hints(buf, &p.hints[f])
+        else:
+            p.hints[f].nheads = 0
     if rc < 0:
         # unmap and empty the frame; waiters see the state change and look again
         pthread_mutex_lock(&p.lock)

@@ -22,7 +22,7 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE, VC_GROUP, vc_finger,
                              vc_txn_group_fingers)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
-from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close
+from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_search
 
 cdef extern from "Python.h":
     # the raw item pointer (NULL in a list fresh from PyList_New)
@@ -316,6 +316,27 @@ def simd_level():
     "neon" or "scalar".
     """
     return ("scalar", "neon", "avx2", "avx512")[vc_simd_detect()]
+
+
+def _page_search(const unsigned char[:] page, const unsigned char[:] key, int mode, bint hinted):
+    """_page_search(page, key, mode, hinted) -> (pos, exact, nheads)
+
+    Test support: search one 4096-byte leaf (mode 0) or branch page (1: separators <= key,
+    2: separators < key) as a lookup over a cached page does, with its search hints or
+    without.  Raises CorruptionError where the search meets a damaged slot.
+    """
+    cdef uint32_t pos = 0, nheads = 0
+    cdef bint exact = False
+    cdef vc_err err
+    cdef int rc
+    if page.shape[0] != 4096 or not 1 <= key.shape[0] <= 1028 or not 0 <= mode <= 2:
+        raise ValueError("a 4096-byte page, a 1..1028-byte key and a mode 0..2")
+    err.code = VC_E_NONE
+    rc = vc_page_search(&page[0], hinted, mode, &key[0], <uint32_t>key.shape[0], &pos, &exact,
+                        &nheads, &err)
+    if rc < 0:
+        raise_error(&err)
+    return pos, bool(exact), nheads
 
 
 # ---------------------------------------------------------------- store
