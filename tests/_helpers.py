@@ -2,6 +2,7 @@
 import hashlib
 import os
 import random
+import struct
 import subprocess
 import sys
 import threading
@@ -127,3 +128,35 @@ def wal_segments(store_dir):
     if not os.path.isdir(d):
         return []
     return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".log"))
+
+
+WAL_SEG_HDR = 32
+WAL_REC_MAGIC = 0x52574356  # b"VCWR"
+
+
+def wal_records(seg_file):
+    """[(start, end)] of the records in one log segment, found by their framing (magic and
+    payload length; CRCs are not checked), up to the first offset that holds none."""
+    with open(seg_file, "rb") as f:
+        data = f.read()
+    out = []
+    off = WAL_SEG_HDR
+    while off + 32 <= len(data):
+        if struct.unpack_from("<I", data, off)[0] != WAL_REC_MAGIC:
+            break
+        plen = struct.unpack_from("<Q", data, off + 8)[0]
+        end = off + 32 + ((plen + 7) & ~7)
+        if end > len(data):
+            break
+        out.append((off, end))
+        off = end
+    return out
+
+
+def wal_tail(seg_file):
+    """(logical end, file size, every byte past the logical end is zero) of a segment."""
+    recs = wal_records(seg_file)
+    end = recs[-1][1] if recs else WAL_SEG_HDR
+    with open(seg_file, "rb") as f:
+        data = f.read()
+    return end, len(data), data[end:].count(0) == len(data) - end

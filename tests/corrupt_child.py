@@ -194,12 +194,10 @@ def mode_log_build(path, k):
         n = min(len(old), len(new))
         while start < n and old[start] == new[start]:
             start += 1
-        if len(new) > len(old):
-            end = len(new)
-        else:
-            end = len(new)
-            while end > start and old[end - 1] == new[end - 1]:
-                end -= 1
+        # the record's first byte is its magic, never 0 (the file may extend past the
+        # record with zeros written ahead), so its header says where it ends
+        plen = int.from_bytes(new[start + 8:start + 16], "little")
+        end = start + 32 + ((plen + 7) & ~7)
         records.append([last, start, end])
         snap = {name: read_seg(path, name) for name in segs}
     print(json.dumps({"records": records, "segments": segments(path)}), flush=True)

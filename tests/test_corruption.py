@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 import velocore
-from _helpers import assert_no_signal, run_cli, run_python, run_script
+from _helpers import assert_no_signal, run_cli, run_python, run_script, wal_tail
 
 PAGE = 4096
 LOG_K = 20
@@ -306,6 +306,10 @@ def log_store(tmp_path_factory):
     assert len(recs) == LOG_K
     for name, start, end in recs:
         assert end > start, f"could not locate a log record: {recs}"
+    # the child did not close the store: the damage below lands before zeros written ahead
+    name, _, last_end = recs[-1]
+    end, size, zeros = wal_tail(os.path.join(path, "wal", name))
+    assert end == last_end and size > end and zeros, (end, size, recs[-1])
     return path, recs
 
 

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from _helpers import (CHILD_TIMEOUT, TESTS_DIR, assert_no_signal, child_env,
-                      file_digest_tree, run_script)
+                      file_digest_tree, run_script, wal_segments, wal_tail)
 
 CHILD = os.path.join(TESTS_DIR, "crash_child.py")
 
@@ -109,16 +109,37 @@ def run_writer_and_kill(path, sync, rng, next_ids, nkeys, ckpt_every, big=False,
     return acked
 
 
-def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None, big=False, pin=False):
+def log_after_kill(path):
+    """Check the log as a kill left it: no segment but the last may extend past its last
+    record (a rotation cuts it before the next segment exists).  Returns whether the last
+    segment has zeros written ahead past its last record."""
+    segs = wal_segments(path)
+    for seg in segs[:-1]:
+        end, size, _ = wal_tail(seg)
+        assert size == end, (
+            f"{seg} is not the last segment, yet holds {size - end} bytes past its last "
+            f"record (which ends at {end})")
+    if not segs:
+        return False
+    end, size, zeros = wal_tail(segs[-1])
+    return size > end and zeros
+
+
+def crash_rounds(path, sync, rounds, nthreads=1, nkeys=6, seed=None, big=False, pin=False,
+                 zero_tails=None, ckpt_every=None):
+    """zero_tails: a list that gets, per round, whether the kill left a zeroed log tail.
+    ckpt_every: explicit checkpoints every that many commits (default: 2, 5 or 20)."""
     seed = random.randrange(2**31) if seed is None else seed
     rng = random.Random(seed)
     last_x = [0] * nthreads
     total_acked = 0
     for rnd in range(rounds):
-        ckpt_every = rng.choice([2, 5, 20])
         acked = run_writer_and_kill(path, sync, rng, [x + 1 for x in last_x], nkeys,
-                                    ckpt_every, big, pin=pin)
+                                    ckpt_every or rng.choice([2, 5, 20]), big, pin=pin)
         total_acked += len(acked)
+        zeroed = log_after_kill(path)
+        if zero_tails is not None:
+            zero_tails.append(zeroed)
         res = verify(path, nthreads, nkeys, big=big)
         ctx = f"seed={seed} round={rnd} sync={sync} acked={acked} last_x={last_x}"
         assert res["check_ok"], f"{ctx}: check() failed: {res['errors']}"
@@ -154,6 +175,18 @@ def test_crash_full_sync_threads(tmp_path):
 def test_crash_normal_sync(tmp_path):
     last = crash_rounds(str(tmp_path / "s"), "normal", rounds=10)
     assert last[0] > 0
+
+
+@pytest.mark.parametrize("sync,nthreads", [("full", 1), ("full", 3), ("normal", 1)])
+def test_crash_into_the_zeroed_log_tail(tmp_path, sync, nthreads):
+    """Small commits stream into the zeros written ahead when the kill lands: recovery cuts
+    the zeros off as a torn tail, and (sync full) keeps every acknowledged commit.  Only
+    the background checkpoints (checkpoint_mb=1) rotate the log."""
+    tails = []
+    last = crash_rounds(str(tmp_path / "s"), sync, rounds=10, nthreads=nthreads, nkeys=2,
+                        zero_tails=tails, ckpt_every=10**9)
+    assert sum(last) > 0
+    assert sum(tails) >= 3, f"few kills left a zeroed log tail: {tails}"
 
 
 @pytest.mark.parametrize("sync", ["full", "normal"])
@@ -195,6 +228,7 @@ def test_crash_while_creating_and_dropping_tables(tmp_path):
     for rnd in range(8):
         acked = run_writer_and_kill(path, "full", rng, None, 0, 0,
                                     argv=["tables", path, "full", str(last + 1)])
+        log_after_kill(path)
         a = acked.get(0, last)
         p = subprocess.run([sys.executable, CHILD, "verify-tables", path], capture_output=True,
                            text=True, timeout=CHILD_TIMEOUT, env=child_env())
@@ -231,6 +265,7 @@ def seq_rounds(path, sync, rounds, nthreads=3):
     for rnd in range(rounds):
         acked = run_writer_and_kill(path, sync, rng, None, 0, 0,
                                     argv=["seq", path, sync, str(nthreads)])
+        log_after_kill(path)
         p = subprocess.run([sys.executable, CHILD, "verify-seq", path], capture_output=True,
                            text=True, timeout=CHILD_TIMEOUT, env=child_env())
         assert_no_signal(p, "verify-seq")

@@ -2011,7 +2011,7 @@ cdef long vc_db_check(vc_db* db, vc_buf* report, uint64_t* nkeys, vc_err* err) n
 
 
 cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
-    """out[0..19]: see _store.pyx Store.info for the meaning of each slot."""
+    """out[0..20]: see _store.pyx Store.info for the meaning of each slot."""
     cdef vc_txn* t
     cdef uint64_t live, snap
     cdef uint32_t i
@@ -2058,6 +2058,7 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     out[17] = deferred
     out[18] = vc_load_u64_relaxed(&db.gc_horizon)
     out[19] = db.wal.commit_flushes if db.wal != NULL else 0
+    out[20] = db.wal.zeroed_bytes if db.wal != NULL else 0
     pthread_mutex_unlock(&db.reg_lock)
 
 

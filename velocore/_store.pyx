@@ -542,7 +542,7 @@ cdef class Store:
 
     def info(self):
         """info() -> dict: sizes, counters and settings of the store."""
-        cdef uint64_t s[20]
+        cdef uint64_t s[21]
         self.check_open()
         vc_db_stats(self.db, s)
         data_bytes = None
@@ -568,6 +568,7 @@ cdef class Store:
             "cache_hits": s[2],
             "cache_misses": s[3],
             "log_bytes": log_bytes,
+            "log_zeroed_bytes": s[20],   # zeros written ahead of log appends (sync full/normal)
             "active_transactions": s[5],
             "oldest_snapshot_ts": s[6] if s[5] else None,
             "checkpoint_ts": s[7],

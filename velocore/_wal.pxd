@@ -45,6 +45,11 @@ cdef struct vc_wal:
     # private to _wal.pyx
     pthread_mutex_t append_lock # serializes append/rotate/remove_before; held across write(2)
     uint64_t first_seg          # lowest live segment number (guarded by append_lock)
+    uint64_t seg_file_bytes     # size of the current segment file, >= seg_bytes: past seg_bytes
+                                # it holds only zeros written ahead of the appends (sync full /
+                                # normal), so a commit's fdatasync overwrites allocated blocks
+                                # and has no file size to journal (guarded by append_lock)
+    uint64_t zeroed_bytes       # zeros written ahead so far (info(): log_zeroed_bytes)
     uint64_t unsynced_seg       # sync off: oldest segment rotated away unflushed, 0 if none
     uint64_t dir_gen            # bumped when wal/ changes without a dir fsync (sync off)
     uint64_t dir_synced_gen     # dir_gen covered by the last dir fsync
@@ -92,11 +97,14 @@ cdef int vc_wal_sync_to(vc_wal* w, uint64_t lsn, vc_err* err) noexcept nogil
 cdef int vc_wal_flush(vc_wal* w, vc_err* err) noexcept nogil
 
 # Start a new segment (flushing the old one unless VC_SYNC_OFF); *new_seg gets its number.
-# Records appended afterwards go to the new segment.
+# The old segment is first cut to its last record and flushed, and only then is the new
+# one created: a segment that is not the last never ends in zeros (recovery is strict
+# there).  Records appended afterwards go to the new segment.
 cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
 
 # Delete segments numbered below seg (they are covered by a checkpoint); fsync the dir.
 cdef int vc_wal_remove_before(vc_wal* w, uint64_t seg, vc_err* err) noexcept nogil
 
-# Flush (unless VC_SYNC_OFF), stop the flusher, close files, free w.  Safe on NULL.
+# Flush (unless VC_SYNC_OFF), cut the zeros ahead off the last segment, stop the flusher,
+# close files, free w.  Safe on NULL.
 cdef int vc_wal_close(vc_wal* w, vc_err* err) noexcept nogil

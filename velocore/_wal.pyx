@@ -20,6 +20,15 @@
 #    28  u32      reserved, 0
 #    32  payload, then zero padding to a multiple of 8
 #
+#   zeroed region (sync "full" / "normal", last segment only): the file may extend past
+#   the last record with zeros written ahead of the appends, so that a commit's fdatasync
+#   overwrites allocated, initialised blocks and has no file size to journal (ext4 would
+#   otherwise commit its journal on every flush).  A zero word is no record magic, so
+#   recovery reads the region as the torn tail it already cuts off.  Rotation cuts a
+#   segment to its last record (and flushes that) before the next segment exists, and a
+#   clean close cuts the last one: a segment that is not the last never ends in zeros.
+#   Sizes that mean "log bytes" (info, the checkpoint trigger) count records, not zeros.
+#
 # Locking: `lock` guards the shared counters and the group-commit state; `append_lock`
 # serializes the writers of the segment (append, rotate, remove_before) and is held across
 # the write(2) so `lock` is never held during I/O.  The segment fd is only switched by
@@ -82,6 +91,11 @@ cdef enum:
     REC_MAGIC = 0x52574356           # "VCWR" as little-endian bytes
     SEG_PATH_MAX = 4160              # w.path (< 4096) + "/" + up to 20 digits + ".log"
     SCAN_CHUNK = 1 << 20             # read size of the torn-tail forward scan
+    ZERO_BUF_SIZE = 1 << 16          # the static zero buffer behind each zeroing iovec
+    ZERO_IOV = 16                    # iovecs per zeroing pwritev (1 MiB)
+    ZERO_AHEAD_MIN = 1 << 16         # zeros written ahead: as much as the segment holds,
+    ZERO_AHEAD_MAX = 1 << 20         # at least 64 KiB, at most 1 MiB
+    ZERO_ALIGN = 4096                # the zeroed region ends on a block boundary
     FLUSH_INTERVAL_NS = 10000000     # sync normal: background flush period (10 ms)
 
 # Largest payload accepted by append (1 TiB); far above any transaction the engine builds,
@@ -90,6 +104,9 @@ cdef uint64_t WAL_MAX_PAYLOAD = (<uint64_t>1) << 40
 cdef uint64_t GROUP_WAIT_MAX_NS = 300000        # a commit leader gathers for 0.3 ms at most
 
 cdef const char* SEG_MAGIC = b"VCWALSEG"
+
+# Read-only source of the zeros written ahead of the appends (static, so all zero).
+cdef unsigned char ZERO_BUF[ZERO_BUF_SIZE]
 
 
 # ---------------------------------------------------------------- little-endian fields
@@ -210,6 +227,26 @@ cdef int write_full(int fd, const void* buf, size_t n, uint64_t off) noexcept no
     v.iov_base = <void*>buf
     v.iov_len = n
     return write_full_v(fd, &v, 1, off)
+
+cdef int write_zeros(int fd, uint64_t start, uint64_t end) noexcept nogil:
+    """pwrite zeros over [start, end), up to 1 MiB per call; 0, or -1 with errno set."""
+    cdef iovec iov[ZERO_IOV]
+    cdef int cnt
+    cdef uint64_t pos
+    cdef size_t piece
+    while start < end:
+        cnt = 0
+        pos = start
+        while cnt < ZERO_IOV and pos < end:
+            piece = ZERO_BUF_SIZE if end - pos > ZERO_BUF_SIZE else <size_t>(end - pos)
+            iov[cnt].iov_base = ZERO_BUF
+            iov[cnt].iov_len = piece
+            pos += piece
+            cnt += 1
+        if write_full_v(fd, iov, cnt, start) != 0:
+            return -1
+        start = pos
+    return 0
 
 cdef int datasync_fd(int fd) noexcept nogil:
     # Only EINTR is retried: after an EIO the kernel may have dropped the dirty pages,
@@ -759,6 +796,38 @@ cdef void* flusher_main(void* arg) noexcept nogil:
     return NULL
 
 
+cdef int zero_ahead(vc_wal* w, uint64_t rec_end) noexcept nogil:
+    """With append_lock held, a record ending at rec_end (past seg_file_bytes) about to
+    be written: extend the segment file with zeros from rec_end to a block boundary
+    ZERO_AHEAD_MIN..ZERO_AHEAD_MAX bytes further (as much as the segment already holds).
+    Not flushed here: the next fdatasync (a commit's) allocates the blocks and journals
+    the size once, and the commits after it only overwrite.  A failed write is undone and
+    the record appended plainly: 0, or the errno when the undo fails too (the log is then
+    failed)."""
+    cdef uint64_t ahead = w.seg_bytes, target
+    cdef int e
+    if ahead < ZERO_AHEAD_MIN:
+        ahead = ZERO_AHEAD_MIN
+    elif ahead > ZERO_AHEAD_MAX:
+        ahead = ZERO_AHEAD_MAX
+    target = (rec_end + ahead + (ZERO_ALIGN - 1)) & ~(<uint64_t>(ZERO_ALIGN - 1))
+    if write_zeros(w.seg_fd, rec_end, target) == 0:
+        w.seg_file_bytes = target
+        pthread_mutex_lock(&w.lock)
+        w.zeroed_bytes += target - rec_end
+        pthread_mutex_unlock(&w.lock)
+        return 0
+    # e.g. ENOSPC: put the size back (the record's own write then says what is wrong)
+    if ftruncate(w.seg_fd, <off_t>w.seg_file_bytes) == 0:
+        return 0
+    e = errno if errno != 0 else EIO
+    pthread_mutex_lock(&w.lock)
+    w.failed = e
+    pthread_cond_broadcast(&w.cond)
+    pthread_mutex_unlock(&w.lock)
+    return e
+
+
 # ---------------------------------------------------------------- public API
 
 cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint readonly,
@@ -864,6 +933,7 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
             w.seg_fd = fd
             w.seg_no = segs[i]
             w.seg_bytes = end
+            w.seg_file_bytes = end       # a torn (or zeroed) tail was cut off at end
     free(st.buf)
     if first < nsegs:
         w.first_seg = segs[first]
@@ -881,6 +951,7 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
                 vc_wal_close(w, NULL)
                 return VC_FAIL
             w.seg_bytes = SEG_HDR_SIZE
+            w.seg_file_bytes = SEG_HDR_SIZE
             w.total_bytes = SEG_HDR_SIZE
 
     if last_ts != NULL:
@@ -926,9 +997,15 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
     if e:
         pthread_mutex_unlock(&w.append_lock)
         return fail_sticky(w, e, err)
-    # seg_fd / seg_no / seg_bytes only change under append_lock, which we hold
-    encode_rec_header(hdr, record_seed(w.seg_no), commit_ts, payload_len, payload_crc)
+    # seg_fd / seg_no / seg_bytes / seg_file_bytes only change under append_lock, which we hold
     off = w.seg_bytes
+    if (off + rec_size > w.seg_file_bytes and w.sync_mode != VC_SYNC_OFF
+            and rec_size <= ZERO_AHEAD_MAX):
+        e = zero_ahead(w, off + rec_size)
+        if e != 0:
+            pthread_mutex_unlock(&w.append_lock)
+            return fail_sticky(w, e, err)
+    encode_rec_header(hdr, record_seed(w.seg_no), commit_ts, payload_len, payload_crc)
     iov[0].iov_base = hdr
     iov[0].iov_len = REC_HDR_SIZE
     cnt = 1
@@ -961,19 +1038,22 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
             if write_full(w.seg_fd, zeros, <size_t>(pad8(payload_len) - payload_len), pos) != 0:
                 e = errno if errno != 0 else EIO
     if e != 0 or produce_failed:
-        # drop the partial record so a later append does not leave its remains behind;
-        # if even that fails the log can no longer be trusted
+        # drop the partial record (and the zeros ahead) so a later append does not leave
+        # its remains behind; if even that fails the log can no longer be trusted
         if ftruncate(w.seg_fd, <off_t>off) != 0:
             pthread_mutex_lock(&w.lock)
             w.failed = errno if errno != 0 else EIO
             pthread_cond_broadcast(&w.cond)
             pthread_mutex_unlock(&w.lock)
+        w.seg_file_bytes = off
         pthread_mutex_unlock(&w.append_lock)
         if produce_failed:
             return vc_fail(err, VC_E_NOMEM, "%s/%08llu.log: could not produce the log record",
                            w.path, <unsigned long long>w.seg_no)
         return vc_fail_errno(err, VC_E_IO, e, "%s/%08llu.log: write at offset %llu", w.path,
                              <unsigned long long>w.seg_no, <unsigned long long>off)
+    if off + rec_size > w.seg_file_bytes:
+        w.seg_file_bytes = off + rec_size
     pthread_mutex_lock(&w.lock)
     w.seg_bytes = off + rec_size
     w.total_bytes += rec_size
@@ -1018,6 +1098,8 @@ cdef int vc_wal_flush(vc_wal* w, vc_err* err) noexcept nogil:
 cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil:
     cdef int new_fd = -1, old_fd, rc = 0, e = 0
     cdef uint64_t target, next_seg
+    cdef bint cut = False
+    cdef const char* what = "fdatasync"
     cdef char path[SEG_PATH_MAX]
     if w == NULL:
         return vc_fail(err, VC_E_INVALID, "log is closed")
@@ -1031,9 +1113,6 @@ cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
         pthread_mutex_unlock(&w.append_lock)
         return fail_sticky(w, e, err)
     next_seg = w.seg_no + 1
-    if create_segment(w, next_seg, &new_fd, err) != VC_OK:
-        pthread_mutex_unlock(&w.append_lock)
-        return VC_FAIL
 
     # Take the syncing role: no leader may hold the old fd while we switch it.
     pthread_mutex_lock(&w.lock)
@@ -1042,13 +1121,43 @@ cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
     w.syncing = True
     target = w.written_lsn
     pthread_mutex_unlock(&w.lock)
-    if w.sync_mode != VC_SYNC_OFF:
-        # everything appended so far is in the old segment (appends wait on append_lock)
-        rc = datasync_fd(w.seg_fd)
+    # The old segment is cut to its last record and flushed before the next one exists:
+    # once it is no longer the last, a zero tail would read as a bad record (corruption).
+    if w.seg_file_bytes > w.seg_bytes:
+        cut = True
+        what = "cannot cut the zeros after the last record"
+        rc = ftruncate(w.seg_fd, <off_t>w.seg_bytes)
         e = errno
         if rc == 0:
-            rc = fsync_fd(w.dir_fd)
-            e = errno
+            w.seg_file_bytes = w.seg_bytes
+    if rc == 0 and w.sync_mode != VC_SYNC_OFF:
+        # everything appended so far is in the old segment (appends wait on append_lock);
+        # fsync, not fdatasync, when the size went down
+        what = "fsync" if cut else "fdatasync"
+        rc = fsync_fd(w.seg_fd) if cut else datasync_fd(w.seg_fd)
+        e = errno
+    if rc != 0:
+        pthread_mutex_lock(&w.lock)
+        w.syncing = False
+        w.failed = e if e != 0 else EIO
+        pthread_cond_broadcast(&w.cond)
+        pthread_mutex_unlock(&w.lock)
+        pthread_mutex_unlock(&w.append_lock)
+        return vc_fail_errno(err, VC_E_IO, e, "%s/%08llu.log: %s", w.path,
+                             <unsigned long long>w.seg_no, what)
+    if create_segment(w, next_seg, &new_fd, err) != VC_OK:
+        # the old segment stays the current one, flushed
+        pthread_mutex_lock(&w.lock)
+        w.syncing = False
+        if w.sync_mode != VC_SYNC_OFF and target > w.durable_lsn:
+            w.durable_lsn = target
+        pthread_cond_broadcast(&w.cond)
+        pthread_mutex_unlock(&w.lock)
+        pthread_mutex_unlock(&w.append_lock)
+        return VC_FAIL
+    if w.sync_mode != VC_SYNC_OFF:
+        rc = fsync_fd(w.dir_fd)
+        e = errno
     pthread_mutex_lock(&w.lock)
     w.syncing = False
     if rc != 0:
@@ -1059,8 +1168,7 @@ cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
         seg_path(w, next_seg, path)
         unlink(path)
         pthread_mutex_unlock(&w.append_lock)
-        return vc_fail_errno(err, VC_E_IO, e, "%s/%08llu.log: fdatasync", w.path,
-                             <unsigned long long>w.seg_no)
+        return vc_fail_errno(err, VC_E_IO, e, "%s: fsync", w.path)
     if w.sync_mode != VC_SYNC_OFF:
         if target > w.durable_lsn:
             w.durable_lsn = target
@@ -1072,6 +1180,7 @@ cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
     w.seg_fd = new_fd
     w.seg_no = next_seg
     w.seg_bytes = SEG_HDR_SIZE
+    w.seg_file_bytes = SEG_HDR_SIZE
     w.total_bytes += SEG_HDR_SIZE
     pthread_cond_broadcast(&w.cond)
     pthread_mutex_unlock(&w.lock)
@@ -1137,6 +1246,11 @@ cdef int vc_wal_close(vc_wal* w, vc_err* err) noexcept nogil:
         w.has_flusher = False
     if not w.readonly and w.seg_fd >= 0 and w.sync_mode != VC_SYNC_OFF:
         rc = vc_wal_flush(w, err)
+        if rc == VC_OK and w.seg_file_bytes > w.seg_bytes:
+            # leave the last segment ending at its last record; if this fails, the zeros
+            # are a torn tail that the next open cuts off
+            if ftruncate(w.seg_fd, <off_t>w.seg_bytes) == 0:
+                fsync_fd(w.seg_fd)
     close_fd(w.seg_fd)
     close_fd(w.dir_fd)
     pthread_cond_destroy(&w.cond)
