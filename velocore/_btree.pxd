@@ -34,6 +34,8 @@ cdef struct vc_cursor:
     int idx[32]                  # slot at each level (branch: child index 0..count)
     const unsigned char* leaf    # pinned leaf page while positioned, else NULL
     uint32_t leaf_handle
+    const unsigned char* ahead   # a scan's next leaf in the cache, for prefetches only
+    uint32_t ahead_line          # ... lines of it prefetched so far (a few per step)
     bint valid                   # positioned on an entry
     vc_buf ovf                   # value read from overflow pages
 
@@ -80,7 +82,7 @@ cdef int vc_cursor_next(vc_cursor* c, vc_err* err) noexcept nogil
 cdef int vc_cursor_prev(vc_cursor* c, vc_err* err) noexcept nogil
 cdef void vc_cursor_key(vc_cursor* c, const unsigned char** key, uint32_t* klen) noexcept nogil
 cdef int vc_cursor_value(vc_cursor* c, const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
-# Prefetch hint: the cursor's leaf from its entry on, in the scan's direction.
+# Prefetch hint: the next few entries of the cursor's leaf, in the scan's direction.
 cdef void vc_cursor_prefetch(vc_cursor* c, bint backward) noexcept nogil
 # Key and value of the entry under the cursor in one decode.
 cdef int vc_cursor_entry(vc_cursor* c, const unsigned char** key, uint32_t* klen,

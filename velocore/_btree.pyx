@@ -6,7 +6,7 @@ from libc.stdio cimport snprintf
 
 from velocore._common cimport (vc_err, vc_fail, vc_buf, vc_buf_reserve, vc_buf_free,
                                VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch)
-from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release, vc_page_prefetch,
+from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release, vc_page_peek,
                               vc_page_read_into, vc_page_alloc, vc_page_write, vc_page_free,
                               vc_hints, vc_page_hints,
                               VC_PAGE_SIZE, VC_HDR_SIZE, VC_PAGE_LEAF, VC_PAGE_BRANCH,
@@ -563,16 +563,18 @@ cdef int cursor_step_leaf(vc_cursor* c, bint backward, vc_err* err) noexcept nog
             if branch_child(c.pager, page, c.pid[level], <uint32_t>c.idx[level], &child, err) < 0:
                 vc_page_release(c.pager, handle)
                 return -1
+            c.ahead = NULL
             if level == <int>c.height - 2:
-                # a scan: start loading the leaf after this one too
+                # a scan: the leaf after this one is loaded a few lines per step meanwhile
                 if not backward and c.idx[level] < <int>hdr(page).count:
                     if branch_child(c.pager, page, c.pid[level], <uint32_t>c.idx[level] + 1,
                                     &ahead, &ignored) == 0:
-                        vc_page_prefetch(c.pager, ahead)
+                        c.ahead = vc_page_peek(c.pager, ahead)
                 elif backward and c.idx[level] > 0:
                     if branch_child(c.pager, page, c.pid[level], <uint32_t>c.idx[level] - 1,
                                     &ahead, &ignored) == 0:
-                        vc_page_prefetch(c.pager, ahead)
+                        c.ahead = vc_page_peek(c.pager, ahead)
+                c.ahead_line = 1
             vc_page_release(c.pager, handle)
             if cursor_down(c, level + 1, child, backward, err) < 0:
                 return -1
@@ -595,6 +597,7 @@ cdef int cursor_seek(vc_cursor* c, const unsigned char* key, uint32_t klen, bint
     cdef bint exact
     cursor_unpin(c)
     c.valid = False
+    c.ahead = NULL
     if c.root == 0:
         return 0
     if key == NULL:
@@ -648,12 +651,23 @@ cdef int vc_cursor_seek_lt(vc_cursor* c, const unsigned char* key, uint32_t klen
     return cursor_seek(c, key, klen, True, err)
 
 
+cdef inline void cursor_ahead(vc_cursor* c) noexcept nogil:
+    """A scan's step within a leaf: prefetch the next lines of the leaf after it, a few
+    per step, so it is in cache when reached without a burst of misses at once."""
+    if c.ahead != NULL and c.ahead_line < VC_PAGE_SIZE // 64:
+        vc_prefetch(c.ahead + 64 * c.ahead_line)
+        vc_prefetch(c.ahead + 64 * (c.ahead_line + 1))
+        vc_prefetch(c.ahead + 64 * (c.ahead_line + 2))
+        c.ahead_line += 3
+
+
 cdef int vc_cursor_next(vc_cursor* c, vc_err* err) noexcept nogil:
     cdef int leaf_level = <int>c.height - 1
     if not c.valid:
         return 0
     c.idx[leaf_level] += 1
     if c.idx[leaf_level] < <int>hdr(c.leaf).count:
+        cursor_ahead(c)
         return 0
     return cursor_step_leaf(c, False, err)
 
@@ -664,6 +678,7 @@ cdef int vc_cursor_prev(vc_cursor* c, vc_err* err) noexcept nogil:
         return 0
     c.idx[leaf_level] -= 1
     if c.idx[leaf_level] >= 0:
+        cursor_ahead(c)
         return 0
     return cursor_step_leaf(c, True, err)
 
@@ -715,27 +730,24 @@ cdef int vc_cursor_entry(vc_cursor* c, const unsigned char** key, uint32_t* klen
 
 
 cdef void vc_cursor_prefetch(vc_cursor* c, bint backward) noexcept nogil:
-    """Start loading the entries a scan will read next in the cursor's leaf: from its
-    entry to the leaf's end (start, backward).  A hint only: bad offsets just stop it."""
-    cdef uint32_t count, i, j, a, b, off
+    """Start loading the next few entries of the cursor's leaf (a scan that just reached
+    it reads them at once).  A hint only: bad offsets just stop it."""
+    cdef uint32_t count, i, k, off
+    cdef int step = -1 if backward else 1
     if c.leaf == NULL or not c.valid:
         return
     count = hdr(c.leaf).count
     i = <uint32_t>c.idx[c.height - 1]
-    if count == 0 or i >= count:
+    if VC_HDR_SIZE + 2 * count > VC_PAGE_SIZE:
         return
-    j = 0 if backward else count - 1
-    a = ld16(c.leaf + VC_HDR_SIZE + 2 * i)
-    b = ld16(c.leaf + VC_HDR_SIZE + 2 * j)
-    if a > b:
-        a, b = b, a
-    b += 128                     # the far entry's head and the start of its key and value
-    if b > VC_PAGE_SIZE:
-        b = VC_PAGE_SIZE
-    off = a & ~(<uint32_t>63)
-    while off < b:
-        vc_prefetch(c.leaf + off)
-        off += 64
+    for k in range(4):
+        if i >= count:
+            break
+        off = ld16(c.leaf + VC_HDR_SIZE + 2 * i)
+        if off < VC_PAGE_SIZE - 64:
+            vc_prefetch(c.leaf + off)
+            vc_prefetch(c.leaf + off + 64)
+        i = <uint32_t>(<int>i + step)
 
 
 # ---------------------------------------------------------------- merge (checkpoint)

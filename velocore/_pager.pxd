@@ -117,8 +117,9 @@ cdef void vc_pager_close(vc_pager* p) noexcept nogil
 cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
                      uint32_t* handle, vc_err* err) noexcept nogil
 cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil
-# A hint: load a cached page's bytes into the CPU cache (no pin, no read from disk).
-cdef void vc_page_prefetch(vc_pager* p, uint32_t page_id) noexcept nogil
+# For prefetch hints only: where a cached page's bytes are, NULL if it is not cached (no
+# pin, no read from disk; the frame may change at any time).  Prefetches its first line.
+cdef const unsigned char* vc_page_peek(vc_pager* p, uint32_t page_id) noexcept nogil
 # Another pin on a page the caller holds pinned (one more vc_page_release is then owed).
 cdef void vc_page_repin(vc_pager* p, uint32_t handle) noexcept nogil
 

@@ -516,14 +516,14 @@ cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil:
     vc_frame_unpin(&p.frames[handle].state)
 
 
-cdef void vc_page_prefetch(vc_pager* p, uint32_t page_id) noexcept nogil:
-    """Start loading a cached page's bytes into the CPU cache; nothing if it is not cached.
-    No pin: a frame that changes meanwhile only makes the hint useless (prefetches never
-    fault, and frame memory stays mapped)."""
-    cdef uint32_t i, f, probes = 0, off
+cdef const unsigned char* vc_page_peek(vc_pager* p, uint32_t page_id) noexcept nogil:
+    """Where a cached page's bytes are, for prefetch hints only (NULL if not cached), and
+    a prefetch of its first line.  No pin: a frame that changes meanwhile only makes the
+    hint useless (prefetches never fault, and frame memory stays mapped)."""
+    cdef uint32_t i, f, probes = 0
     cdef const unsigned char* base = NULL
     if page_id < 2 or page_id >= p.page_count:
-        return
+        return NULL
     if p.fd < 0:
         base = mem_page(p, page_id)
     else:
@@ -531,18 +531,15 @@ cdef void vc_page_prefetch(vc_pager* p, uint32_t page_id) noexcept nogil:
         while probes < 8:
             f = vc_load_u32_acquire(&p.slots[i])
             if f == 0:
-                return
+                return NULL
             if <uint32_t>(vc_frame_load(&p.frames[f - 1].state) >> 32) == page_id:
                 base = p.frame_mem + <size_t>(f - 1) * VC_PAGE_SIZE
                 break
             i = (i + 1) & p.slot_mask
             probes += 1
-    if base == NULL:
-        return
-    off = 0
-    while off < VC_PAGE_SIZE:
-        vc_prefetch(base + off)
-        off += 64
+    if base != NULL:
+        vc_prefetch(base)
+    return base
 
 
 cdef void vc_page_repin(vc_pager* p, uint32_t handle) noexcept nogil:
