@@ -40,9 +40,6 @@ cdef struct vc_arena:
     vc_arena_chunk* head    # chunk being filled (atomic); freed all at once
     size_t bytes            # total bytes obtained from malloc
     pthread_mutex_t lock    # taken only to add a chunk (shared memtables)
-    bint huge               # chunks of 2 MiB, 2 MiB aligned, backed by huge pages where
-                            # the kernel allows (shared memtables: fewer page faults as
-                            # they fill, fewer TLB misses in their searches)
 
 cdef struct vc_version:
     uint64_t commit_ts      # VC_TS_PENDING until its txn commits, then the commit ts;

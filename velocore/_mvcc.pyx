@@ -61,10 +61,6 @@ cdef extern from "<sys/file.h>" nogil:
         LOCK_NB
         LOCK_UN
 
-cdef extern from "<sys/mman.h>" nogil:
-    int madvise(void* addr, size_t length, int advice)
-    enum: MADV_HUGEPAGE
-
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
     struct timespec:
@@ -85,7 +81,6 @@ cdef enum:
     TXN_GET_TREE = 2        # txn_get_mem: not decided by the memtables
     LOG_CHUNK = 1 << 20     # a commit's log record is encoded and written in pieces this big
     ARENA_CHUNK = 1 << 20
-    HUGE_CHUNK = 2 << 20        # a huge page
     ARENA_BIG = 1 << 18
     GC_EVERY = 64           # commits between GC rounds (recomputing the horizon)
 
@@ -95,15 +90,8 @@ cdef enum:
 cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept nogil:
     """A chunk for n bytes (caller holds a.lock for shared arenas); returns n bytes of it."""
     cdef size_t size = n if n > ARENA_BIG else ARENA_CHUNK
-    cdef vc_arena_chunk* c = NULL
+    cdef vc_arena_chunk* c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
     cdef vc_arena_chunk* head
-    if a.huge and n <= ARENA_BIG:
-        size = HUGE_CHUNK - sizeof(vc_arena_chunk)
-        if posix_memalign(<void**>&c, HUGE_CHUNK, HUGE_CHUNK) != 0:
-            return NULL
-        madvise(c, HUGE_CHUNK, MADV_HUGEPAGE)    # a hint: ignored where unsupported
-    else:
-        c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
     if c == NULL:
         return NULL
     c.size = size
@@ -198,7 +186,6 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexc
             return NULL
     pthread_mutex_init(&m.arena.lock, NULL)
     pthread_mutex_init(&m.free_lock, NULL)
-    m.arena.huge = shared
     h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_node*))
     if h == NULL:
         pthread_mutex_destroy(&m.arena.lock)
