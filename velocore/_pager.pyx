@@ -9,10 +9,6 @@ from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, fstat
 from posix.stdlib cimport posix_memalign
 
-cdef extern from "<sys/mman.h>" nogil:
-    int madvise(void* addr, size_t length, int advice)
-    enum: MADV_HUGEPAGE
-
 from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin, vc_frame_repin,
                                vc_frame_mark_evicting, vc_load_u32_acquire, vc_store_u32_release,
                                vc_load_u8_relaxed, vc_store_u8_relaxed, vc_add_u64_relaxed,
@@ -28,7 +24,6 @@ cdef enum:
     MEM_CHUNK = 65536
     FREELIST_PER_PAGE = (VC_PAGE_SIZE - VC_HDR_SIZE) // 4
     MIN_FRAMES = 64
-    HUGE_PAGE = 2 << 20
 
 cdef const char* META_MAGIC = b"VELOCORE"
 
@@ -239,17 +234,13 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
     p.nframes = <uint32_t>(cache_bytes // (VC_PAGE_SIZE + sizeof(vc_hints)))
     if p.nframes < MIN_FRAMES:
         p.nframes = MIN_FRAMES
-    # page bytes and hint blocks on 2 MiB boundaries, advised for huge pages: random reads
-    # over a large cache then miss the TLB far less (memory is still touched lazily)
-    if posix_memalign(&mem, HUGE_PAGE, <size_t>p.nframes * VC_PAGE_SIZE) != 0:
+    if posix_memalign(&mem, VC_PAGE_SIZE, <size_t>p.nframes * VC_PAGE_SIZE) != 0:
         return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
-    madvise(mem, <size_t>p.nframes * VC_PAGE_SIZE, MADV_HUGEPAGE)
     p.frame_mem = <unsigned char*>mem
     mem = NULL
     # hint blocks: not cleared, a frame's block is written by every load into it
-    if posix_memalign(&mem, HUGE_PAGE, <size_t>p.nframes * sizeof(vc_hints)) != 0:
+    if posix_memalign(&mem, 64, <size_t>p.nframes * sizeof(vc_hints)) != 0:
         return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
-    madvise(mem, <size_t>p.nframes * sizeof(vc_hints), MADV_HUGEPAGE)
     p.hints = <vc_hints*>mem
     p.derive_hints = derive_hints
     mem = NULL
