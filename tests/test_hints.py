@@ -258,6 +258,20 @@ def key_strategy():
                      st.binary(min_size=1, max_size=2)).filter(lambda k: 1 <= len(k) <= 1024)
 
 
+def check_reads(s, table, model, ordered, probes, ranges, width):
+    """Every probe read by get and get_many, and the first `ranges` probes as the start
+    (and the stop, reversed) of a range of `width` keys, against the model."""
+    for p in probes:
+        assert s.get(table, p) == model.get(p), p
+    assert s.get_many(table, probes) == [model.get(p) for p in probes]
+    for p in probes[:ranges]:
+        i = bisect.bisect_left(ordered, p)
+        got = [k for k, _ in zip(s.range(table, p, keys_only=True), range(width))]
+        assert got == ordered[i:i + width], p
+        got = [k for k, _ in zip(s.range(table, stop=p, reverse=True, keys_only=True), range(width))]
+        assert got == ordered[max(0, i - width):i][::-1], p
+
+
 @given(st.lists(key_strategy(), min_size=1, max_size=400, unique=True),
        st.lists(key_strategy(), max_size=20), st.integers(0, 2 ** 32))
 def test_store_reads_match_model(tmp_path_factory, keys, absent, seed):
@@ -278,16 +292,8 @@ def test_store_reads_match_model(tmp_path_factory, keys, absent, seed):
             probes.update(neighbours(k))
         probes = sorted(p for p in probes if 1 <= len(p) <= 1024)
         with store.snapshot() as s:
-            for p in probes:
-                assert s.get(table, p) == model.get(p), p
-            assert s.get_many(table, probes) == [model.get(p) for p in probes]
+            check_reads(s, table, model, ordered, probes, ranges=40, width=3)
             assert s.get_many(table, ordered) == [model[k] for k in ordered]
-            for p in probes[:40]:
-                i = bisect.bisect_left(ordered, p)
-                got = [k for k, _ in zip(s.range(table, p, keys_only=True), range(3))]
-                assert got == ordered[i:i + 3], p
-                got = [k for k, _ in zip(s.range(table, stop=p, reverse=True, keys_only=True), range(3))]
-                assert got == ordered[max(0, i - 3):i][::-1], p
         assert list(table.range(keys_only=True)) == ordered
     finally:
         store.close()
@@ -310,15 +316,7 @@ def test_store_reads_with_eviction(tmp_path):
         probes = sorted(p for p in probes if len(p) <= 1024)
         rnd.shuffle(probes)
         with store.snapshot() as s:
-            for p in probes:
-                assert s.get(table, p) == model.get(p), p
-            assert s.get_many(table, probes) == [model.get(p) for p in probes]
-            for p in probes[:300]:
-                i = bisect.bisect_left(ordered, p)
-                got = [k for k, _ in zip(s.range(table, p, keys_only=True), range(2))]
-                assert got == ordered[i:i + 2], p
-                got = [k for k, _ in zip(s.range(table, stop=p, reverse=True, keys_only=True), range(2))]
-                assert got == ordered[max(0, i - 2):i][::-1], p
+            check_reads(s, table, model, ordered, probes, ranges=300, width=2)
         info = store.info()
         assert info["cache_misses"] > 3 * 64, info
     finally:
