@@ -2107,6 +2107,19 @@ cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t 
     return vc_cursor_seek_ge(&it.tree, lo, lolen, err)
 
 
+cdef inline int iter_accept(vc_iter* it, const unsigned char* k, uint32_t kl) noexcept nogil:
+    """k is the next key in the merge: VC_OK once recorded as the key returned, or
+    VC_NOTFOUND (the iterator is done) if it lies past the range's bound."""
+    if (not it.reverse and vc_key_cmp(k, kl, it.hi, it.hilen) >= 0) or \
+       (it.reverse and vc_key_cmp(k, kl, it.lo, it.lolen) < 0):
+        it.done = True
+        return VC_NOTFOUND
+    memcpy(it.cur, k, kl)
+    it.curlen = kl
+    it.key_ref = k
+    return VC_OK
+
+
 cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
     cdef int s, best, c
     cdef const unsigned char* bk
@@ -2126,14 +2139,7 @@ cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
             return VC_NOTFOUND
         if vc_cursor_entry(&it.tree, &k, &kl, &it.value, &it.vlen, err) < 0:
             return -1
-        if (not it.reverse and vc_key_cmp(k, kl, it.hi, it.hilen) >= 0) or \
-           (it.reverse and vc_key_cmp(k, kl, it.lo, it.lolen) < 0):
-            it.done = True
-            return VC_NOTFOUND
-        memcpy(it.cur, k, kl)
-        it.curlen = kl
-        it.key_ref = k
-        return VC_OK
+        return iter_accept(it, k, kl)
     while True:
         # step every source off the key returned last
         if it.started:
@@ -2183,13 +2189,8 @@ cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil:
         if best < 0:
             it.done = True
             return VC_NOTFOUND
-        if (not it.reverse and vc_key_cmp(bk, bkl, it.hi, it.hilen) >= 0) or \
-           (it.reverse and vc_key_cmp(bk, bkl, it.lo, it.lolen) < 0):
-            it.done = True
+        if iter_accept(it, bk, bkl) == VC_NOTFOUND:
             return VC_NOTFOUND
-        memcpy(it.cur, bk, bkl)
-        it.curlen = bkl
-        it.key_ref = bk
         it.from_tree = best == 3
         if best == 3:
             if vc_cursor_value(&it.tree, &it.value, &it.vlen, err) < 0:
