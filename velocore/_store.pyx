@@ -27,6 +27,16 @@ from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_s
 cdef extern from "Python.h":
     # the raw item pointer (NULL in a list fresh from PyList_New)
     void* PyList_GET_ITEM_PTR "PyList_GET_ITEM" (object lst, Py_ssize_t i)
+    void* PyTuple_GET_ITEM_PTR "PyTuple_GET_ITEM" (void* tup, Py_ssize_t i)
+    bint PyTuple_CheckExact_PTR "PyTuple_CheckExact" (void* o)
+    Py_ssize_t Py_SIZE_PTR "Py_SIZE" (void* o)
+
+
+cdef inline void prefetch_object(const void* o) noexcept:
+    """Start loading an object's header and the start of its data (an object may straddle
+    a cache line boundary)."""
+    vc_prefetch(o)
+    vc_prefetch(<const char*>o + 48)
 
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
@@ -239,6 +249,9 @@ cdef int keyarray_fill(keyarray* ka, uint32_t tid, list keys) except -1:
     keyarray_init(ka, n)
     put_tid(tidb, tid)
     for i in range(n):
+        if i + 8 < n:
+            # the key objects lie strewn over the heap: start loading one a few steps ahead
+            prefetch_object(PyList_GET_ITEM_PTR(keys, i + 8))
         key = keys[i]
         if not keyarray_push_fast(ka, tidb, key):
             keyarray_push(ka, tid, key)
@@ -1153,6 +1166,7 @@ cdef class Txn:
         cdef uint32_t glens[VC_GROUP]
         cdef Py_ssize_t g, gi
         cdef int ngroup
+        cdef void* ahead
         if columns:
             raise TypeError(f"unexpected keyword arguments {sorted(columns)}; column arrays need a typed table")
         self.check_write()
@@ -1175,6 +1189,15 @@ cdef class Txn:
             keyarray_init(&ka, n)
             put_tid(tidb, tid)
             for i in range(n):
+                # the pairs and their items lie strewn over the heap: load the pair 16 steps
+                # ahead, and the items of the pair 8 steps ahead (its pointers are in by then)
+                if i + 16 < n:
+                    prefetch_object(PyList_GET_ITEM_PTR(pairs, i + 16))
+                if i + 8 < n:
+                    ahead = PyList_GET_ITEM_PTR(pairs, i + 8)
+                    if PyTuple_CheckExact_PTR(ahead) and Py_SIZE_PTR(ahead) == 2:
+                        prefetch_object(PyTuple_GET_ITEM_PTR(ahead, 0))
+                        vc_prefetch(PyTuple_GET_ITEM_PTR(ahead, 1))
                 pair = pairs[i]
                 held = PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2
                 if held:
