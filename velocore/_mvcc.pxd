@@ -270,10 +270,6 @@ cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t 
 # VC_OK: it.cur / it.value hold the next entry; VC_NOTFOUND: exhausted.
 cdef int vc_iter_next(vc_iter* it, vc_err* err) noexcept nogil
 cdef void vc_iter_close(vc_iter* it) noexcept nogil
-# Append up to max_entries entries (fewer once out passes max_bytes) to out, each as
-# uint32 klen | uint32 vlen | key | value; *count gets how many (0: the range is exhausted).
-cdef int vc_iter_fill(vc_iter* it, vc_buf* out, size_t max_entries, size_t max_bytes,
-                      bint keys_only, size_t* count, vc_err* err) noexcept nogil
 # Up to max_entries entries as references (no copy of keys or values): the leaves they lie
 # in stay pinned until the next fill, vc_iter_unpin or close.  Overflow values are copied to
 # spill, and so are whole entries of leaves it cannot pin (the store's iterator pins at their

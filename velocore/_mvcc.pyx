@@ -2301,31 +2301,3 @@ cdef int vc_iter_fill_refs(vc_iter* it, vc_iref* out, size_t max_entries, vc_buf
         if it.npins > VC_ITER_PINS:
             break
     return 0
-
-
-cdef int vc_iter_fill(vc_iter* it, vc_buf* out, size_t max_entries, size_t max_bytes,
-                      bint keys_only, size_t* count, vc_err* err) noexcept nogil:
-    cdef int rc
-    cdef uint32_t klen, vlen
-    cdef size_t need
-    count[0] = 0
-    out.len = 0
-    while count[0] < max_entries and out.len < max_bytes:
-        rc = vc_iter_next(it, err)
-        if rc < 0:
-            return -1
-        if rc == VC_NOTFOUND:
-            break
-        klen = it.curlen
-        vlen = 0 if keys_only else <uint32_t>it.vlen
-        need = out.len + 8 + klen + vlen
-        if vc_buf_reserve(out, need) < 0:
-            return vc_fail(err, VC_E_NOMEM, "out of memory reading a range")
-        memcpy(out.data + out.len, &klen, 4)
-        memcpy(out.data + out.len + 4, &vlen, 4)
-        memcpy(out.data + out.len + 8, it.cur, klen)
-        if vlen:
-            memcpy(out.data + out.len + 8 + klen, it.value, vlen)
-        out.len = need
-        count[0] += 1
-    return 0
