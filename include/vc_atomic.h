@@ -100,4 +100,34 @@ static inline void vc_store_u32_release(uint32_t *p, uint32_t v) { __atomic_stor
 static inline uint8_t vc_load_u8_relaxed(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void vc_store_u8_relaxed(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
+/* Sleeping until a 32-bit word changes, without a mutex to take back on waking (group
+ * commit: the commits a flush covered wake and return at once instead of queueing on the
+ * log's lock).  The waker stores the new value (RELEASE, after the state it announces)
+ * and then wakes every sleeper; a sleeper returns when the word differs from `seen`, or
+ * spuriously, so it re-checks its own condition.  Linux: a private futex.  Elsewhere: a
+ * yield loop. */
+#if defined(__linux__)
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline void vc_wait_u32(uint32_t *p, uint32_t seen)
+{
+    if (__atomic_load_n(p, __ATOMIC_ACQUIRE) == seen)
+        syscall(SYS_futex, p, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+}
+static inline void vc_wake_all_u32(uint32_t *p)
+{
+    syscall(SYS_futex, p, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+#else
+#include <sched.h>
+static inline void vc_wait_u32(uint32_t *p, uint32_t seen)
+{
+    while (__atomic_load_n(p, __ATOMIC_ACQUIRE) == seen)
+        sched_yield();
+}
+static inline void vc_wake_all_u32(uint32_t *p) { (void)p; }
+#endif
+
 #endif

@@ -379,3 +379,57 @@ def test_group_commit_shares_flushes(tmp_path):
         t.put(off_table, b"k", b"v")
     assert off.info()["log_flushes"] == 0
     off.close()
+
+
+def test_group_commit_publishes_in_order(tmp_path):
+    """Durable commits from several threads share flushes, and each one is visible when
+    commit() returns: the thread's next snapshot sees it, and a snapshot taken at any
+    moment sees every thread's commits as a prefix (commit j without commit j-1 of the
+    same thread would mean visible_ts skipped one)."""
+    n_threads, per = 4, 300
+    stop = threading.Event()
+    errors = []
+    with velocore.open(str(tmp_path / "gc.vc"), sync="full") as s:
+        tbl = s.table("t")
+        before = s.info()
+
+        def writer(t):
+            try:
+                for j in range(per):
+                    with s.txn() as tx:
+                        tx.put(tbl, b"%d:%05d" % (t, j), b"%d" % j)
+                    with s.snapshot() as snap:
+                        got = snap.get(tbl, b"%d:%05d" % (t, j))
+                        assert got == b"%d" % j, (t, j, got)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        def watcher():
+            try:
+                while not stop.is_set():
+                    with s.snapshot() as snap:
+                        seen = [k for k, _ in snap.range(tbl)]
+                    for t in range(n_threads):
+                        mine = [k for k in seen if k.startswith(b"%d:" % t)]
+                        assert mine == [b"%d:%05d" % (t, j) for j in range(len(mine))], (t, mine[-3:])
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        w = threading.Thread(target=watcher)
+        ths = [threading.Thread(target=writer, args=(t,)) for t in range(n_threads)]
+        w.start()
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        stop.set()
+        w.join()
+        assert not errors, errors
+        after = s.info()
+        commits = after["commits"] - before["commits"]
+        flushes = after["log_flushes"] - before["log_flushes"]
+        assert commits == n_threads * per
+        assert len(tbl) == n_threads * per
+        # the threads really committed together: flushes carried several commits
+        assert flushes < commits * 0.8, (commits, flushes)
+        assert after["visible_ts"] == after["last_commit_ts"]

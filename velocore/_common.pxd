@@ -38,6 +38,8 @@ cdef extern from "vc_crc32c.h" nogil:
     int vc_crc32c_hw()
 
 cdef extern from "vc_atomic.h" nogil:
+    void vc_wait_u32(uint32_t* p, uint32_t seen)
+    void vc_wake_all_u32(uint32_t* p)
     void* vc_load_ptr(void* const* p)
     void vc_store_ptr(void** p, void* v)
     uint64_t vc_load_u64(const uint64_t* p)

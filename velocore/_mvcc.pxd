@@ -153,6 +153,13 @@ cdef struct vc_txn:
     vc_buf scratch          # last value read from the tree
     vc_buf payload          # log record being built at commit
 
+cdef enum:
+    VC_PUB_RING = 4096      # commits that may wait at once to become visible (a power of 2)
+
+cdef struct vc_pub:         # commit `ts` is stamped (and copied forward) and may become
+    uint64_t ts             # visible once its log record up to `lsn` is durable (0: at once)
+    uint64_t lsn
+
 cdef struct vc_db:
     vc_pager* pager
     uint64_t iter_pins      # leaves pinned by iterator blocks (atomic); kept under a quarter
@@ -166,8 +173,10 @@ cdef struct vc_db:
     uint64_t last_ts        # last commit_ts handed out (commit_lock)
     uint64_t visible_ts     # newest commit a new snapshot sees; advances in commit order
     uint64_t next_txn_id    # atomic counter of transaction ids
-    pthread_mutex_t vis_lock    # ordered advance of visible_ts
-    pthread_cond_t vis_cond
+    pthread_mutex_t vis_lock    # ordered advance of visible_ts, and the ring below
+    pthread_cond_t vis_cond     # broadcast when visible_ts advances and vis_waiters > 0
+    vc_pub* pub_ring        # VC_PUB_RING commits waiting to become visible, by timestamp
+    uint32_t vis_waiters    # threads waiting on vis_cond
     vc_view view            # current view: written under reg_lock inside view_seq
     uint64_t view_seq       # seqlock over view: odd while a publisher writes it
     vc_slot* slots          # VC_NSLOTS registration slots (64-byte aligned)

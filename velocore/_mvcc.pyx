@@ -42,7 +42,7 @@ from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_t
                               vc_cursor_entry, vc_cursor_prefetch,
                               VC_MAX_KEY)
 from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append_stream, vc_wal_sync_to,
-                            vc_wal_flush, vc_wal_rotate, vc_wal_remove_before, vc_wal_close,
+                            vc_wal_flush, vc_wal_durable_lsn, vc_wal_rotate, vc_wal_remove_before, vc_wal_close,
                             VC_SYNC_FULL, VC_SYNC_OFF)
 
 cdef extern from "<dirent.h>" nogil:
@@ -977,6 +977,9 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     pthread_rwlock_init(&db.mems_lock, NULL)
     pthread_mutex_init(&db.vis_lock, NULL)
     pthread_cond_init(&db.vis_cond, NULL)
+    db.pub_ring = <vc_pub*>calloc(VC_PUB_RING, sizeof(vc_pub))
+    if db.pub_ring == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
     db.view.active = mem_new(db.next_gen, True, bloom_bytes_for(db.checkpoint_bytes))
     if db.view.active == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
@@ -1005,6 +1008,9 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     if last_ts > db.last_ts:
         db.last_ts = last_ts
     db.visible_ts = db.last_ts
+    if db.wal != NULL:
+        db.wal.on_durable = on_log_durable
+        db.wal.on_durable_ctx = db
     if not readonly:
         if pthread_create(&db.ckpt_thread, NULL, checkpointer_main, db) != 0:
             return vc_fail(err, VC_E_NOMEM, "cannot start the checkpoint thread")
@@ -1087,6 +1093,7 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     pthread_cond_destroy(&db.ckpt_sig_cond)
     pthread_mutex_destroy(&db.vis_lock)
     pthread_cond_destroy(&db.vis_cond)
+    free(db.pub_ring)
     free(db)
 
 
@@ -1603,15 +1610,71 @@ cdef bint checks_conflict(vc_db* db, vc_txn* t) noexcept nogil:
     return False
 
 
-cdef void publish_in_order(vc_db* db, uint64_t ts) noexcept nogil:
-    """visible_ts = ts once every earlier commit is visible: a snapshot never sees commit N
-    without commit N-1."""
+# Publication in commit order.  visible_ts moves from N-1 to N only once commit N is
+# stamped and, under sync="full", its log record is durable, so a snapshot never sees
+# commit N+1 without commit N.  Commits leave their timestamp (and the log position that
+# must be durable first) in a ring, and whoever finds the next ones ready moves visible_ts
+# over all of them: the committer itself, any other committer, or the leader of the flush
+# that made them durable (on_log_durable, before it wakes them).  The commits of one
+# flush then find themselves visible when they wake, whatever order they run in, instead
+# of waking one another one by one.
+
+cdef inline uint64_t durable_now(vc_db* db) noexcept nogil:
+    if db.wal != NULL and db.sync_mode == VC_SYNC_FULL:
+        return vc_wal_durable_lsn(db.wal)
+    return <uint64_t>-1
+
+
+cdef void advance_visible(vc_db* db, uint64_t durable) noexcept nogil:
+    """vis_lock held: visible_ts moves over every next commit that is ready and durable."""
+    cdef uint64_t start = db.visible_ts
+    cdef uint64_t v = start
+    cdef vc_pub* e
+    while True:
+        e = &db.pub_ring[(v + 1) & (VC_PUB_RING - 1)]
+        if e.ts != v + 1 or e.lsn > durable:
+            break
+        v += 1
+    if v != start:
+        vc_store_u64(&db.visible_ts, v)     # RELEASE: after the stamps of every commit <= v
+        if db.vis_waiters:
+            pthread_cond_broadcast(&db.vis_cond)
+
+
+cdef void mark_ready(vc_db* db, uint64_t ts, uint64_t lsn) noexcept nogil:
+    """Commit ts may become visible once the log is durable up to lsn (0: at once)."""
+    cdef vc_pub* e
     pthread_mutex_lock(&db.vis_lock)
-    while vc_load_u64(&db.visible_ts) < ts - 1:
+    if db.visible_ts < ts:
+        # the ring's slot for ts is free once ts - VC_PUB_RING is visible
+        while ts - db.visible_ts > VC_PUB_RING:
+            db.vis_waiters += 1
+            pthread_cond_wait(&db.vis_cond, &db.vis_lock)
+            db.vis_waiters -= 1
+        e = &db.pub_ring[ts & (VC_PUB_RING - 1)]
+        e.ts = ts
+        e.lsn = lsn
+        advance_visible(db, durable_now(db))
+    pthread_mutex_unlock(&db.vis_lock)
+
+
+cdef void await_visible(vc_db* db, uint64_t ts) noexcept nogil:
+    """Return once commit ts is visible (every earlier one is then visible too)."""
+    if vc_load_u64(&db.visible_ts) >= ts:
+        return
+    pthread_mutex_lock(&db.vis_lock)
+    advance_visible(db, durable_now(db))
+    while db.visible_ts < ts:
+        db.vis_waiters += 1
         pthread_cond_wait(&db.vis_cond, &db.vis_lock)
-    if vc_load_u64(&db.visible_ts) < ts:
-        vc_store_u64(&db.visible_ts, ts)
-    pthread_cond_broadcast(&db.vis_cond)
+        db.vis_waiters -= 1
+    pthread_mutex_unlock(&db.vis_lock)
+
+
+cdef void on_log_durable(void* ctx, uint64_t lsn) noexcept nogil:
+    cdef vc_db* db = <vc_db*>ctx
+    pthread_mutex_lock(&db.vis_lock)
+    advance_visible(db, lsn)
     pthread_mutex_unlock(&db.vis_lock)
 
 
@@ -1753,11 +1816,15 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     if rc < 0:
         db_fail(db, err)
     if rc == 0 and db.wal != NULL and db.sync_mode == VC_SYNC_FULL:
+        mark_ready(db, ts, lsn)
         rc = vc_wal_sync_to(db.wal, lsn, err)
         if rc < 0:
             db_fail(db, err)
-    # even a failed commit must not hold back the visible timestamp of later ones
-    publish_in_order(db, ts)
+            mark_ready(db, ts, 0)
+    else:
+        # even a failed commit must not hold back the visible timestamp of later ones
+        mark_ready(db, ts, 0)
+    await_visible(db, ts)
     txn_unregister(t)
     if rc < 0:
         return -1
@@ -1837,10 +1904,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     pthread_mutex_unlock(&db.reg_lock)
     pthread_mutex_unlock(&db.commit_lock)
     # every commit up to C must be stamped before the merge reads the memtable
-    pthread_mutex_lock(&db.vis_lock)
-    while vc_load_u64(&db.visible_ts) < C:
-        pthread_cond_wait(&db.vis_cond, &db.vis_lock)
-    pthread_mutex_unlock(&db.vis_lock)
+    await_visible(db, C)
 
     # 2. the frozen memtable's newest versions, in key order (all are <= C)
     ops = <vc_op*>malloc((frozen.nkeys + 1) * sizeof(vc_op))

@@ -21,6 +21,10 @@ cdef enum:
 
 # Called once per valid record with commit_ts > after_ts, in log order, during open.
 # Return 0 to go on, -1 to stop the open with an error (the callback fills err).
+# Called by the leader of a successful flush, before it wakes the commits it covered:
+# everything up to lsn is durable.  Runs without the log's locks held.
+ctypedef void (*vc_durable_fn)(void* ctx, uint64_t lsn) noexcept nogil
+
 ctypedef int (*vc_replay_fn)(void* ctx, uint64_t commit_ts, const unsigned char* payload,
                              size_t payload_len, vc_err* err) noexcept nogil
 
@@ -59,7 +63,13 @@ cdef struct vc_wal:
     uint64_t synced_appends     # of those, covered by the last completed flush
     uint64_t last_group         # records the last commit flush covered
     uint64_t last_flush_ns      # how long that flush took
-    bint leader_waiting         # a leader waits for appends: append signals cond
+    bint leader_waiting         # a leader waits for appends on gather_cond: the append that
+                                # completes its group signals it (followers on cond sleep on)
+    pthread_cond_t gather_cond
+    uint32_t flush_gen          # bumped (w.lock, release store) when a flush ends, well or
+                                # not; committers waiting for a flush sleep on it (futex)
+    vc_durable_fn on_durable    # set once after open (NULL: none)
+    void* on_durable_ctx
     uint64_t commit_flushes     # flushes run by committing leaders (info(): group size)
 
 # Open <dir>/wal (create it when missing unless readonly), replay segments >= start_seg,
@@ -95,6 +105,9 @@ cdef int vc_wal_sync_to(vc_wal* w, uint64_t lsn, vc_err* err) noexcept nogil
 
 # Flush everything written so far, whatever the mode (used by close and checkpoint).
 cdef int vc_wal_flush(vc_wal* w, vc_err* err) noexcept nogil
+
+# durable_lsn, read without the lock (it only grows)
+cdef uint64_t vc_wal_durable_lsn(vc_wal* w) noexcept nogil
 
 # Start a new segment (flushing the old one unless VC_SYNC_OFF); *new_seg gets its number.
 # The old segment is first cut to its last record and flushed, and only then is the new

@@ -47,7 +47,8 @@ from posix.time cimport timespec, clock_gettime, CLOCK_REALTIME
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, VC_OK, VC_FAIL, VC_E_NONE,
                                VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_INVALID,
-                               VC_E_READONLY)
+                               VC_E_READONLY, vc_load_u64, vc_store_u64, vc_wait_u32,
+                               vc_wake_all_u32, vc_store_u32_release)
 
 cdef extern from "vc_crc32c.h" nogil:
     uint32_t vc_crc32c(uint32_t crc, const void* buf, size_t len)
@@ -68,6 +69,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_wait(pthread_cond_t* c, pthread_mutex_t* m)
     int pthread_cond_timedwait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* t)
     int pthread_cond_broadcast(pthread_cond_t* c)
+    int pthread_cond_signal(pthread_cond_t* c)
     int pthread_create(pthread_t* t, const pthread_attr_t* a,
                        void* (*start)(void*) noexcept nogil, void* arg)
     int pthread_join(pthread_t t, void** ret)
@@ -699,8 +701,16 @@ cdef void gather_group(vc_wal* w) noexcept nogil:
             break
         ts.tv_sec = <long>(deadline // 1000000000)
         ts.tv_nsec = <long>(deadline % 1000000000)
-        pthread_cond_timedwait(&w.cond, &w.lock, &ts)
+        pthread_cond_timedwait(&w.gather_cond, &w.lock, &ts)
     w.leader_waiting = False
+
+
+cdef inline void end_syncing(vc_wal* w) noexcept nogil:
+    """With w.lock held: the flush (or rotate) that held the syncing role is over, and its
+    result is in place; commits sleeping on flush_gen wake and look again."""
+    w.syncing = False
+    vc_store_u32_release(&w.flush_gen, w.flush_gen + 1)
+    vc_wake_all_u32(&w.flush_gen)
 
 
 cdef int flush_locked(vc_wal* w, uint64_t lsn, vc_err* err, bint commit=False) noexcept nogil:
@@ -754,15 +764,20 @@ cdef int flush_locked(vc_wal* w, uint64_t lsn, vc_err* err, bint commit=False) n
         if rc == 0 and need_dir and w.dir_fd >= 0:
             rc = fsync_fd(w.dir_fd)
             e = errno
+        if rc == 0 and w.on_durable != NULL:
+            # before the waiters wake: they find their commits visible and need not wait
+            # for one another (see publish in _mvcc.pyx)
+            w.on_durable(w.on_durable_ctx, target)
         pthread_mutex_lock(&w.lock)
-        w.syncing = False
         if rc != 0:
             w.failed = e if e != 0 else EIO
+            end_syncing(w)
             pthread_cond_broadcast(&w.cond)
             return vc_fail_errno(err, VC_E_IO, w.failed, "%s/%08llu.log: fdatasync", w.path,
                                  <unsigned long long>old_to)
         if target > w.durable_lsn:
-            w.durable_lsn = target
+            vc_store_u64(&w.durable_lsn, target)
+        end_syncing(w)           # after durable_lsn: the commits it wakes return at once
         if commit:
             w.last_group = covered - w.synced_appends
             w.last_flush_ns = now_ns() - t0
@@ -859,7 +874,7 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
     w.sync_mode = sync_mode
     w.readonly = readonly
     if (pthread_mutex_init(&w.lock, NULL) != 0 or pthread_mutex_init(&w.append_lock, NULL) != 0
-            or pthread_cond_init(&w.cond, NULL) != 0):
+            or pthread_cond_init(&w.cond, NULL) != 0 or pthread_cond_init(&w.gather_cond, NULL) != 0):
         free(w)   # init of these cannot fail on Linux with default attributes
         return vc_fail(err, VC_E_NOMEM, "cannot initialise log locks")
     n = snprintf(w.path, sizeof(w.path), "%s/wal", store_dir)
@@ -1059,8 +1074,8 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
     w.total_bytes += rec_size
     w.written_lsn += rec_size
     w.appends += 1
-    if w.leader_waiting:
-        pthread_cond_broadcast(&w.cond)
+    if w.leader_waiting and w.appends - w.synced_appends >= w.last_group:
+        pthread_cond_signal(&w.gather_cond)      # the leader alone waits on it
     if lsn != NULL:
         lsn[0] = w.written_lsn
     pthread_mutex_unlock(&w.lock)
@@ -1070,17 +1085,40 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
 
 cdef int vc_wal_sync_to(vc_wal* w, uint64_t lsn, vc_err* err) noexcept nogil:
     cdef int rc = VC_OK
+    cdef uint32_t gen
     if w == NULL:
         return vc_fail(err, VC_E_INVALID, "log is closed")
     if w.readonly:
         return VC_OK
-    pthread_mutex_lock(&w.lock)
-    if w.failed:
-        rc = fail_sticky(w, w.failed, err)
-    elif w.sync_mode == VC_SYNC_FULL:
-        rc = flush_locked(w, lsn, err, True)
-    pthread_mutex_unlock(&w.lock)
-    return rc
+    if w.sync_mode != VC_SYNC_FULL:
+        pthread_mutex_lock(&w.lock)
+        if w.failed:
+            rc = fail_sticky(w, w.failed, err)
+        pthread_mutex_unlock(&w.lock)
+        return rc
+    while True:
+        # under sync full every flush covers the whole log, the directory included, so
+        # durable_lsn alone says whether this commit is durable
+        if vc_load_u64(&w.durable_lsn) >= lsn:
+            return VC_OK
+        pthread_mutex_lock(&w.lock)
+        if w.failed:
+            rc = fail_sticky(w, w.failed, err)
+            pthread_mutex_unlock(&w.lock)
+            return rc
+        if not w.syncing:
+            rc = flush_locked(w, lsn, err, True)     # this commit leads the next flush
+            pthread_mutex_unlock(&w.lock)
+            return rc
+        # a flush is under way: sleep until it ends, without the lock, and look again
+        gen = w.flush_gen
+        pthread_mutex_unlock(&w.lock)
+        vc_wait_u32(&w.flush_gen, gen)
+
+
+cdef uint64_t vc_wal_durable_lsn(vc_wal* w) noexcept nogil:
+    # ACQUIRE pairs with the release stores under w.lock; a stale value is only smaller
+    return vc_load_u64(&w.durable_lsn)
 
 
 cdef int vc_wal_flush(vc_wal* w, vc_err* err) noexcept nogil:
@@ -1138,7 +1176,7 @@ cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
         e = errno
     if rc != 0:
         pthread_mutex_lock(&w.lock)
-        w.syncing = False
+        end_syncing(w)
         w.failed = e if e != 0 else EIO
         pthread_cond_broadcast(&w.cond)
         pthread_mutex_unlock(&w.lock)
@@ -1148,9 +1186,9 @@ cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
     if create_segment(w, next_seg, &new_fd, err) != VC_OK:
         # the old segment stays the current one, flushed
         pthread_mutex_lock(&w.lock)
-        w.syncing = False
+        end_syncing(w)
         if w.sync_mode != VC_SYNC_OFF and target > w.durable_lsn:
-            w.durable_lsn = target
+            vc_store_u64(&w.durable_lsn, target)
         pthread_cond_broadcast(&w.cond)
         pthread_mutex_unlock(&w.lock)
         pthread_mutex_unlock(&w.append_lock)
@@ -1159,7 +1197,7 @@ cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
         rc = fsync_fd(w.dir_fd)
         e = errno
     pthread_mutex_lock(&w.lock)
-    w.syncing = False
+    end_syncing(w)
     if rc != 0:
         w.failed = e if e != 0 else EIO
         pthread_cond_broadcast(&w.cond)
@@ -1171,7 +1209,7 @@ cdef int vc_wal_rotate(vc_wal* w, uint64_t* new_seg, vc_err* err) noexcept nogil
         return vc_fail_errno(err, VC_E_IO, e, "%s: fsync", w.path)
     if w.sync_mode != VC_SYNC_OFF:
         if target > w.durable_lsn:
-            w.durable_lsn = target
+            vc_store_u64(&w.durable_lsn, target)
     else:
         if w.unsynced_seg == 0:
             w.unsynced_seg = w.seg_no
@@ -1254,6 +1292,7 @@ cdef int vc_wal_close(vc_wal* w, vc_err* err) noexcept nogil:
     close_fd(w.seg_fd)
     close_fd(w.dir_fd)
     pthread_cond_destroy(&w.cond)
+    pthread_cond_destroy(&w.gather_cond)
     pthread_mutex_destroy(&w.append_lock)
     pthread_mutex_destroy(&w.lock)
     free(w)
