@@ -12,6 +12,7 @@ from posix.stdlib cimport posix_memalign
 from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin, vc_frame_repin,
                                vc_frame_mark_evicting, vc_load_u32_acquire, vc_store_u32_release,
                                vc_load_u8_relaxed, vc_store_u8_relaxed, vc_add_u64_relaxed,
+                               vc_load_u64_relaxed, vc_store_u64_relaxed,
                                VC_FRAME_EVICTING)
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32vec, vc_prefetch,
                                vc_u32vec_push, vc_u32vec_free, VC_E_IO, VC_E_CORRUPT,
@@ -350,7 +351,9 @@ cdef inline int lookup_pin(vc_pager* p, uint32_t page_id) noexcept nogil:
             return -1
         fr = &p.frames[f - 1]
         if try_pin(fr, page_id):
-            vc_add_u64_relaxed(&fr.hits, 1)
+            # a statistic: a plain increment (two threads hitting the frame at once may
+            # count one hit), no locked instruction on the hit path
+            vc_store_u64_relaxed(&fr.hits, vc_load_u64_relaxed(&fr.hits) + 1)
             if not vc_load_u8_relaxed(&fr.referenced):
                 vc_store_u8_relaxed(&fr.referenced, 1)
             return <int>(f - 1)
