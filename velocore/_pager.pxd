@@ -20,7 +20,7 @@ cdef enum:
     VC_FRAME_LOADING = 0x40000000  # state bit, always with VC_FRAME_EVICTING: a miss is
                                    # reading the page named in the high half into the frame
     VC_FRAME_PINS = 0x3FFFFFFF     # pin count in the low half of the state word
-    VC_HINT_WORDS = 56             # vc_hints.words: with the frame's own fields, 256 bytes
+    VC_HINT_WORDS = 62             # vc_hints.words: the block is 256 bytes, 4 cache lines
     VC_HINT_MAX_PREFIX = 64        # a page whose keys share a longer prefix gets no hints
 
 cdef packed struct vc_page_hdr:
@@ -45,6 +45,16 @@ cdef packed struct vc_meta:
     uint32_t page_count      # pages in use by this checkpoint (file high-water mark)
     uint64_t free_count      # page ids listed in the freelist chain
 
+cdef struct vc_frame:       # one cache line each: hits on different frames share nothing
+    uint64_t state           # (page_id << 32) | pins; VC_FRAME_EVICTING while emptied or
+                             # refilled, plus VC_FRAME_LOADING (no pins) while the miss that
+                             # claimed it reads page_id without the cache lock
+    uint64_t hits            # lookups served by this frame (relaxed; summed by info())
+    uint32_t page_id         # page held or being loaded (mirror of state for the slot
+                             # table), changed under the cache lock
+    uint8_t referenced       # CLOCK bit, set on a hit when clear (relaxed)
+    uint8_t pad[43]
+
 cdef struct vc_hints:        # search hints of the page in one frame, derived from its bytes by
                              # the miss that loads it, before it is published (see _btree.pyx)
     uint16_t nheads          # heads in words[hoff:], 0 = no hints (not a leaf or branch,
@@ -56,19 +66,6 @@ cdef struct vc_hints:        # search hints of the page in one frame, derived fr
     uint32_t words[VC_HINT_WORDS]  # the prefix bytes, then the heads: per head, the
                              # key bytes [cp, cp + 4) as a big-endian number, zero-padded;
                              # non-decreasing in slot order
-
-cdef struct vc_frame:       # 256 bytes, 64-byte aligned: the state word, what a hit writes,
-                             # and the start of the hint block share the first cache line, so a
-                             # hit's pin and the search after it cost one miss, not two
-    uint64_t state           # (page_id << 32) | pins; VC_FRAME_EVICTING while emptied or
-                             # refilled, plus VC_FRAME_LOADING (no pins) while the miss that
-                             # claimed it reads page_id without the cache lock
-    uint64_t hits            # lookups served by this frame (relaxed; summed by info())
-    uint32_t page_id         # page held or being loaded (mirror of state for the slot
-                             # table), changed under the cache lock
-    uint8_t referenced       # CLOCK bit, set on a hit when clear (relaxed)
-    uint8_t pad[3]
-    vc_hints hints           # of the page held; written only while the frame is loading
 
 ctypedef void (*vc_hints_fn)(const unsigned char* page, vc_hints* hints) noexcept nogil
 
@@ -84,8 +81,9 @@ cdef struct vc_pager:
     # cache (file backend only)
     uint32_t nframes
     unsigned char* frame_mem # nframes * VC_PAGE_SIZE, page aligned
-    vc_frame* frames         # nframes, 64-byte aligned; frames[f].hints describe frame f's
-                             # page while it is pinned (written only while the frame is loading)
+    vc_frame* frames
+    vc_hints* hints          # nframes blocks, 64-byte aligned; hints[f] describes frame f's page
+                             # while it is pinned (written only while the frame is loading)
     vc_hints_fn derive_hints # fills a frame's hints from its page (NULL: none are built)
     uint32_t* slots          # open addressing: frame index + 1, 0 = empty; size slot_mask+1;
                              # maps valid and loading frames; changed under `lock`, read
@@ -130,7 +128,7 @@ cdef void vc_page_repin(vc_pager* p, uint32_t handle) noexcept nogil
 cdef inline const vc_hints* vc_page_hints(vc_pager* p, uint32_t handle) noexcept nogil:
     if handle == VC_NO_FRAME:
         return NULL
-    return &p.frames[handle].hints
+    return &p.hints[handle]
 
 # Read a page straight into buf, bypassing the cache (overflow chains, check).
 cdef int vc_page_read_into(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil

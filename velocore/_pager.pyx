@@ -231,16 +231,20 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
                            meta.hdr.page_id, meta.root, meta.height)
         p.freelist_head = meta.freelist_head
 
-    # page cache: each frame's page and its vc_frame (state and hint block, 256 bytes)
-    # come out of cache_bytes
-    p.nframes = <uint32_t>(cache_bytes // (VC_PAGE_SIZE + sizeof(vc_frame)))
+    # page cache: each frame's page and hint block come out of cache_bytes
+    p.nframes = <uint32_t>(cache_bytes // (VC_PAGE_SIZE + sizeof(vc_hints)))
     if p.nframes < MIN_FRAMES:
         p.nframes = MIN_FRAMES
     if posix_memalign(&mem, VC_PAGE_SIZE, <size_t>p.nframes * VC_PAGE_SIZE) != 0:
         return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
     p.frame_mem = <unsigned char*>mem
     mem = NULL
+    # hint blocks: not cleared, a frame's block is written by every load into it
+    if posix_memalign(&mem, 64, <size_t>p.nframes * sizeof(vc_hints)) != 0:
+        return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
+    p.hints = <vc_hints*>mem
     p.derive_hints = derive_hints
+    mem = NULL
     if posix_memalign(&mem, 64, p.nframes * sizeof(vc_frame)) != 0:
         mem = NULL
     p.frames = <vc_frame*>mem
@@ -275,6 +279,7 @@ cdef void vc_pager_close(vc_pager* p) noexcept nogil:
                 free(p.mem_dir[i])
         free(p.mem_dir)
     free(p.frame_mem)
+    free(p.hints)
     free(p.frames)
     free(p.slots)
     vc_u32vec_free(&p.free_now)
@@ -345,10 +350,6 @@ cdef inline int lookup_pin(vc_pager* p, uint32_t page_id) noexcept nogil:
         if f == 0:
             return -1
         fr = &p.frames[f - 1]
-        # the page's first lines (header and the first slot offsets, which a search reads
-        # next) load while the frame's state line does, instead of after it
-        vc_prefetch(p.frame_mem + <size_t>(f - 1) * VC_PAGE_SIZE)
-        vc_prefetch(p.frame_mem + <size_t>(f - 1) * VC_PAGE_SIZE + 64)
         if try_pin(fr, page_id):
             # a statistic: a plain increment (two threads hitting the frame at once may
             # count one hit), no locked instruction on the hit path
@@ -484,9 +485,9 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
         # still loading: no reader can see the frame, so the hints need no synchronization
         # beyond the release store that publishes the page
         if p.derive_hints != NULL:
-            p.derive_hints(buf, &fr.hints)
+            p.derive_hints(buf, &p.hints[f])
         else:
-            fr.hints.nheads = 0
+            p.hints[f].nheads = 0
     if rc < 0:
         # unmap and empty the frame; waiters see the state change and look again
         pthread_mutex_lock(&p.lock)
