@@ -35,6 +35,7 @@ cdef struct vc_arena_chunk:
     vc_arena_chunk* next    # older chunk
     size_t size             # usable bytes after the header
     size_t used
+    size_t mapped           # bytes mmap'ed (0: from malloc)
 
 cdef struct vc_arena:
     vc_arena_chunk* head    # chunk being filled (atomic); freed all at once

@@ -12,6 +12,8 @@ from posix.unistd cimport close
 from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, stat as c_stat
 from posix.stdlib cimport posix_memalign
+from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS,
+                         MAP_POPULATE, MAP_FAILED)
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
                                vc_crc32c, vc_prefetch, vc_add_u64_relaxed,
@@ -88,14 +90,33 @@ cdef enum:
 # ---------------------------------------------------------------- arena
 
 cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept nogil:
-    """A chunk for n bytes (caller holds a.lock for shared arenas); returns n bytes of it."""
+    """A chunk for n bytes (caller holds a.lock for shared arenas); returns n bytes of it.
+
+    A whole chunk after an arena's first is mapped with MAP_POPULATE: an arena that
+    outgrows one chunk (a shared memtable, a large transaction's write set) fills it, and
+    one system call then backs all its pages instead of a page fault for each 4 KiB as
+    the bump pointer reaches it.  The first chunk comes from malloc: most write sets
+    (small transactions) touch a few hundred bytes of it."""
     cdef size_t size = n if n > ARENA_BIG else ARENA_CHUNK
-    cdef vc_arena_chunk* c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
+    cdef size_t mapped = 0
+    cdef vc_arena_chunk* c = NULL
     cdef vc_arena_chunk* head
+    cdef void* m
+    if size == ARENA_CHUNK and vc_load_ptr(<void* const*>&a.head) != NULL:
+        mapped = (sizeof(vc_arena_chunk) + size + 4095) & ~(<size_t>4095)
+        m = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                 -1, 0)
+        if m != MAP_FAILED:
+            c = <vc_arena_chunk*>m
+        else:
+            mapped = 0
     if c == NULL:
-        return NULL
+        c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
+        if c == NULL:
+            return NULL
     c.size = size
     c.used = n
+    c.mapped = mapped
     a.bytes += sizeof(vc_arena_chunk) + size
     head = <vc_arena_chunk*>vc_load_ptr(<void* const*>&a.head)
     if make_current or head == NULL:
@@ -150,7 +171,10 @@ cdef void arena_free(vc_arena* a) noexcept nogil:
     cdef vc_arena_chunk* nx
     while c != NULL:
         nx = c.next
-        free(c)
+        if c.mapped:
+            munmap(c, c.mapped)
+        else:
+            free(c)
         c = nx
     a.head = NULL
     a.bytes = 0
