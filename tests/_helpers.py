@@ -109,6 +109,20 @@ def run_threads_for(threads, seconds, stop):
         th.join()
 
 
+def run_alongside(workers, background, stop, timeout=600):
+    """Start the background threads, then the workers; once every worker has ended, set
+    `stop` (the background threads loop until it is set) and join the background ones.
+    Fails if a thread is still running after `timeout` seconds."""
+    for th in background + workers:
+        th.start()
+    for th in workers:
+        th.join(timeout)
+    stop.set()
+    for th in background:
+        th.join(timeout)
+    assert not any(th.is_alive() for th in workers + background), "threads hung"
+
+
 def file_digest_tree(root):
     """{relative path: (size, sha256)} for every file under root."""
     out = {}

@@ -6,6 +6,7 @@ import random
 import pytest
 
 import velocore
+from _helpers import run_alongside
 
 
 def key_kinds(rnd, n):
@@ -240,15 +241,8 @@ def test_put_many_groups_with_concurrent_writers_and_checkpoints(tmp_path):
         while not stop.is_set():
             store.checkpoint()
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
-    cp = threading.Thread(target=checkpointer)
-    cp.start()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    stop.set()
-    cp.join()
+    run_alongside([threading.Thread(target=writer, args=(w,)) for w in range(3)],
+                  [threading.Thread(target=checkpointer)], stop)
     assert not errors
     with store.snapshot() as s:
         for model in models:

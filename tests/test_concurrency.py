@@ -6,7 +6,7 @@ import threading
 import pytest
 
 import velocore
-from _helpers import assert_no_signal, run_python
+from _helpers import assert_no_signal, run_alongside, run_python
 
 
 def val(i, gen, size=300):
@@ -166,15 +166,8 @@ def test_mixed_workload_threads(tmp_path):
     writers = [threading.Thread(target=writer, args=(w,)) for w in range(n_writers)]
     others = [threading.Thread(target=reader), threading.Thread(target=reader),
               threading.Thread(target=maintenance)]
-    for th in writers + others:
-        th.start()
-    for th in writers:
-        th.join(600)
-    stop.set()
-    for th in others:
-        th.join(120)
     try:
-        assert not any(th.is_alive() for th in writers + others), "threads hung"
+        run_alongside(writers, others, stop)
         assert errors == [], errors[:3]
         expected = {}
         for m in finals:
@@ -415,15 +408,8 @@ def test_group_commit_publishes_in_order(tmp_path):
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
 
-        w = threading.Thread(target=watcher)
-        ths = [threading.Thread(target=writer, args=(t,)) for t in range(n_threads)]
-        w.start()
-        for th in ths:
-            th.start()
-        for th in ths:
-            th.join()
-        stop.set()
-        w.join()
+        run_alongside([threading.Thread(target=writer, args=(t,)) for t in range(n_threads)],
+                      [threading.Thread(target=watcher)], stop)
         assert not errors, errors
         after = s.info()
         commits = after["commits"] - before["commits"]
