@@ -34,8 +34,11 @@ cdef uint32_t vc_page_crc(const unsigned char* page) noexcept nogil:
 
 
 cdef inline uint32_t slot_hash(uint32_t page_id) noexcept nogil:
-    # Fibonacci hashing spreads consecutive page ids over the table.
-    return <uint32_t>((<uint64_t>page_id * 0x9E3779B97F4A7C15ULL) >> 32)
+    # Groups of 16 consecutive page ids keep their order inside one cache line of the table
+    # (16 slots of 4 bytes), so a scan, whose next leaves mostly have the next page ids,
+    # finds their slots in a line it has already loaded; Fibonacci hashing spreads the
+    # groups over the table.
+    return (<uint32_t>(((<uint64_t>(page_id >> 4)) * 0x9E3779B97F4A7C15ULL) >> 32) << 4) | (page_id & 15)
 
 
 cdef int full_pread(int fd, unsigned char* buf, size_t n, uint64_t off) noexcept nogil:
