@@ -44,8 +44,8 @@ from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_t
                               vc_cursor_entry, vc_cursor_prefetch,
                               VC_MAX_KEY)
 from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append_stream, vc_wal_sync_to,
-                            vc_wal_flush, vc_wal_durable_lsn, vc_wal_rotate, vc_wal_remove_before, vc_wal_close,
-                            VC_SYNC_FULL, VC_SYNC_OFF)
+                            vc_wal_flush, vc_wal_durable_lsn, vc_wal_rotate, vc_wal_remove_before,
+                            vc_wal_close, VC_SYNC_FULL, VC_SYNC_OFF)
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR:
