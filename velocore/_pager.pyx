@@ -11,7 +11,7 @@ from posix.stdlib cimport posix_memalign
 
 from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin, vc_frame_repin,
                                vc_frame_mark_evicting, vc_load_u32_acquire, vc_store_u32_release,
-                               vc_load_u8_relaxed, vc_store_u8_relaxed, vc_add_u64_relaxed,
+                               vc_load_u8_relaxed, vc_store_u8_relaxed,
                                vc_load_u64_relaxed, vc_store_u64_relaxed,
                                VC_FRAME_EVICTING)
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32vec, vc_prefetch,
