@@ -290,3 +290,40 @@ def test_damaged_page_read_from_three_threads(tmp_path):
     assert res["good"] == ["no error"] * 3, res["good"]
     assert res["wrong"] == [], res["wrong"][:10]
     assert res["again"] == ["CorruptionError"] * 3, res["again"]
+
+
+# ---------------------------------------------------------------- pages a checkpoint wrote
+
+def test_checkpoint_leaves_written_pages_cached(tmp_path):
+    """The tree pages a checkpoint writes stay in the cache: reading every key right after
+    it loads nothing from the file.  Then a rewrite far bigger than a 256-frame cache:
+    the pages it keeps are correct ones, and reads that miss load the rest."""
+    n = 20_000
+    order = list(range(n))
+    random.Random(3).shuffle(order)
+    with velocore.open(str(tmp_path / "a"), sync="off", cache_mb=64) as s:
+        t = s.table("t")
+        for start in range(0, n, 1000):
+            with s.txn() as x:
+                x.put_many(t, [(key(i), value(i)) for i in order[start:start + 1000]])
+        s.checkpoint()
+        before = s.info()["cache_misses"]
+        with s.snapshot() as snap:
+            wrong = [i for i in order if snap.get(t, key(i)) != value(i)]
+        assert wrong == []
+        assert s.info()["cache_misses"] == before
+
+    with velocore.open(str(tmp_path / "b"), sync="off", cache_mb=1) as s:
+        t = s.table("t")
+        for gen in (1, 2):
+            with s.txn() as x:
+                x.put_many(t, [(key(i), value(i, gen)) for i in range(N_KEYS // 4)])
+            s.checkpoint()
+        before = s.info()["cache_misses"]
+        ids = list(range(N_KEYS // 4))
+        random.Random(4).shuffle(ids)
+        with s.snapshot() as snap:
+            wrong = [i for i in ids if snap.get(t, key(i)) != value(i, 2)]
+        assert wrong == []
+        assert s.info()["cache_misses"] - before > 1000
+        assert s.check()["ok"]

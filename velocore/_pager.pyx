@@ -403,12 +403,50 @@ cdef void wait_loaded(vc_frame* fr, uint32_t page_id) noexcept nogil:
         sched_yield()
 
 
+cdef uint32_t claim_frame(vc_pager* p, uint32_t page_id, uint32_t max_scan,
+                          uint8_t referenced) noexcept nogil:
+    """Take a frame for page_id (caller holds the cache lock; page_id is not mapped) and
+    map it as loading it: VC_NO_FRAME if none is free within max_scan steps of CLOCK.
+
+    CLOCK clears the reference bits it passes and claims the first unpinned frame whose
+    bit is clear, with a CAS from "unpinned" to "evicting", which no reader can pin.  The
+    frame is then mapped to page_id with VC_FRAME_LOADING: a later miss on the same page
+    finds it in the table and waits for it instead of reading the page into a second
+    frame, and hits and CLOCK leave it alone until its owner publishes it."""
+    cdef uint32_t f, scanned = 0
+    cdef vc_frame* fr
+    cdef uint64_t st
+    while True:
+        if scanned >= max_scan:
+            return VC_NO_FRAME
+        f = p.clock_hand
+        fr = &p.frames[f]
+        p.clock_hand += 1
+        if p.clock_hand == p.nframes:
+            p.clock_hand = 0
+        scanned += 1
+        st = vc_frame_load(&fr.state)
+        if <uint32_t>st != 0:
+            continue                                  # pinned, or being loaded
+        if fr.page_id != VC_NO_FRAME and vc_load_u8_relaxed(&fr.referenced):
+            vc_store_u8_relaxed(&fr.referenced, 0)
+            continue
+        if vc_frame_cas(&fr.state, st, (st & 0xFFFFFFFF00000000ULL) | VC_FRAME_EVICTING):
+            break
+    if fr.page_id != VC_NO_FRAME:
+        slot_remove(p, fr.page_id)
+    fr.page_id = page_id
+    vc_store_u8_relaxed(&fr.referenced, referenced)
+    vc_frame_store(&fr.state, ((<uint64_t>page_id) << 32) | VC_FRAME_EVICTING | VC_FRAME_LOADING)
+    slot_insert(p, page_id, f)
+    return f
+
+
 cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
                      uint32_t* handle, vc_err* err) noexcept nogil:
-    cdef uint32_t f, scanned
+    cdef uint32_t f
     cdef vc_frame* fr
     cdef unsigned char* buf
-    cdef uint64_t st
     cdef int n, hit, busy, rc, eno
     if page_id < 2 or page_id >= p.page_count:
         return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u outside the file (page count %u)",
@@ -443,37 +481,11 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
         pthread_mutex_unlock(&p.lock)
         wait_loaded(&p.frames[busy], page_id)
     p.misses += 1
-    # CLOCK: two sweeps at most, clearing reference bits on the first; a victim is claimed
-    # with a CAS from "unpinned" to "evicting", which no reader can pin
-    scanned = 0
-    while True:
-        if scanned >= 3 * p.nframes:
-            pthread_mutex_unlock(&p.lock)
-            return vc_fail(err, VC_E_NOMEM, "page cache exhausted: all %u frames are pinned", p.nframes)
-        f = p.clock_hand
-        fr = &p.frames[f]
-        p.clock_hand += 1
-        if p.clock_hand == p.nframes:
-            p.clock_hand = 0
-        scanned += 1
-        st = vc_frame_load(&fr.state)
-        if <uint32_t>st != 0:
-            continue                                  # pinned, or being loaded
-        if fr.page_id != VC_NO_FRAME and vc_load_u8_relaxed(&fr.referenced):
-            vc_store_u8_relaxed(&fr.referenced, 0)
-            continue
-        if vc_frame_cas(&fr.state, st, (st & 0xFFFFFFFF00000000ULL) | VC_FRAME_EVICTING):
-            break
-    if fr.page_id != VC_NO_FRAME:
-        slot_remove(p, fr.page_id)
-    # publish "loading page_id": a later miss on the same page finds this frame in the
-    # table and waits for it instead of reading the page into a second frame; hits and
-    # CLOCK leave it alone (the EVICTING and LOADING bits)
-    fr.page_id = page_id
-    vc_store_u8_relaxed(&fr.referenced, 1)
-    vc_frame_store(&fr.state, ((<uint64_t>page_id) << 32) | VC_FRAME_EVICTING | VC_FRAME_LOADING)
-    slot_insert(p, page_id, f)
+    f = claim_frame(p, page_id, 3 * p.nframes, 1)
     pthread_mutex_unlock(&p.lock)
+    if f == VC_NO_FRAME:
+        return vc_fail(err, VC_E_NOMEM, "page cache exhausted: all %u frames are pinned", p.nframes)
+    fr = &p.frames[f]
     # read and verify without the lock: only this thread touches the frame's bytes now
     buf = p.frame_mem + <size_t>f * VC_PAGE_SIZE
     n = full_pread(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE)
@@ -617,7 +629,38 @@ cdef int vc_page_write(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err
     slot_remove_frame(p, page_id)
     if full_pwrite(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE) < 0:
         return vc_fail_errno(err, VC_E_IO, errno, "%s: writing page %u", p.path, page_id)
+    if h.type == VC_PAGE_LEAF or h.type == VC_PAGE_BRANCH:
+        cache_install(p, page_id, buf)
     return 0
+
+
+cdef void cache_install(vc_pager* p, uint32_t page_id, const unsigned char* buf) noexcept nogil:
+    """Keep a tree page just written in the cache, as a miss would have loaded it, so the
+    first lookups after a checkpoint need not read back what it wrote.  Best effort: left
+    out when CLOCK finds no frame in one sweep.  Its reference bit starts clear, so unless
+    it is read it is among the first pages evicted (a checkpoint rewriting more than the
+    cache holds does not push out the pages readers use)."""
+    cdef uint32_t f
+    cdef vc_frame* fr
+    pthread_mutex_lock(&p.lock)
+    if slot_find(p, page_id) >= 0:
+        # the page was free, so no reader should have loaded it since slot_remove_frame;
+        # if one did, its image came from the file this call just wrote: keep that one
+        pthread_mutex_unlock(&p.lock)
+        return
+    f = claim_frame(p, page_id, p.nframes, 0)
+    pthread_mutex_unlock(&p.lock)
+    if f == VC_NO_FRAME:
+        return
+    fr = &p.frames[f]
+    # still loading: as in a miss, only this thread touches the frame until it publishes
+    memcpy(p.frame_mem + <size_t>f * VC_PAGE_SIZE, buf, VC_PAGE_SIZE)
+    if p.derive_hints != NULL:
+        p.derive_hints(p.frame_mem + <size_t>f * VC_PAGE_SIZE, &p.hints[f])
+    else:
+        p.hints[f].nheads = 0
+    # RELEASE after the bytes and hints: mapped and unpinned
+    vc_frame_store(&fr.state, (<uint64_t>page_id) << 32)
 
 
 cdef void slot_remove_frame(vc_pager* p, uint32_t page_id) noexcept nogil:
