@@ -134,12 +134,23 @@ cdef struct vc_slot:        # one cache line per live transaction
                             # (seq_cst: the GC horizon scan, and info())
     uint64_t pad[5]
 
+cdef struct vc_went:        # one write of a transaction while its writes ascend (vc_txn.wa)
+    const unsigned char* key    # the memtable node's key, or (VC_CHECK) a copy in ws's arena
+    vc_version* shared      # the pending version installed (its kind, value); NULL: VC_CHECK
+    vc_memtable* shared_mem # the memtable holding it
+    uint32_t klen
+    uint32_t kind
+
 cdef struct vc_txn:
     vc_db* db
     uint64_t id             # owner id stamped on its pending versions
     uint64_t snapshot_ts    # sees commits with commit_ts <= this
     vc_view view            # pinned at begin
     vc_memtable* ws         # private write set, NULL until the first write
+    vc_went* wa             # while wa_mode: the writes, in ascending key order, one per key
+    size_t wa_len           # (ws then holds no nodes, only VC_CHECK keys in its arena); the
+    size_t wa_cap           # first write out of order links them all into ws's skip list,
+    bint wa_mode            # and ws is used from then on
     uint64_t nwrites        # write-set nodes that are puts or deletes
     uint64_t nchecks        # write-set nodes that are VC_CHECK only
     uint64_t wgen           # bumped by every write (iterators holding a prefetched block re-seek)

@@ -1141,6 +1141,10 @@ cdef void txn_release(vc_txn* t) noexcept nogil:
     if t.ws != NULL:
         mem_free(t.ws)
         t.ws = NULL
+    free(t.wa)
+    t.wa = NULL
+    t.wa_len = t.wa_cap = 0
+    t.wa_mode = False
     vc_buf_free(&t.scratch)
     vc_buf_free(&t.payload)
     t.state = VC_TXN_ENDED
@@ -1292,18 +1296,76 @@ cdef void txn_unregister(vc_txn* t) noexcept nogil:
         gc_refresh(db)
 
 
+# A transaction's writes, one per key in key order, live in one of two forms: while they
+# ascend (a sorted load, a batch call, which sorts its keys), an array (t.wa) of the
+# pending versions they installed; from the first write out of order on, the write set's
+# skip list (t.ws), which the array is then linked into.  The loops over all of them go
+# through this cursor, which reads either.
+
+cdef struct vc_wcur:
+    vc_txn* t
+    size_t i                # next array entry (array form)
+    vc_node* w              # next write-set node (skip-list form)
+
+cdef struct vc_wref:        # one write, as the cursor reads it
+    const unsigned char* key
+    uint32_t klen
+    int kind
+    const unsigned char* value
+    uint32_t vlen
+    vc_version* shared      # the pending version installed, NULL for VC_CHECK
+    vc_memtable* shared_mem
+
+
+cdef inline void wcur_init(vc_wcur* c, vc_txn* t) noexcept nogil:
+    c.t = t
+    c.i = 0
+    c.w = NULL if t.ws == NULL or t.wa_mode else sl_next(t.ws.head, 0)
+
+
+cdef inline bint wcur_next(vc_wcur* c, vc_wref* r) noexcept nogil:
+    """The transaction's next write into r; False after the last."""
+    cdef vc_went* e
+    cdef vc_version* v
+    if c.t.wa_mode:
+        if c.i >= c.t.wa_len:
+            return False
+        e = &c.t.wa[c.i]
+        c.i += 1
+        r.key = e.key
+        r.klen = e.klen
+        r.kind = <int>e.kind
+        r.shared = e.shared
+        r.shared_mem = e.shared_mem
+        if e.shared != NULL:
+            r.value = e.shared.value
+            r.vlen = e.shared.vlen
+        else:
+            r.value = NULL
+            r.vlen = 0
+        return True
+    if c.w == NULL:
+        return False
+    v = c.w.versions
+    r.key = c.w.key
+    r.klen = c.w.klen
+    r.kind = v.kind
+    r.value = v.value
+    r.vlen = v.vlen
+    r.shared = v.shared
+    r.shared_mem = v.shared_mem
+    c.w = sl_next(c.w, 0)
+    return True
+
+
 cdef void mark_shared(vc_txn* t, uint64_t ts) noexcept nogil:
     """Stamp (or, with VC_TS_ABORTED, withdraw) every version this txn installed."""
-    cdef vc_node* w
-    cdef vc_version* v
-    if t.ws == NULL:
-        return
-    w = sl_next(t.ws.head, 0)
-    while w != NULL:
-        v = w.versions
-        if v.shared != NULL:
-            vc_store_u64(&v.shared.commit_ts, ts)
-        w = sl_next(w, 0)
+    cdef vc_wcur c
+    cdef vc_wref r
+    wcur_init(&c, t)
+    while wcur_next(&c, &r):
+        if r.shared != NULL:
+            vc_store_u64(&r.shared.commit_ts, ts)
 
 
 cdef void vc_txn_abort(vc_txn* t) noexcept nogil:
@@ -1318,6 +1380,22 @@ cdef void vc_txn_free(vc_txn* t) noexcept nogil:
         free(t)
 
 
+cdef vc_went* wa_find(vc_txn* t, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """The array-form write of key, NULL if none (a binary search: the array ascends)."""
+    cdef size_t lo = 0, hi = t.wa_len, mid
+    cdef int c
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        c = vc_key_cmp(t.wa[mid].key, t.wa[mid].klen, key, klen)
+        if c == 0:
+            return &t.wa[mid]
+        if c < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return NULL
+
+
 cdef int txn_get_mem(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char** value,
                      size_t* vlen) noexcept nogil:
     """The write set and memtables part of a read: VC_OK / VC_NOTFOUND when they decide,
@@ -1325,8 +1403,17 @@ cdef int txn_get_mem(vc_txn* t, const unsigned char* key, uint32_t klen, const u
     cdef vc_node* n
     cdef vc_version* v
     cdef vc_memtable* m
+    cdef vc_went* e
     cdef int i
-    if t.ws != NULL:
+    if t.wa_mode:
+        e = wa_find(t, key, klen)
+        if e != NULL and e.kind != VC_CHECK:
+            if e.kind == VC_DEL:
+                return VC_NOTFOUND
+            value[0] = e.shared.value
+            vlen[0] = e.shared.vlen
+            return VC_OK
+    elif t.ws != NULL:
         n = sl_find_eq(t.ws, key, klen)
         if n != NULL and n.versions.kind != VC_CHECK:
             if n.versions.kind == VC_DEL:
@@ -1432,7 +1519,7 @@ cdef vc_memtable* enter_active(vc_db* db) noexcept nogil:
 
 cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int kind,
                          const unsigned char* value, uint32_t vlen, vc_version** out_v,
-                         vc_memtable** out_m, vc_err* err) noexcept nogil:
+                         vc_memtable** out_m, vc_node** out_n, vc_err* err) noexcept nogil:
     """Put a pending version of key at the head of its chain in the active memtable, or
     report the write-write conflict at once."""
     cdef vc_db* db = t.db
@@ -1471,6 +1558,7 @@ cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int
     vc_add_int_sc(&m.inflight, -1)
     out_v[0] = v
     out_m[0] = m
+    out_n[0] = n
     return 0
 
 
@@ -1541,6 +1629,131 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
     return n
 
 
+cdef vc_version* ws_version(vc_txn* t, int kind, const unsigned char* value, uint32_t vlen,
+                            vc_version* sv) noexcept nogil:
+    """A write's version in the write set's skip list, `shared` left for the caller."""
+    cdef vc_version* wv
+    if sv != NULL and kind == VC_PUT:
+        # one copy of the value: the pending version's, which lives as long as this txn
+        # (its memtable is freed only after every transaction that could read it ended)
+        wv = new_version(t.ws, 0, t.id, VC_DEL, NULL, 0)
+        if wv != NULL:
+            wv.kind = VC_PUT
+            wv.value = sv.value
+            wv.vlen = sv.vlen
+    else:
+        wv = new_version(t.ws, 0, t.id, kind, value, vlen)
+    return wv
+
+
+cdef void ws_list_clear(vc_memtable* m) noexcept nogil:
+    """Empty a private skip list (its nodes stay in the arena until it is freed)."""
+    memset(m.head.next, 0, VC_SL_MAX * sizeof(vc_node*))
+    m.height = 1
+    m.nkeys = 0
+
+
+cdef int wa_link_all(vc_txn* t, vc_err* err) noexcept nogil:
+    """Leave the array form: link every write into the write set's skip list.  If memory
+    runs out half way, the list is emptied again and the array stays in force."""
+    cdef vc_node* preds[VC_SL_MAX]
+    cdef vc_node* succs[VC_SL_MAX]
+    cdef vc_node* n
+    cdef vc_version* wv
+    cdef vc_went* e
+    cdef size_t i
+    t.ws_finger.mem = NULL
+    for i in range(t.wa_len):
+        e = &t.wa[i]
+        sl_find_preds_f(t.ws, e.key, e.klen, preds, succs, &t.ws_finger)
+        n = sl_link(t.ws, preds, succs, e.key, e.klen)
+        wv = NULL
+        if n != NULL:
+            finger_set(&t.ws_finger, t.ws, n, preds)
+            wv = ws_version(t, <int>e.kind, NULL, 0, e.shared)
+        if wv == NULL:
+            ws_list_clear(t.ws)
+            t.ws_finger.mem = NULL
+            return vc_fail(err, VC_E_NOMEM, "out of memory in the write set")
+        wv.shared = e.shared
+        wv.shared_mem = e.shared_mem
+        n.versions = wv
+    free(t.wa)
+    t.wa = NULL
+    t.wa_len = t.wa_cap = 0
+    t.wa_mode = False
+    return 0
+
+
+cdef enum:
+    WA_UNSORTED = 2         # wa_write: the key does not come after every key written so far
+
+
+cdef int wa_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
+                  uint32_t vlen, int kind, vc_err* err) noexcept nogil:
+    """A write in the array form: 0 / -1 as vc_txn_write, or WA_UNSORTED (nothing done)."""
+    cdef vc_went* e = NULL
+    cdef vc_went* grown
+    cdef vc_version* sv = NULL
+    cdef vc_memtable* sm = NULL
+    cdef vc_node* sn = NULL
+    cdef unsigned char* kcopy
+    cdef size_t ncap
+    cdef int c = 1
+    if t.wa_len > 0:
+        e = &t.wa[t.wa_len - 1]
+        c = vc_key_cmp(key, klen, e.key, e.klen)
+        if c < 0:
+            return WA_UNSORTED
+    if c == 0:
+        # the key written last, once more: the new write replaces it
+        if kind == VC_CHECK:
+            return 0
+        if install_pending(t, key, klen, kind, value, vlen, &sv, &sm, &sn, err) < 0:
+            return -1
+        if e.shared != NULL:
+            vc_store_u64(&e.shared.commit_ts, VC_TS_ABORTED)    # superseded by sv
+        else:
+            t.nchecks -= 1
+            t.nwrites += 1
+        e.shared = sv
+        e.shared_mem = sm
+        e.kind = <uint32_t>kind
+        t.wgen += 1
+        return 0
+    if t.wa_len == t.wa_cap:
+        # room first, so that a pending version, once installed, is always recorded
+        ncap = t.wa_cap * 2 if t.wa_cap else 64
+        grown = <vc_went*>realloc(t.wa, ncap * sizeof(vc_went))
+        if grown == NULL:
+            return vc_fail(err, VC_E_NOMEM, "out of memory in the write set")
+        t.wa = grown
+        t.wa_cap = ncap
+    e = &t.wa[t.wa_len]
+    if kind == VC_CHECK:
+        kcopy = <unsigned char*>mem_alloc(t.ws, klen)
+        if kcopy == NULL:
+            return vc_fail(err, VC_E_NOMEM, "out of memory in the write set")
+        memcpy(kcopy, key, klen)
+        e.key = kcopy
+        e.shared = NULL
+        e.shared_mem = NULL
+        t.nchecks += 1
+    else:
+        # the conflict check happens here; a refused write leaves the write set untouched
+        if install_pending(t, key, klen, kind, value, vlen, &sv, &sm, &sn, err) < 0:
+            return -1
+        e.key = sn.key
+        e.shared = sv
+        e.shared_mem = sm
+        t.nwrites += 1
+    e.klen = klen
+    e.kind = <uint32_t>kind
+    t.wa_len += 1
+    t.wgen += 1
+    return 0
+
+
 cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
                       uint32_t vlen, int kind, vc_err* err) noexcept nogil:
     """Record a put or delete (installing a pending version, which detects conflicts at
@@ -1552,7 +1765,9 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
     cdef vc_version* wv
     cdef vc_version* sv = NULL
     cdef vc_memtable* sm = NULL
+    cdef vc_node* sn = NULL
     cdef int old_kind = 0
+    cdef int rc
     if t.readonly:
         return vc_fail(err, VC_E_READONLY, "this transaction is read-only")
     if t.doomed:
@@ -1561,6 +1776,13 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         t.ws = mem_new(0, False)
         if t.ws == NULL:
             return vc_fail(err, VC_E_NOMEM, "out of memory")
+        t.wa_mode = True
+    if t.wa_mode:
+        rc = wa_write(t, key, klen, value, vlen, kind, err)
+        if rc != WA_UNSORTED:
+            return rc
+        if wa_link_all(t, err) < 0:
+            return -1
     sl_find_preds_f(t.ws, key, klen, preds, succs, &t.ws_finger)
     if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
         n = succs[0]
@@ -1570,24 +1792,13 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
             return 0
     if kind != VC_CHECK:
         # the conflict check happens here; a refused write leaves the write set untouched
-        if install_pending(t, key, klen, kind, value, vlen, &sv, &sm, err) < 0:
+        if install_pending(t, key, klen, kind, value, vlen, &sv, &sm, &sn, err) < 0:
             return -1
     if n == NULL:
         n = sl_link(t.ws, preds, succs, key, klen)   # nothing changed the write set since
     if n != NULL:
         finger_set(&t.ws_finger, t.ws, n, preds)
-    if n == NULL:
-        wv = NULL
-    elif sv != NULL and kind == VC_PUT:
-        # one copy of the value: the pending version's, which lives as long as this txn
-        # (its memtable is freed only after every transaction that could read it ended)
-        wv = new_version(t.ws, 0, t.id, VC_DEL, NULL, 0)
-        if wv != NULL:
-            wv.kind = VC_PUT
-            wv.value = sv.value
-            wv.vlen = vlen
-    else:
-        wv = new_version(t.ws, 0, t.id, kind, value, vlen)
+    wv = NULL if n == NULL else ws_version(t, kind, value, vlen, sv)
     if wv == NULL:
         if sv != NULL:
             vc_store_u64(&sv.commit_ts, VC_TS_ABORTED)
@@ -1609,7 +1820,8 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
 
 cdef bint checks_conflict(vc_db* db, vc_txn* t) noexcept nogil:
     """Commit-time validation of VC_CHECK keys (catalog entries of tables written)."""
-    cdef vc_node* w = sl_next(t.ws.head, 0)
+    cdef vc_wcur c
+    cdef vc_wref r
     cdef vc_memtable* m
     cdef vc_node* n
     cdef bint decided
@@ -1617,12 +1829,13 @@ cdef bint checks_conflict(vc_db* db, vc_txn* t) noexcept nogil:
         return False
     cdef uint64_t seen = 0
     # the caller holds commit_lock, under which reclaim() frees memtables: all are alive
-    while w != NULL and seen < t.nchecks:
-        if w.versions.kind == VC_CHECK:
+    wcur_init(&c, t)
+    while seen < t.nchecks and wcur_next(&c, &r):
+        if r.kind == VC_CHECK:
             seen += 1
             m = <vc_memtable*>vc_load_ptr(<void* const*>&db.mems)
             while m != NULL:
-                n = sl_find_eq(m, w.key, w.klen)
+                n = sl_find_eq(m, r.key, r.klen)
                 if n != NULL:
                     decided = False
                     if chain_conflict(n, t, &decided):
@@ -1630,7 +1843,6 @@ cdef bint checks_conflict(vc_db* db, vc_txn* t) noexcept nogil:
                     if decided:
                         break
                 m = <vc_memtable*>vc_load_ptr(<void* const*>&m.older)
-        w = sl_next(w, 0)
     return False
 
 
@@ -1706,49 +1918,48 @@ cdef int copy_forward(vc_txn* t, uint64_t ts, vc_err* err) noexcept nogil:
     """Versions left in a memtable that a checkpoint froze before this commit's timestamp
     are copied, committed, into the active one (the checkpoint folds only ts <= its own)."""
     cdef vc_db* db = t.db
-    cdef vc_node* w = sl_next(t.ws.head, 0)
-    cdef vc_version* v
+    cdef vc_wcur c
+    cdef vc_wref r
     cdef vc_memtable* m
     cdef vc_node* n
-    while w != NULL:
-        v = w.versions
-        if v.shared != NULL and vc_load_int_sc(&v.shared_mem.frozen) and ts > v.shared_mem.frozen_ts:
+    wcur_init(&c, t)
+    while wcur_next(&c, &r):
+        if r.shared != NULL and vc_load_int_sc(&r.shared_mem.frozen) and ts > r.shared_mem.frozen_ts:
             m = enter_active(db)
-            if m != v.shared_mem:
-                n = sl_upsert(m, w.key, w.klen)
-                if n == NULL or mem_add_version(m, n, ts, v.kind, v.value, v.vlen) < 0:
+            if m != r.shared_mem:
+                n = sl_upsert(m, r.key, r.klen)
+                if n == NULL or mem_add_version(m, n, ts, r.kind, r.value, r.vlen) < 0:
                     vc_add_int_sc(&m.inflight, -1)
                     return vc_fail(err, VC_E_NOMEM, "out of memory installing a commit")
                 vc_max_u64_relaxed(&m.max_ts, ts)
             vc_add_int_sc(&m.inflight, -1)
-        w = sl_next(w, 0)
     return 0
 
 
 cdef struct log_producer:
-    vc_node* w              # next write-set node to encode
+    vc_wcur c               # the transaction's writes
+    vc_wref r               # the next one to encode, when `have`
+    bint have
 
 
 cdef int log_fill(void* ctx, vc_buf* chunk) noexcept nogil:
     """The next piece of a commit's log record: whole entries, about LOG_CHUNK bytes."""
     cdef log_producer* lp = <log_producer*>ctx
-    cdef vc_version* v
     chunk.len = 0
-    while lp.w != NULL and chunk.len < LOG_CHUNK:
-        v = lp.w.versions
-        if v.kind != VC_CHECK:
-            if encode_put(chunk, v.kind, lp.w.key, lp.w.klen, v.value, v.vlen) < 0:
+    while lp.have and chunk.len < LOG_CHUNK:
+        if lp.r.kind != VC_CHECK:
+            if encode_put(chunk, lp.r.kind, lp.r.key, lp.r.klen, lp.r.value, lp.r.vlen) < 0:
                 return -1
-        lp.w = sl_next(lp.w, 0)
+        lp.have = wcur_next(&lp.c, &lp.r)
     return 0
 
 
 cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     cdef vc_db* db = t.db
-    cdef vc_node* w
-    cdef vc_node* rest_start
-    cdef vc_version* v
+    cdef vc_wcur c
+    cdef vc_wref r
     cdef log_producer lp
+    cdef log_producer rest_start
     cdef vc_buf rest
     cdef size_t payload_len = 0
     cdef uint32_t crc = 0
@@ -1781,12 +1992,13 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     memset(&rest, 0, sizeof(vc_buf))
     if db.wal != NULL:
         t.payload.len = 0
-        lp.w = sl_next(t.ws.head, 0)
+        wcur_init(&lp.c, t)
+        lp.have = wcur_next(&lp.c, &lp.r)
         rc = log_fill(&lp, &t.payload)
         payload_len = t.payload.len
         crc = vc_crc32c(0, t.payload.data, t.payload.len)
-        rest_start = lp.w
-        while rc == 0 and lp.w != NULL:
+        rest_start = lp
+        while rc == 0 and lp.have:
             rc = log_fill(&lp, &rest)
             payload_len += rest.len
             crc = vc_crc32c(crc, rest.data, rest.len)
@@ -1794,7 +2006,7 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
             vc_buf_free(&rest)
             vc_txn_abort(t)
             return vc_fail(err, VC_E_NOMEM, "out of memory building the log record")
-        lp.w = rest_start
+        lp = rest_start
     # the one critical section: a timestamp and the log record's place, in the same order
     pthread_mutex_lock(&db.commit_lock)
     if db.failed:
@@ -1824,17 +2036,15 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     # stamp the pending versions (one pass); a memtable frozen meanwhile gets a copy
     last_m = NULL
     any_frozen = False
-    w = sl_next(t.ws.head, 0)
-    while w != NULL:
-        v = w.versions
-        if v.shared != NULL:
-            vc_store_u64(&v.shared.commit_ts, ts)
-            if v.shared_mem != last_m:
-                last_m = v.shared_mem
+    wcur_init(&c, t)
+    while wcur_next(&c, &r):
+        if r.shared != NULL:
+            vc_store_u64(&r.shared.commit_ts, ts)
+            if r.shared_mem != last_m:
+                last_m = r.shared_mem
                 vc_max_u64_relaxed(&last_m.max_ts, ts)
                 if vc_load_int_sc(&last_m.frozen):
                     any_frozen = True
-        w = sl_next(w, 0)
     if any_frozen:
         rc = copy_forward(t, ts, err)
     if rc < 0:
@@ -2175,10 +2385,13 @@ cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t 
     it.lolen = lolen
     memcpy(it.hi, hi, hilen)
     it.hilen = hilen
+    vc_cursor_init(&it.tree, t.db.pager, t.view.root, t.view.height)
+    if t.wa_mode and wa_link_all(t, err) < 0:     # iterators walk the skip list
+        it.done = True
+        return -1
     it.mem[0] = t.ws
     it.mem[1] = t.view.active
     it.mem[2] = t.view.frozen
-    vc_cursor_init(&it.tree, t.db.pager, t.view.root, t.view.height)
     if vc_key_cmp(lo, lolen, hi, hilen) >= 0:
         it.done = True
         return 0
