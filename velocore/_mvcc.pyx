@@ -1487,6 +1487,8 @@ cdef int older_conflict(vc_db* db, vc_txn* t, vc_memtable* newest, const unsigne
     cdef bint decided
     cdef int rc = 0
     cdef vc_node* n
+    if vc_load_ptr(<void* const*>&newest.older) == NULL:
+        return 0                              # no older memtable: nothing to lock or walk
     pthread_rwlock_rdlock(&db.mems_lock)      # reclaim() frees memtables only under wrlock
     m = <vc_memtable*>vc_load_ptr(<void* const*>&newest.older)
     while m != NULL:
