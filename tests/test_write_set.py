@@ -4,11 +4,18 @@ While every write comes after the ones before it in key order, a transaction kee
 in an array; the first write out of order, or the first iterator, moves them into its
 skip list.  Every test here checks the same answers in both forms and across the move:
 reads of one's own writes, repeated writes of a key, deletes, aborts, conflicts, a
-checkpoint in the middle of the transaction, the log (after reopening), and iterators.
+checkpoint in the middle of the transaction, the log (after reopening), and iterators;
+and a state machine against a dict model.
 """
+import itertools
+import os
 import random
+import shutil
+import tempfile
 
 import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
 
 import velocore
 
@@ -164,3 +171,155 @@ def test_two_tables_out_of_table_order(store):
         x.put(b, k(3), v(3))
     expect_all(store, a, {k(2): v(2)})
     expect_all(store, b, {k(1): v(1), k(3): v(3)})
+
+
+# ---------------------------------------------------------------- against a dict model
+
+class WriteSetMachine(RuleBasedStateMachine):
+    """One transaction at a time against a dict model, its writes biased to ascend (the
+    next key after the last one written, the same key again) so that programs run long in
+    the array form and then leave it (a write out of order, an iterator), with committed
+    data underneath, checkpoints in the middle, aborts, and reopening."""
+
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="velocore-ws-")
+        self.path = os.path.join(self.dir, "s")
+        self.store = velocore.open(self.path, sync="normal")
+        t = self.store.table("t")
+        with self.store.txn() as x:              # data under the writes
+            x.put_many(t, [(k(i), b"c%d" % i) for i in range(0, 400, 7)])
+        self.committed = {k(i): b"c%d" % i for i in range(0, 400, 7)}
+        self.txn = None
+        self.writes = {}
+        self.last = 0
+        self.iters = []
+
+    def teardown(self):
+        self.iters = []
+        if self.txn is not None:
+            self.txn.abort()
+        self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def view(self):
+        got = dict(self.committed)
+        for key, value in self.writes.items():
+            if value is None:
+                got.pop(key, None)
+            else:
+                got[key] = value
+        return got
+
+    def table(self):
+        return self.store.table("t")
+
+    def ensure_txn(self):
+        if self.txn is None:
+            self.txn = self.store.txn()
+            self.writes = {}
+
+    def write(self, i, value):
+        self.ensure_txn()
+        if value is None:
+            self.txn.delete(self.table(), k(i))
+        else:
+            self.txn.put(self.table(), k(i), value)
+        self.writes[k(i)] = value
+        self.last = i
+
+    @rule(step=st.integers(1, 40), value=st.binary(max_size=40))
+    def put_next(self, step, value):
+        self.write(self.last + step, value)
+
+    @rule(value=st.binary(max_size=40))
+    def put_same(self, value):
+        self.write(self.last, value)
+
+    @rule(step=st.integers(1, 40))
+    def delete_next(self, step):
+        self.write(self.last + step, None)
+
+    @rule(i=st.integers(0, 400), value=st.binary(max_size=40))
+    def put_anywhere(self, i, value):
+        self.write(i, value)
+
+    @rule(start=st.integers(0, 400), n=st.integers(1, 30), value=st.binary(max_size=8))
+    def put_many(self, start, n, value):
+        self.ensure_txn()
+        items = [(k(i), value + b"%d" % i) for i in range(start, start + 2 * n, 2)]
+        random.Random(start).shuffle(items)
+        self.txn.put_many(self.table(), items)
+        self.writes.update(items)
+        self.last = start + 2 * n - 2
+
+    @rule(i=st.integers(0, 400))
+    def get(self, i):
+        if self.txn is None:
+            return
+        assert self.txn.get(self.table(), k(i)) == self.view().get(k(i))
+
+    @rule()
+    def get_written(self):
+        if self.txn is None or not self.writes:
+            return
+        ks = sorted(self.writes)
+        view = self.view()
+        assert self.txn.get_many(self.table(), ks) == [view.get(x) for x in ks]
+
+    @rule(start=st.integers(0, 400))
+    def open_iterator(self, start):
+        if self.txn is None:
+            return
+        it = self.txn.range(self.table(), k(start))
+        expect = sorted((x, y) for x, y in self.view().items() if x >= k(start))
+        first = list(itertools.islice(it, 3))
+        assert first == expect[:3]
+        self.iters.append((it, first[-1][0] if first else None))
+
+    @rule()
+    def drain_iterators(self):
+        # an iterator sees the transaction's writes as of each step it takes: what is
+        # left of it is the view's keys after the last one it returned
+        view = self.view()
+        for it, after in self.iters:
+            rest = list(it)
+            assert rest == sorted((x, y) for x, y in view.items() if after is None or x > after)
+        self.iters = []
+
+    @rule()
+    def checkpoint(self):
+        self.store.checkpoint()
+
+    @rule()
+    def commit(self):
+        if self.txn is None:
+            return
+        self.iters = []
+        self.txn.commit()
+        self.committed = self.view()
+        self.txn = None
+        with self.store.snapshot() as s:
+            assert dict(s.range(self.table())) == self.committed
+
+    @rule()
+    def abort(self):
+        if self.txn is None:
+            return
+        self.iters = []
+        self.txn.abort()
+        self.txn = None
+        with self.store.snapshot() as s:
+            assert dict(s.range(self.table())) == self.committed
+
+    @rule()
+    def reopen(self):
+        if self.txn is not None:
+            return
+        self.store.close()
+        self.store = velocore.open(self.path, sync="normal")
+        with self.store.snapshot() as s:
+            assert dict(s.range(self.table())) == self.committed
+
+
+TestWriteSetMachine = WriteSetMachine.TestCase
