@@ -275,16 +275,17 @@ class WriteSetMachine(RuleBasedStateMachine):
         expect = sorted((x, y) for x, y in self.view().items() if x >= k(start))
         first = list(itertools.islice(it, 3))
         assert first == expect[:3]
-        self.iters.append((it, first[-1][0] if first else None))
+        if len(first) == 3:                     # (else it ended, and stays ended)
+            self.iters.append((it, first[-1][0], k(start)))
 
     @rule()
     def drain_iterators(self):
         # an iterator sees the transaction's writes as of each step it takes: what is
         # left of it is the view's keys after the last one it returned
         view = self.view()
-        for it, after in self.iters:
+        for it, after, _ in self.iters:
             rest = list(it)
-            assert rest == sorted((x, y) for x, y in view.items() if after is None or x > after)
+            assert rest == sorted((x, y) for x, y in view.items() if x > after)
         self.iters = []
 
     @rule()
