@@ -292,26 +292,22 @@ class WriteSetMachine(RuleBasedStateMachine):
     def checkpoint(self):
         self.store.checkpoint()
 
-    @rule()
-    def commit(self):
-        if self.txn is None:
-            return
-        self.iters = []
-        self.txn.commit()
-        self.committed = self.view()
-        self.txn = None
+    def expect_committed(self):
         with self.store.snapshot() as s:
             assert dict(s.range(self.table())) == self.committed
 
-    @rule()
-    def abort(self):
+    @rule(commit=st.booleans())
+    def end(self, commit):
         if self.txn is None:
             return
         self.iters = []
-        self.txn.abort()
+        if commit:
+            self.txn.commit()
+            self.committed = self.view()
+        else:
+            self.txn.abort()
         self.txn = None
-        with self.store.snapshot() as s:
-            assert dict(s.range(self.table())) == self.committed
+        self.expect_committed()
 
     @rule()
     def reopen(self):
@@ -319,8 +315,7 @@ class WriteSetMachine(RuleBasedStateMachine):
             return
         self.store.close()
         self.store = velocore.open(self.path, sync="normal")
-        with self.store.snapshot() as s:
-            assert dict(s.range(self.table())) == self.committed
+        self.expect_committed()
 
 
 TestWriteSetMachine = WriteSetMachine.TestCase
