@@ -33,6 +33,10 @@ cdef extern from "vc_poison.h" nogil:
     void VC_POISON(const void* p, size_t n)
     void VC_UNPOISON(const void* p, size_t n)
 
+cdef extern from "vc_huge.h" nogil:
+    void* vc_huge_alloc(size_t n)
+    void vc_huge_free(void* m, size_t n)
+
 cdef extern from "vc_crc32c.h" nogil:
     uint32_t vc_crc32c(uint32_t crc, const void* buf, size_t length)
     int vc_crc32c_hw()

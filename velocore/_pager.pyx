@@ -7,7 +7,6 @@ from libc.errno cimport errno, EINTR
 from posix.unistd cimport pread, pwrite, close, fdatasync, fsync
 from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, fstat
-from posix.stdlib cimport posix_memalign
 
 from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin, vc_frame_repin,
                                vc_frame_mark_evicting, vc_load_u32_acquire, vc_store_u32_release,
@@ -18,7 +17,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32
                                vc_u32vec_push, vc_u32vec_free, VC_E_IO, VC_E_CORRUPT,
                                VC_E_NOMEM, VC_E_NOFILE, pthread_mutex_init,
                                pthread_mutex_destroy, pthread_mutex_lock, pthread_mutex_unlock,
-                               sched_yield)
+                               sched_yield, vc_huge_alloc, vc_huge_free)
 
 cdef enum:
     MEM_CHUNK_BITS = 16
@@ -161,7 +160,6 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
     cdef unsigned char buf1[VC_PAGE_SIZE]
     cdef int ok0, ok1, n0, n1, dfd, rc
     cdef uint32_t i
-    cdef void* mem = NULL
     if p == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
     out[0] = p
@@ -238,25 +236,19 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
     p.nframes = <uint32_t>(cache_bytes // (VC_PAGE_SIZE + sizeof(vc_hints)))
     if p.nframes < MIN_FRAMES:
         p.nframes = MIN_FRAMES
-    if posix_memalign(&mem, VC_PAGE_SIZE, <size_t>p.nframes * VC_PAGE_SIZE) != 0:
-        return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
-    p.frame_mem = <unsigned char*>mem
-    mem = NULL
-    # hint blocks: not cleared, a frame's block is written by every load into it
-    if posix_memalign(&mem, 64, <size_t>p.nframes * sizeof(vc_hints)) != 0:
-        return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
-    p.hints = <vc_hints*>mem
-    p.derive_hints = derive_hints
-    mem = NULL
-    if posix_memalign(&mem, 64, p.nframes * sizeof(vc_frame)) != 0:
-        mem = NULL
-    p.frames = <vc_frame*>mem
+    # the cache's four arrays are read at random; 2 MiB pages keep those reads from also
+    # missing the TLB (vc_huge.h).  Zeroed, and touched only as frames fill.
+    p.frame_mem = <unsigned char*>vc_huge_alloc(<size_t>p.nframes * VC_PAGE_SIZE)
+    # hint blocks: a frame's block is written by every load into it
+    p.hints = <vc_hints*>vc_huge_alloc(<size_t>p.nframes * sizeof(vc_hints))
+    p.frames = <vc_frame*>vc_huge_alloc(<size_t>p.nframes * sizeof(vc_frame))
     p.slot_mask = 1
     while p.slot_mask < p.nframes * 2:
         p.slot_mask <<= 1
-    p.slots = <uint32_t*>calloc(p.slot_mask, sizeof(uint32_t))
+    p.slots = <uint32_t*>vc_huge_alloc(p.slot_mask * sizeof(uint32_t))
     p.slot_mask -= 1
-    if p.frames == NULL or p.slots == NULL:
+    p.derive_hints = derive_hints
+    if p.frame_mem == NULL or p.hints == NULL or p.frames == NULL or p.slots == NULL:
         return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
     for i in range(p.nframes):
         memset(&p.frames[i], 0, sizeof(vc_frame))
@@ -281,10 +273,10 @@ cdef void vc_pager_close(vc_pager* p) noexcept nogil:
                     free(p.mem_dir[i][j])
                 free(p.mem_dir[i])
         free(p.mem_dir)
-    free(p.frame_mem)
-    free(p.hints)
-    free(p.frames)
-    free(p.slots)
+    vc_huge_free(p.frame_mem, <size_t>p.nframes * VC_PAGE_SIZE)
+    vc_huge_free(p.hints, <size_t>p.nframes * sizeof(vc_hints))
+    vc_huge_free(p.frames, <size_t>p.nframes * sizeof(vc_frame))
+    vc_huge_free(p.slots, (<size_t>p.slot_mask + 1) * sizeof(uint32_t))
     vc_u32vec_free(&p.free_now)
     vc_u32vec_free(&p.freed_cur)
     vc_u32vec_free(&p.chain_pages)

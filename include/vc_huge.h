@@ -1,0 +1,64 @@
+/* vc_huge.h: large zeroed mappings on 2 MiB boundaries, advised for transparent huge
+ * pages.
+ *
+ * The page cache's arrays (page frames, hint blocks, frame descriptors, page table) are
+ * read at random over up to cache_mb.  With 4 KiB pages nearly every such read also
+ * misses the TLB and walks the page tables; one 2 MiB page covers 512 of them.  Memory
+ * is still touched lazily (a huge page is faulted in, zeroed, on first touch), so an
+ * idle cache costs address space only.  The advice is a hint: where the kernel has no
+ * transparent huge pages the mapping simply has 4 KiB pages.  Allocations under 2 MiB
+ * get plain pages.
+ */
+#ifndef VC_HUGE_H
+#define VC_HUGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/mman.h>
+
+#define VC_HUGE_PAGE ((size_t)2 << 20)
+
+/* the length a mapping of n bytes occupies (what vc_huge_free unmaps) */
+static inline size_t vc_huge_len(size_t n)
+{
+    if (n < VC_HUGE_PAGE)
+        return (n + 4095) & ~(size_t)4095;
+    return (n + VC_HUGE_PAGE - 1) & ~(VC_HUGE_PAGE - 1);
+}
+
+/* n zeroed bytes, 2 MiB aligned when n >= 2 MiB (else page aligned); NULL when out of
+ * memory. */
+static inline void *vc_huge_alloc(size_t n)
+{
+    size_t len = vc_huge_len(n), lead;
+    unsigned char *m;
+    if (n == 0)
+        return NULL;
+    if (len < VC_HUGE_PAGE) {
+        m = (unsigned char *)mmap(NULL, len, PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return m == (unsigned char *)MAP_FAILED ? NULL : m;
+    }
+    /* map one huge page more than needed and trim both ends to a 2 MiB boundary */
+    m = (unsigned char *)mmap(NULL, len + VC_HUGE_PAGE, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == (unsigned char *)MAP_FAILED)
+        return NULL;
+    lead = (VC_HUGE_PAGE - ((uintptr_t)m & (VC_HUGE_PAGE - 1))) & (VC_HUGE_PAGE - 1);
+    if (lead)
+        munmap(m, lead);
+    munmap(m + lead + len, VC_HUGE_PAGE - lead);
+    m += lead;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(m, len, MADV_HUGEPAGE);
+#endif
+    return m;
+}
+
+static inline void vc_huge_free(void *m, size_t n)
+{
+    if (m != NULL)
+        munmap(m, vc_huge_len(n));
+}
+
+#endif
