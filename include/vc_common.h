@@ -21,8 +21,10 @@
 /* a hint: load the cache line holding p soon (no fault if p is bad) */
 #if defined(__GNUC__) || defined(__clang__)
 #define vc_prefetch(p) __builtin_prefetch((const void *)(p))
+#define vc_prefetch_w(p) __builtin_prefetch((const void *)(p), 1)   /* to be written */
 #else
 #define vc_prefetch(p) ((void)0)
+#define vc_prefetch_w(p) ((void)0)
 #endif
 
 /* commit_ts of a version whose transaction ended without committing it */

@@ -19,6 +19,7 @@ cdef extern from "vc_common.h" nogil:
         VC_E_NOFILE
     const uint64_t VC_TS_ABORTED
     void vc_prefetch(const void* p)     # a hint: load p's cache line soon
+    void vc_prefetch_w(const void* p)   # the same, for a line about to be written
 
     ctypedef struct vc_err:
         int code            # one of VC_E_*; VC_E_NONE while nothing failed

@@ -20,7 +20,7 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
                              vc_iter_close, vc_iter_fill_refs, vc_iref, vc_txn_lookup_init, vc_txn_get_lk,
                              VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE, VC_GROUP, vc_finger,
-                             vc_txn_group_fingers)
+                             vc_txn_group_fingers, vc_txn_prefetch_key)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_search
 
@@ -1118,6 +1118,7 @@ cdef class Txn:
         cdef vc_err err
         self.check_write()
         make_key(&kb, self.tid(table, True), key, "key")
+        vc_txn_prefetch_key(self.t, kb.data, kb.len)
         v = as_value(value)
         self.check_write()
         err.code = VC_E_NONE
@@ -1242,6 +1243,8 @@ cdef class Txn:
                             j = order[i + 8]
                             vc_prefetch(vptrs[j])
                             vc_prefetch(vptrs[j] + 64)
+                            # and the key filter's block its insert will set bits in
+                            vc_txn_prefetch_key(self.t, ka.data + ka.offs[j], ka.lens[j])
                         if i % VC_GROUP == 0:
                             # the memtable searches of the next keys, together
                             g = min(<Py_ssize_t>VC_GROUP, n - i)
