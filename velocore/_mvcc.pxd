@@ -283,7 +283,9 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
 # Fingers for up to VC_GROUP ascending keys about to be written, searched together (their
 # cache misses overlap); 0 if the writer's finger already covers them.  Copy out[i] to
 # t.mem_finger just before writing key i.
-cdef void vc_txn_prefetch_key(vc_txn* t, const unsigned char* key, uint32_t klen) noexcept nogil
+# a hint before a write (write=True) or read of key: the memtable key filter's block it needs
+cdef void vc_txn_prefetch_key(vc_txn* t, const unsigned char* key, uint32_t klen,
+                              bint write) noexcept nogil
 cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint32_t* klens,
                               int n, vc_finger* out) noexcept nogil
 

@@ -1505,18 +1505,31 @@ cdef int older_conflict(vc_db* db, vc_txn* t, vc_memtable* newest, const unsigne
     return rc
 
 
-cdef void vc_txn_prefetch_key(vc_txn* t, const unsigned char* key, uint32_t klen) noexcept nogil:
-    """A hint, before a write of key: start loading the key filter's block the insert will
-    set bits in.  The filter (up to 64 MiB) is read at random, and the bits are set with
-    locked instructions, which wait for the line: without the hint that wait was most of
-    sl_link's time.  The active memtable lives at least as long as this transaction (a
+cdef void vc_txn_prefetch_key(vc_txn* t, const unsigned char* key, uint32_t klen,
+                              bint write) noexcept nogil:
+    """A hint, some steps before a write (or a read) of key: start loading the key
+    filter's block the write's insert will set bits in (the read's check will test).  The
+    filter (up to 64 MiB) is read at random, and an insert sets its bits with locked
+    instructions, which wait for the line: without the hint that wait was most of
+    sl_link's time.  The memtables named are alive for as long as this transaction is (a
     memtable is freed only once no transaction older than its retirement remains)."""
-    cdef vc_memtable* m = <vc_memtable*>vc_load_ptr(<void* const*>&t.db.view.active)
+    cdef vc_memtable* m
     cdef uint64_t h
-    if m.bloom.words == NULL:
+    cdef int i
+    if write:
+        m = <vc_memtable*>vc_load_ptr(<void* const*>&t.db.view.active)
+        if m.bloom.words != NULL:
+            h = vc_key_hash(key, klen)
+            vc_prefetch_w(m.bloom.words + ((h & m.bloom.block_mask) << 3))
         return
-    h = vc_key_hash(key, klen)
-    vc_prefetch_w(m.bloom.words + ((h & m.bloom.block_mask) << 3))
+    h = 0
+    for i in range(2):
+        m = t.view.active if i == 0 else t.view.frozen
+        if m == NULL or m.bloom.words == NULL or vc_load_int_relaxed(&m.nonempty) == 0:
+            continue
+        if h == 0:
+            h = vc_key_hash(key, klen)
+        vc_prefetch(m.bloom.words + ((h & m.bloom.block_mask) << 3))
 
 
 cdef vc_memtable* enter_active(vc_db* db) noexcept nogil:

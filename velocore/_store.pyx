@@ -988,6 +988,10 @@ cdef class Txn:
                                 vc_prefetch(&ka.lens[order[j + 16]])
                             if j + 8 < n:
                                 vc_prefetch(ka.data + ka.offs[order[j + 8]])
+                            if j + 4 < n:
+                                # the memtables' key filter blocks (when they hold keys)
+                                i = order[j + 4]
+                                vc_txn_prefetch_key(self.t, ka.data + ka.offs[i], ka.lens[i], False)
                             i = order[j]
                             rc = vc_txn_get_lk(self.t, lk, ka.data + ka.offs[i], ka.lens[i], &v, &vlen, &err)
                             if rc < 0:
@@ -1118,7 +1122,7 @@ cdef class Txn:
         cdef vc_err err
         self.check_write()
         make_key(&kb, self.tid(table, True), key, "key")
-        vc_txn_prefetch_key(self.t, kb.data, kb.len)
+        vc_txn_prefetch_key(self.t, kb.data, kb.len, True)
         v = as_value(value)
         self.check_write()
         err.code = VC_E_NONE
@@ -1244,7 +1248,7 @@ cdef class Txn:
                             vc_prefetch(vptrs[j])
                             vc_prefetch(vptrs[j] + 64)
                             # and the key filter's block its insert will set bits in
-                            vc_txn_prefetch_key(self.t, ka.data + ka.offs[j], ka.lens[j])
+                            vc_txn_prefetch_key(self.t, ka.data + ka.offs[j], ka.lens[j], True)
                         if i % VC_GROUP == 0:
                             # the memtable searches of the next keys, together
                             g = min(<Py_ssize_t>VC_GROUP, n - i)
