@@ -333,6 +333,44 @@ class PointWrites(_EngineBench):
         self.engine.put_many(self.items)
 
 
+class MemtableReads:
+    """Random point reads of n checkpointed keys while the memtable holds n other keys
+    (not yet checkpointed): each read first asks the memtable's key filter, which says
+    the key is absent, then reads the tree."""
+    params = ([200_000],)
+    param_names = ["n"]
+
+    def setup(self, n):
+        self.workdir = tempfile.mkdtemp(prefix="velocore-asv-")
+        self.store = velocore.open(os.path.join(self.workdir, "mem.vc"), sync="off",
+                                   checkpoint_mb=4096)
+        self.table = self.store.table("bench")
+        items = make_items(2 * n)
+        with self.store.txn() as t:
+            t.put_many(self.table, items[:n])
+        self.store.checkpoint()
+        rest = shuffled(items[n:], SEED + 7)
+        for first in range(0, n, 10_000):
+            with self.store.txn() as t:
+                t.put_many(self.table, rest[first:first + 10_000])
+        self.lookups = shuffled((key for key, _ in items[:n]), SEED + 8)
+
+    def teardown(self, n):
+        self.store.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def time_get_many(self, n):
+        with self.store.snapshot() as s:
+            values = s.get_many(self.table, self.lookups)
+        assert values.count(None) == 0
+
+    def time_get(self, n):
+        with self.store.snapshot() as s:
+            get = s.get
+            for key in self.lookups:
+                get(self.table, key)
+
+
 # ------------------------------------------------------------------------- range scans
 
 class RangeScans(_EngineBench):
