@@ -337,7 +337,7 @@ class MemtableReads:
     """Random point reads of n checkpointed keys while the memtable holds n other keys
     (not yet checkpointed): each read first asks the memtable's key filter, which says
     the key is absent, then reads the tree."""
-    params = ([200_000],)
+    params = ([500_000],)
     param_names = ["n"]
 
     def setup(self, n):
