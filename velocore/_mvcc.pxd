@@ -280,12 +280,12 @@ cdef int vc_txn_get_lk(vc_txn* t, vc_lookup* lk, const unsigned char* key, uint3
                        const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
 cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
                       uint32_t vlen, int kind, vc_err* err) noexcept nogil
-# Fingers for up to VC_GROUP ascending keys about to be written, searched together (their
-# cache misses overlap); 0 if the writer's finger already covers them.  Copy out[i] to
-# t.mem_finger just before writing key i.
 # a hint before a write (write=True) or read of key: the memtable key filter's block it needs
 cdef void vc_txn_prefetch_key(vc_txn* t, const unsigned char* key, uint32_t klen,
                               bint write) noexcept nogil
+# Fingers for up to VC_GROUP ascending keys about to be written, searched together (their
+# cache misses overlap); 0 if the writer's finger already covers them.  Copy out[i] to
+# t.mem_finger just before writing key i.
 cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint32_t* klens,
                               int n, vc_finger* out) noexcept nogil
 
