@@ -69,6 +69,11 @@ static inline void vc_seq_bump(uint64_t *p) { __atomic_fetch_add(p, 1, __ATOMIC_
  * vc_fence_acquire goes between those reads and the closing sequence read, so none of
  * them can be satisfied after it. */
 static inline void vc_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+/* The writer's side of such a sequence word when the data is written by plain stores (a
+ * page read into a cache frame): the word's new value, then this fence, then the data, so
+ * a reader whose data reads see any new byte also sees the new word after its own
+ * vc_fence_acquire. */
+static inline void vc_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 static inline uint32_t vc_load_u32_relaxed(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline uint64_t vc_load_u64_relaxed(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void *vc_load_ptr_relaxed(void *const *p) { return __atomic_load_n((void **)p, __ATOMIC_RELAXED); }

@@ -45,13 +45,18 @@ cdef void vc_hints_derive(const unsigned char* page, vc_hints* h) noexcept nogil
 # Test support: check and search one page image as a lookup would, with its hints or
 # without.  mode 0: leaf (pos = entries < key, exact); 1: branch (pos = separators <= key);
 # 2: branch, strict (separators < key).  *nheads: heads the page's hint block has.  -1 if
-# the page is not of that kind or a probe is damaged.
+# the page is not of that kind or a probe is damaged.  given: a hint block to search with
+# instead of the page's own (what an unpinned reader of a frame being refilled may see),
+# or NULL.
 cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
-                        uint32_t klen, uint32_t* pos, bint* exact, uint32_t* nheads,
-                        vc_err* err) noexcept nogil
+                        uint32_t klen, const vc_hints* given, uint32_t* pos, bint* exact,
+                        uint32_t* nheads, vc_err* err) noexcept nogil
 
+# Point lookup.  Cached pages are read without a pin (vc_page_try) and each one read so is
+# counted in *unpinned_hits; a page that is not cached, or changes meanwhile, sends the
+# lookup down again with pins (vc_page_get, which loads it).
 cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned char* key,
-                     uint32_t klen, vc_buf* out, vc_err* err) noexcept nogil
+                     uint32_t klen, vc_buf* out, uint64_t* unpinned_hits, vc_err* err) noexcept nogil
 
 cdef struct vc_lookup:           # point lookups that keep the last leaf pinned: a batch in
     vc_pager* pager              # key order descends once per leaf, not once per key

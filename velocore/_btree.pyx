@@ -5,8 +5,10 @@ from libc.string cimport memcpy, memmove, memset, memcmp
 from libc.stdio cimport snprintf
 
 from velocore._common cimport (vc_err, vc_fail, vc_buf, vc_buf_reserve, vc_buf_free,
-                               VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch)
+                               VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch,
+                               vc_load_u64_relaxed)
 from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release, vc_page_peek,
+                              vc_page_try, vc_page_still,
                               vc_page_read_into, vc_page_alloc, vc_page_write, vc_page_free,
                               vc_hints, vc_page_hints,
                               VC_PAGE_SIZE, VC_HDR_SIZE, VC_PAGE_LEAF, VC_PAGE_BRANCH,
@@ -223,35 +225,59 @@ cdef inline void hints_narrow(const vc_hints* h, const unsigned char* key, uint3
                               uint32_t* lo, uint32_t* hi) noexcept nogil:
     """Narrow [0, count) to [lo, hi): every slot before lo sorts before key, every slot
     from hi on after it, so a lower or upper bound search for key lies in [lo, hi]."""
-    cdef uint32_t cp = h.cp, n = klen if klen < h.cp else h.cp, j, hk, below = 0, upto = 0
-    cdef const uint32_t* heads = h.words + h.hoff
-    cdef int c = vc_key_cmp(key, n, <const unsigned char*>h.words, n)
+    # The block's first 8 bytes in one load: an unpinned read (vc_page_try) may meet a
+    # block being rewritten, and the checks below must hold for the very values used.
+    # vc_hints_derive never builds a block that fails them.
+    cdef uint64_t head8 = vc_load_u64_relaxed(<const uint64_t*>h)
+    cdef uint32_t nheads = <uint16_t>head8, step = <uint16_t>(head8 >> 16)
+    cdef uint32_t count = <uint16_t>(head8 >> 32), cp = <uint8_t>(head8 >> 48)
+    cdef uint32_t hoff = <uint8_t>(head8 >> 56)
+    cdef uint32_t n = klen if klen < cp else cp, j, hk, below = 0, upto = 0
+    cdef const uint32_t* heads = h.words + hoff
+    cdef int c
+    if cp > VC_HINT_MAX_PREFIX or hoff + nheads > VC_HINT_WORDS:
+        return
+    c = vc_key_cmp(key, n, <const unsigned char*>h.words, n)
     if c < 0 or (c == 0 and klen < cp):     # before the prefix: before every key
         lo[0] = 0
         hi[0] = 0
         return
     if c > 0:                                # after the prefix: after every key
-        lo[0] = h.count
-        hi[0] = h.count
+        lo[0] = count
+        hi[0] = count
         return
     hk = key_head(key, klen, cp)
-    for j in range(h.nheads):                # branch-free: the heads fill 1 to 4 cache lines
+    for j in range(nheads):                  # branch-free: the heads fill 1 to 4 cache lines
         below += heads[j] < hk
         upto += heads[j] <= hk
-    lo[0] = 0 if below == 0 else (below - 1) * h.step + 1
-    hi[0] = h.count if upto == h.nheads else upto * h.step
+    lo[0] = 0 if below == 0 else (below - 1) * step + 1
+    hi[0] = count if upto == nheads else upto * step
+
+
+cdef inline void narrow_within(const vc_hints* h, const unsigned char* key, uint32_t klen,
+                               uint32_t count, uint32_t* lo, uint32_t* hi) noexcept nogil:
+    """hints_narrow, with the range kept inside the page's own count [0, count]: the same
+    for hints derived from the page, and no slot read outside the page for a block that
+    an unpinned reader saw torn."""
+    hints_narrow(h, key, klen, lo, hi)
+    if hi[0] > count:
+        hi[0] = count
+    if lo[0] > hi[0]:
+        lo[0] = hi[0]
 
 
 cdef int branch_search(vc_pager* p, const unsigned char* page, uint32_t pid, const vc_hints* hints,
                        const unsigned char* key, uint32_t klen, bint strict, uint32_t* ci,
                        vc_err* err) noexcept nogil:
     """ci = number of separators <= key (strict: < key).  hints: the page's, or NULL."""
-    cdef uint32_t lo = 0, hi = hdr(page).count, mid, kl
-    cdef uint32_t lo_off = VC_HDR_SIZE + 2 * hi
+    cdef uint32_t count = hdr(page).count, lo = 0, hi = count, mid, kl
+    cdef uint32_t lo_off = VC_HDR_SIZE + 2 * count
     cdef const unsigned char* k
     cdef int c
+    if lo_off > VC_PAGE_SIZE:
+        return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry count %u too large", p.path, pid, count)
     if hints != NULL and hints.nheads != 0:
-        hints_narrow(hints, key, klen, &lo, &hi)
+        narrow_within(hints, key, klen, count, &lo, &hi)
     while lo < hi:
         mid = (lo + hi) >> 1
         if slot_key(page, mid, False, lo_off, &k, &kl) < 0:
@@ -270,13 +296,15 @@ cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, 
                           const unsigned char* key, uint32_t klen, uint32_t* pos, bint* exact,
                           vc_err* err) noexcept nogil:
     """pos = number of entries < key; exact: the entry at pos is key.  hints: the page's, or NULL."""
-    cdef uint32_t lo = 0, hi = hdr(page).count, mid, kl
-    cdef uint32_t lo_off = VC_HDR_SIZE + 2 * hi
+    cdef uint32_t count = hdr(page).count, lo = 0, hi = count, mid, kl
+    cdef uint32_t lo_off = VC_HDR_SIZE + 2 * count
     cdef const unsigned char* k
     cdef int c
     exact[0] = False
+    if lo_off > VC_PAGE_SIZE:
+        return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry count %u too large", p.path, pid, count)
     if hints != NULL and hints.nheads != 0:
-        hints_narrow(hints, key, klen, &lo, &hi)
+        narrow_within(hints, key, klen, count, &lo, &hi)
     while lo < hi:
         mid = (lo + hi) >> 1
         if slot_key(page, mid, True, lo_off, &k, &kl) < 0:
@@ -294,11 +322,15 @@ cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, 
 
 
 cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
-                        uint32_t klen, uint32_t* pos, bint* exact, uint32_t* nheads,
-                        vc_err* err) noexcept nogil:
+                        uint32_t klen, const vc_hints* given, uint32_t* pos, bint* exact,
+                        uint32_t* nheads, vc_err* err) noexcept nogil:
     cdef vc_pager* p = <vc_pager*>calloc(1, sizeof(vc_pager))    # only its path is read
-    cdef vc_hints h
+    cdef uint64_t hbuf[32]          # 256 bytes, 8-byte aligned, as a frame's hint block is
+    cdef vc_hints* h = <vc_hints*>hbuf
     cdef int rc
+    if sizeof(vc_hints) > sizeof(hbuf):
+        free(p)
+        return vc_fail(err, VC_E_NOMEM, "hint block larger than its buffer")
     if p == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory")
     snprintf(p.path, sizeof(p.path), "<page>")
@@ -306,12 +338,15 @@ cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const 
     if node_check(p, page, 0, VC_PAGE_LEAF if mode == 0 else VC_PAGE_BRANCH, -1, err) < 0:
         free(p)
         return -1
-    vc_hints_derive(page, &h)
+    if given != NULL:
+        memcpy(h, given, sizeof(vc_hints))
+    else:
+        vc_hints_derive(page, h)
     nheads[0] = h.nheads
     if mode == 0:
-        rc = leaf_lower_bound(p, page, 0, &h if hinted else NULL, key, klen, pos, exact, err)
+        rc = leaf_lower_bound(p, page, 0, h if hinted else NULL, key, klen, pos, exact, err)
     else:
-        rc = branch_search(p, page, 0, &h if hinted else NULL, key, klen, mode == 2, pos, err)
+        rc = branch_search(p, page, 0, h if hinted else NULL, key, klen, mode == 2, pos, err)
     free(p)
     return rc
 
@@ -345,8 +380,70 @@ cdef int read_overflow(vc_pager* p, uint32_t first, uint32_t vlen, vc_buf* out, 
 
 # ---------------------------------------------------------------- point lookup
 
+cdef enum:
+    GET_AGAIN = 2           # tree_get_unpinned: a page was not cached, or changed under it
+
+
+cdef int tree_get_unpinned(vc_pager* p, uint32_t root, uint32_t height, const unsigned char* key,
+                           uint32_t klen, vc_buf* out, vc_err* err) noexcept nogil:
+    """vc_tree_get over cached pages without pinning them (vc_page_try): GET_AGAIN when a
+    page is not cached or was refilled while it was read, and vc_tree_get then descends
+    again with pins.  Each page is confirmed unchanged (vc_page_still) before anything read
+    from it is used: the child to descend to, the value, a not-found or an error."""
+    cdef uint32_t pid = root, level = height - 1, ci, frame, pos
+    cdef uint64_t gen
+    cdef const unsigned char* page
+    cdef bint exact
+    cdef leaf_ent e
+    cdef int rc
+    while True:
+        page = vc_page_try(p, pid, &frame, &gen)
+        if page == NULL:
+            return GET_AGAIN
+        if level > 0:
+            if (node_check(p, page, pid, VC_PAGE_BRANCH, <int>level, err) < 0
+                    or branch_search(p, page, pid, vc_page_hints(p, frame), key, klen, False,
+                                     &ci, err) < 0
+                    or branch_child(p, page, pid, ci, &pid, err) < 0):
+                return -1 if vc_page_still(p, frame, gen) else GET_AGAIN
+            if not vc_page_still(p, frame, gen):
+                return GET_AGAIN
+            level -= 1
+            continue
+        if (node_check(p, page, pid, VC_PAGE_LEAF, 0, err) < 0
+                or leaf_lower_bound(p, page, pid, vc_page_hints(p, frame), key, klen, &pos,
+                                    &exact, err) < 0
+                or (exact and leaf_get(p, page, pid, pos, &e, err) < 0)):
+            return -1 if vc_page_still(p, frame, gen) else GET_AGAIN
+        if not exact:
+            return VC_NOTFOUND if vc_page_still(p, frame, gen) else GET_AGAIN
+        if e.ovf != 0:
+            if not vc_page_still(p, frame, gen):
+                return GET_AGAIN
+            rc = read_overflow(p, e.ovf, e.vlen, out, err)
+            return -1 if rc < 0 else VC_OK
+        if vc_buf_reserve(out, e.vlen if e.vlen else 1) < 0:
+            return vc_fail(err, VC_E_NOMEM, "out of memory")
+        memcpy(out.data, e.value, e.vlen)
+        out.len = e.vlen
+        return VC_OK if vc_page_still(p, frame, gen) else GET_AGAIN
+
+
 cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned char* key,
-                     uint32_t klen, vc_buf* out, vc_err* err) noexcept nogil:
+                     uint32_t klen, vc_buf* out, uint64_t* unpinned_hits, vc_err* err) noexcept nogil:
+    cdef int rc
+    if root == 0:
+        return VC_NOTFOUND
+    rc = tree_get_unpinned(p, root, height, key, klen, out, err)
+    if rc != GET_AGAIN:
+        if p.fd >= 0:                   # an in-memory store has no cache to count hits of
+            unpinned_hits[0] += height
+        return rc
+    return tree_get_pinned(p, root, height, key, klen, out, err)
+
+
+cdef int tree_get_pinned(vc_pager* p, uint32_t root, uint32_t height, const unsigned char* key,
+                         uint32_t klen, vc_buf* out, vc_err* err) noexcept nogil:
     cdef uint32_t pid = root, level, ci, handle, pos
     cdef const unsigned char* page
     cdef bint exact

@@ -163,6 +163,8 @@ cdef struct vc_txn:
     vc_finger ws_finger     # last write-set search (sorted writes skip most of the search)
     vc_finger mem_finger    # last shared-memtable search
     vc_buf scratch          # last value read from the tree
+    uint64_t page_hits      # pages its gets read without a pin; added to the pager's count
+                            # when it ends
     vc_buf payload          # log record being built at commit
 
 cdef enum:

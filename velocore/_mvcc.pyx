@@ -1147,6 +1147,9 @@ cdef void txn_release(vc_txn* t) noexcept nogil:
     t.wa_mode = False
     vc_buf_free(&t.scratch)
     vc_buf_free(&t.payload)
+    if t.page_hits != 0:
+        vc_add_u64_relaxed(&t.db.pager.unpinned_hits, t.page_hits)
+        t.page_hits = 0
     t.state = VC_TXN_ENDED
 
 
@@ -1442,7 +1445,8 @@ cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const un
     cdef int rc = txn_get_mem(t, key, klen, value, vlen)
     if rc != TXN_GET_TREE:
         return rc
-    rc = vc_tree_get(t.db.pager, t.view.root, t.view.height, key, klen, &t.scratch, err)
+    rc = vc_tree_get(t.db.pager, t.view.root, t.view.height, key, klen, &t.scratch,
+                     &t.page_hits, err)
     if rc == VC_OK:
         value[0] = t.scratch.data
         vlen[0] = t.scratch.len

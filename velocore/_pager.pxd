@@ -5,7 +5,8 @@
 # write is caught like a flipped bit).  Pages are written only by a checkpoint, into
 # pages no reader can see (copy-on-write), so a cached page is never dirty.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
-from velocore._common cimport vc_err, vc_u32vec, pthread_mutex_t
+from velocore._common cimport (vc_err, vc_u32vec, pthread_mutex_t, vc_fence_acquire,
+                               vc_load_u64_relaxed)
 
 cdef enum:
     VC_PAGE_SIZE = 4096
@@ -50,10 +51,13 @@ cdef struct vc_frame:       # one cache line each: hits on different frames shar
                              # refilled, plus VC_FRAME_LOADING (no pins) while the miss that
                              # claimed it reads page_id without the cache lock
     uint64_t hits            # lookups served by this frame (relaxed; summed by info())
+    uint64_t gen             # bumped each time the frame is claimed for another page,
+                             # before its bytes change: an unpinned read of the frame is
+                             # valid if gen is the same after it (vc_page_try/vc_page_still)
     uint32_t page_id         # page held or being loaded (mirror of state for the slot
                              # table), changed under the cache lock
     uint8_t referenced       # CLOCK bit, set on a hit when clear (relaxed)
-    uint8_t pad[43]
+    uint8_t pad[35]
 
 cdef struct vc_hints:        # search hints of the page in one frame, derived from its bytes by
                              # the miss that loads it, before it is published (see _btree.pyx)
@@ -94,6 +98,8 @@ cdef struct vc_pager:
     pthread_mutex_t lock     # guards victim choice, eviction and slot changes; not held
                              # across a miss's read (hits take no lock)
     uint64_t misses          # lookups that read from disk (cache lock)
+    uint64_t unpinned_hits   # pages read through vc_page_try, added by each transaction as
+                             # it ends (relaxed): those reads write nothing shared
     # free space (touched by the checkpointer, and reclaim under the store's lock)
     vc_u32vec free_now       # reusable at once
     vc_u32vec freed_cur      # freed by the checkpoint in progress
@@ -120,6 +126,26 @@ cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil
 # For prefetch hints only: where a cached page's bytes are, NULL if it is not cached (no
 # pin, no read from disk; the frame may change at any time).  Prefetches its first line.
 cdef const unsigned char* vc_page_peek(vc_pager* p, uint32_t page_id) noexcept nogil
+# Optimistic read access, without a pin: where a cached page's bytes are (NULL if it is not
+# cached, is being loaded, or page_id is out of range: use vc_page_get, which loads it or
+# reports the error).  The frame may be refilled with another page at any moment, so
+# whatever is read from the bytes (and from vc_page_hints(p, *frame)) may be torn: every
+# read must stay inside the page whatever the bytes say, and nothing read may be acted
+# on (a child to descend to, a value returned, an error reported) until
+# vc_page_still(p, *frame, *gen) has confirmed the frame held the page throughout.  Never
+# loads, waits or writes anything but the frame's CLOCK bit; the caller counts the hit
+# (unpinned_hits).
+cdef const unsigned char* vc_page_try(vc_pager* p, uint32_t page_id, uint32_t* frame,
+                                      uint64_t* gen) noexcept nogil
+
+cdef inline bint vc_page_still(vc_pager* p, uint32_t frame, uint64_t gen) noexcept nogil:
+    """True if the frame vc_page_try returned has held its page since then, so every read
+    of its bytes made before this call saw that page's bytes."""
+    if frame == VC_NO_FRAME:
+        return True                 # an in-memory page: never rewritten while readable
+    vc_fence_acquire()              # the page reads above complete before gen is read again
+    return vc_load_u64_relaxed(&p.frames[frame].gen) == gen
+
 # Another pin on a page the caller holds pinned (one more vc_page_release is then owed).
 cdef void vc_page_repin(vc_pager* p, uint32_t handle) noexcept nogil
 

@@ -11,7 +11,7 @@ from posix.stat cimport struct_stat, fstat
 from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin, vc_frame_repin,
                                vc_frame_mark_evicting, vc_load_u32_acquire, vc_store_u32_release,
                                vc_load_u8_relaxed, vc_store_u8_relaxed,
-                               vc_load_u64_relaxed, vc_store_u64_relaxed,
+                               vc_load_u64_relaxed, vc_store_u64_relaxed, vc_fence_release,
                                VC_FRAME_EVICTING)
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32vec, vc_prefetch,
                                vc_u32vec_push, vc_u32vec_free, VC_E_IO, VC_E_CORRUPT,
@@ -425,6 +425,10 @@ cdef uint32_t claim_frame(vc_pager* p, uint32_t page_id, uint32_t max_scan,
             continue
         if vc_frame_cas(&fr.state, st, (st & 0xFFFFFFFF00000000ULL) | VC_FRAME_EVICTING):
             break
+    # Unpinned readers (vc_page_try) validate with gen: it changes before any byte does
+    # (the fence), so a reader that saw a byte of the next page sees a new gen after it.
+    vc_store_u64_relaxed(&fr.gen, fr.gen + 1)
+    vc_fence_release()
     if fr.page_id != VC_NO_FRAME:
         slot_remove(p, fr.page_id)
     fr.page_id = page_id
@@ -511,6 +515,41 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
     return 0
 
 
+cdef const unsigned char* vc_page_try(vc_pager* p, uint32_t page_id, uint32_t* frame,
+                                      uint64_t* gen) noexcept nogil:
+    """The hit path without the pin: reads the frame's line but writes no lock word, so the
+    frame's line and the page's lines are fetched together instead of one after the other
+    (a locked CAS would order every later read after it)."""
+    cdef uint32_t i, f, probes = 0
+    cdef uint64_t g, st
+    cdef vc_frame* fr
+    if page_id < 2 or page_id >= p.page_count:
+        return NULL
+    if p.fd < 0:
+        frame[0] = VC_NO_FRAME
+        return mem_page(p, page_id)
+    i = slot_hash(page_id) & p.slot_mask
+    while probes <= p.slot_mask:
+        f = vc_load_u32_acquire(&p.slots[i])
+        if f == 0:
+            return NULL
+        fr = &p.frames[f - 1]
+        # gen before state: a claim that comes between them leaves gen changed for the
+        # caller's vc_page_still; state (ACQUIRE) shows the page published, not loading
+        g = vc_frame_load(&fr.gen)
+        st = vc_frame_load(&fr.state)
+        if <uint32_t>(st >> 32) == page_id and not (st & VC_FRAME_EVICTING):
+            # the CLOCK bit is written only when clear; the hit is counted by the caller
+            if not vc_load_u8_relaxed(&fr.referenced):
+                vc_store_u8_relaxed(&fr.referenced, 1)
+            frame[0] = f - 1
+            gen[0] = g
+            return p.frame_mem + <size_t>(f - 1) * VC_PAGE_SIZE
+        i = (i + 1) & p.slot_mask
+        probes += 1
+    return NULL
+
+
 cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil:
     if handle == VC_NO_FRAME:
         return
@@ -550,10 +589,10 @@ cdef void vc_page_repin(vc_pager* p, uint32_t handle) noexcept nogil:
 
 
 cdef uint64_t vc_pager_hits(vc_pager* p) noexcept nogil:
-    cdef uint64_t total = 0
+    cdef uint64_t total = vc_load_u64_relaxed(&p.unpinned_hits)
     cdef uint32_t i
     if p.frames == NULL:
-        return 0
+        return total
     for i in range(p.nframes):
         total += p.frames[i].hits
     return total

@@ -23,6 +23,7 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_txn_group_fingers, vc_txn_prefetch_key)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_search
+from velocore._pager cimport vc_hints, vc_page_try, vc_page_still
 
 cdef extern from "Python.h":
     # the raw item pointer (NULL in a list fresh from PyList_New)
@@ -331,22 +332,30 @@ def simd_level():
     return ("scalar", "neon", "avx2", "avx512")[vc_simd_detect()]
 
 
-def _page_search(const unsigned char[:] page, const unsigned char[:] key, int mode, bint hinted):
-    """_page_search(page, key, mode, hinted) -> (pos, exact, nheads)
+def _page_search(const unsigned char[:] page, const unsigned char[:] key, int mode, bint hinted,
+                 const unsigned char[:] hints=None):
+    """_page_search(page, key, mode, hinted, hints=None) -> (pos, exact, nheads)
 
     Test support: search one 4096-byte leaf (mode 0) or branch page (1: separators <= key,
     2: separators < key) as a lookup over a cached page does, with its search hints or
-    without.  Raises CorruptionError where the search meets a damaged slot.
+    without.  Raises CorruptionError where the search meets a damaged slot.  hints: a
+    256-byte hint block to use instead of the page's own (any bytes: what a reader that
+    does not pin the frame may see while it is refilled).
     """
     cdef uint32_t pos = 0, nheads = 0
     cdef bint exact = False
     cdef vc_err err
     cdef int rc
+    cdef const vc_hints* given = NULL
     if page.shape[0] != 4096 or not 1 <= key.shape[0] <= 1028 or not 0 <= mode <= 2:
         raise ValueError("a 4096-byte page, a 1..1028-byte key and a mode 0..2")
+    if hints is not None:
+        if hints.shape[0] != sizeof(vc_hints):
+            raise ValueError("a %d-byte hint block" % sizeof(vc_hints))
+        given = <const vc_hints*>&hints[0]
     err.code = VC_E_NONE
-    rc = vc_page_search(&page[0], hinted, mode, &key[0], <uint32_t>key.shape[0], &pos, &exact,
-                        &nheads, &err)
+    rc = vc_page_search(&page[0], hinted, mode, &key[0], <uint32_t>key.shape[0], given, &pos,
+                        &exact, &nheads, &err)
     if rc < 0:
         raise_error(&err)
     return pos, bool(exact), nheads
@@ -407,6 +416,21 @@ cdef class Store:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _page_try(self, uint32_t page_id):
+        """Test support: (frame, gen) if page_id is cached, read as an unpinned lookup
+        reads it (no pin, no load), else None."""
+        cdef uint32_t frame
+        cdef uint64_t gen
+        self.check_open()
+        if vc_page_try(self.db.pager, page_id, &frame, &gen) == NULL:
+            return None
+        return frame, gen
+
+    def _page_still(self, uint32_t frame, uint64_t gen):
+        """Test support: whether the frame _page_try returned still holds that page."""
+        self.check_open()
+        return bool(vc_page_still(self.db.pager, frame, gen))
 
     def __repr__(self):
         state = "closed" if self.db == NULL else ("read-only" if self.readonly else "open")
