@@ -31,7 +31,9 @@ Workloads:
        p50 / p99 commit latency
   W7   one reader thread (read transactions of 1,000 random gets) while another thread
        commits 10-put transactions back to back, non-durable and durable; the reader's
-       rate as a share of its rate alone on the same store
+       rate as a share of its rate alone on the same store, from 10 pairs of alternating
+       solo and shared phases (the store settled before each), the median of the pairs'
+       ratios
 W3, W3b, W4 and W5 read the store that W2 built (brought to rest first, untimed).
 
 Each peer runs its documented fast path. Non-durable: velocore sync="off"; LMDB
@@ -84,6 +86,7 @@ DURABLE_COMMITS = 2_000
 W7_PRELOAD = 100_000
 W7_GET_BATCH = 1_000
 W7_PUTS_PER_COMMIT = 10
+W7_PAIRS = 10                   # alternating solo / shared reader phases
 
 
 # ===================================================================== engine adapters
@@ -471,7 +474,13 @@ def expect(what, got, wanted):
 
 
 def reader_vs_writer(engine_cls, path, durable, cache_mb, seconds, seed):
-    """W7: the reader's gets/s alone, then while a writer commits 10-put transactions."""
+    """W7: the reader's gets/s alone and while a writer commits 10-put transactions.
+
+    This VM's speed drifts by 20-40% within seconds, so one solo phase followed by one
+    shared phase mostly measures the drift.  The phases alternate instead: W7_PAIRS
+    pairs of a solo and a shared phase (seconds / W7_PAIRS each, which comes first
+    alternating), the store settled before each phase as it was before the one shared
+    phase of old, and the share is the median of the pairs' ratios."""
     engine = engine_cls(path, durable, cache_mb)
     try:
         rng = random.Random(seed)
@@ -485,18 +494,20 @@ def reader_vs_writer(engine_cls, path, durable, cache_mb, seconds, seed):
             reader = Sqlite.__new__(Sqlite)
             reader.__dict__.update(engine.__dict__)
             reader.con = engine.connect()
+        phase_seconds = seconds / W7_PAIRS
 
         def read_rate():
             gets = 0
             started = time.perf_counter()
-            deadline = started + seconds
+            deadline = started + phase_seconds
             while time.perf_counter() < deadline:
                 expect("W7 reader", reader.get_each(batch), len(batch))
                 gets += len(batch)
             return gets / (time.perf_counter() - started)
 
-        gc.collect()
-        solo = read_rate()
+        go = threading.Event()          # set: the writer is to commit back to back
+        running = threading.Event()     # set: it is doing so
+        idle = threading.Event()        # set: it is between phases, not committing
         stop = threading.Event()
         commits = [0]
         errors = []
@@ -504,27 +515,56 @@ def reader_vs_writer(engine_cls, path, durable, cache_mb, seconds, seed):
         def write_loop():
             try:
                 wrng = random.Random(seed + 1)
-                while not stop.is_set():
-                    engine.put_batch([(wrng.randbytes(16), b"w" * 100)
-                                      for _ in range(W7_PUTS_PER_COMMIT)])
-                    commits[0] += 1
+                while True:
+                    idle.set()
+                    go.wait()
+                    if stop.is_set():
+                        return
+                    idle.clear()
+                    running.set()
+                    while go.is_set():
+                        engine.put_batch([(wrng.randbytes(16), b"w" * 100)
+                                          for _ in range(W7_PUTS_PER_COMMIT)])
+                        commits[0] += 1
+                    running.clear()
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
+                running.set()
+                idle.set()
 
         writer = threading.Thread(target=write_loop)
         writer.start()
+        solo, shared, shared_seconds = [], [], 0.0
         try:
-            started = time.perf_counter()
-            shared = read_rate()
+            idle.wait()
+            for i in range(W7_PAIRS):
+                for kind in (("solo", "shared") if i % 2 == 0 else ("shared", "solo")):
+                    engine.settle()
+                    gc.collect()
+                    if kind == "solo":
+                        solo.append(read_rate())
+                        continue
+                    go.set()
+                    running.wait()
+                    started = time.perf_counter()
+                    shared.append(read_rate())
+                    go.clear()
+                    idle.wait()
+                    shared_seconds += time.perf_counter() - started
+                    if errors:
+                        raise errors[0]
         finally:
             stop.set()
+            go.set()
             writer.join()
         if errors:
             raise errors[0]
         if reader is not engine:
             reader.con.close()
-        return {"solo": solo, "with_writer": shared, "share": shared / solo,
-                "writer_commits_per_s": commits[0] / (time.perf_counter() - started)}
+        return {"solo": statistics.median(solo), "with_writer": statistics.median(shared),
+                "share": statistics.median(b / a for a, b in zip(solo, shared)),
+                "solo_phases": solo, "shared_phases": shared,
+                "writer_commits_per_s": commits[0] / shared_seconds}
     finally:
         engine.close()
 
