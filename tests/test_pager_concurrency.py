@@ -435,3 +435,15 @@ def test_unpinned_gets_beside_refills(big_store):
         assert counts["gets"] == 120_000
         # each get's pages are counted when its snapshot ends
         assert s.info()["cache_hits"] - hits > counts["gets"]
+
+
+def test_page_still_refuses_a_frame_outside_the_cache(big_store, tmp_path):
+    with velocore.open(big_store, readonly=True, cache_mb=0.05) as s:
+        with pytest.raises(ValueError):
+            s._page_still(10**6, 0)
+    with velocore.open(None) as m:
+        t = m.table("t")
+        t.put(b"k", b"v")
+        m.checkpoint()
+        with pytest.raises(ValueError):
+            m._page_still(0, 0)

@@ -517,9 +517,10 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
 
 cdef const unsigned char* vc_page_try(vc_pager* p, uint32_t page_id, uint32_t* frame,
                                       uint64_t* gen) noexcept nogil:
-    """The hit path without the pin: reads the frame's line but writes no lock word, so the
-    frame's line and the page's lines are fetched together instead of one after the other
-    (a locked CAS would order every later read after it)."""
+    """The hit path without the pin: reads the frame's line and writes nothing there but a
+    clear CLOCK bit, so there is no locked instruction (a CAS to pin, a decrement to
+    unpin) on the way to the page's bytes, and readers of a hot page (the root) do not
+    take its frame's line from one another."""
     cdef uint32_t i, f, probes = 0
     cdef uint64_t g, st
     cdef vc_frame* fr

@@ -23,7 +23,7 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_txn_group_fingers, vc_txn_prefetch_key)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_search
-from velocore._pager cimport vc_hints, vc_page_try, vc_page_still
+from velocore._pager cimport vc_hints, vc_page_try, vc_page_still, VC_NO_FRAME
 
 cdef extern from "Python.h":
     # the raw item pointer (NULL in a list fresh from PyList_New)
@@ -430,6 +430,8 @@ cdef class Store:
     def _page_still(self, uint32_t frame, uint64_t gen):
         """Test support: whether the frame _page_try returned still holds that page."""
         self.check_open()
+        if frame != VC_NO_FRAME and (self.db.pager.fd < 0 or frame >= self.db.pager.nframes):
+            raise ValueError("no frame %d in a cache of %d" % (frame, self.db.pager.nframes))
         return bool(vc_page_still(self.db.pager, frame, gen))
 
     def __repr__(self):
