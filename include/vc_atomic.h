@@ -100,22 +100,6 @@ static inline void vc_frame_unpin(uint64_t *p) { __atomic_fetch_sub(p, 1, __ATOM
  * already ordered the page bytes before its reads.  RELAXED is enough. */
 static inline void vc_frame_repin(uint64_t *p) { __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
 static inline void vc_frame_mark_evicting(uint64_t *p) { __atomic_fetch_or(p, (uint64_t)VC_FRAME_EVICTING, __ATOMIC_ACQ_REL); }
-/* Page-table entries (the page cache's map from page id to frame, _pager.pyx).  A load
- * publishes its entry with RELEASE after writing the page's bytes and hint block, and a
- * lookup loads entries with ACQUIRE, so a reader that finds an entry sees those bytes.  A
- * claim of the frame for another page clears the entry (RELAXED, under the cache lock)
- * and then issues vc_fence_release before the first byte changes; an unpinned reader
- * loads the entry again (RELAXED) after its own vc_fence_acquire (vc_page_still).  The
- * CLOCK bit is set with a RELAXED CAS, which fails if the entry changed meanwhile (a
- * cleared entry must never come back), and cleared with a RELAXED fetch-and under the
- * cache lock: neither orders anything. */
-static inline uint64_t vc_pt_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void vc_pt_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-static inline void vc_pt_set_bits(uint64_t *p, uint64_t seen, uint64_t bits)
-{
-    __atomic_compare_exchange_n(p, &seen, seen | bits, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-}
-static inline void vc_pt_clear_bits(uint64_t *p, uint64_t bits) { __atomic_fetch_and(p, ~bits, __ATOMIC_RELAXED); }
 static inline uint32_t vc_load_u32_acquire(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void vc_store_u32_release(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint8_t vc_load_u8_relaxed(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }

@@ -371,64 +371,30 @@ def test_page_cache_lies_on_huge_pages(tmp_path):
 
 def test_unpinned_read_notices_a_refilled_frame(big_store):
     """A per-key get reads cached pages without pinning them and checks afterwards that
-    each page's page-table entry is unchanged (a refill of its frame clears it, and the
-    claim count makes every later entry differ).  After enough other pages pass through
-    64 frames, every page seen before answers "changed" exactly when it left its frame."""
+    each frame still held its page (a generation the frame's refill bumps).  After enough
+    other pages pass through 64 frames, every page seen before answers "changed" exactly
+    when its frame was refilled in between."""
     with velocore.open(big_store, readonly=True, cache_mb=0.05) as s:
         t = s.table("t")
         assert t.get(key(12345)) == value(12345)
         pages = s.info()["page_count"]
         seen = {pid: s._page_try(pid) for pid in range(2, pages)}
-        seen = {pid: fe for pid, fe in seen.items() if fe is not None}
+        seen = {pid: fg for pid, fg in seen.items() if fg is not None}
         # the get's root, branch and leaf at least
         assert len(seen) >= 3
-        for pid, (frame, entry) in seen.items():
-            assert s._page_still(pid, frame, entry)
+        for frame, gen in seen.values():
+            assert s._page_still(frame, gen)
         rnd = random.Random(3)
         with s.snapshot() as snap:
             ids = [rnd.randrange(N_KEYS) for _ in range(20_000)]
             assert snap.get_many(t, [key(i) for i in ids]) == [value(i) for i in ids]
         changed = 0
-        for pid, (frame, entry) in seen.items():
+        for pid, (frame, gen) in seen.items():
             now = s._page_try(pid)
-            still = s._page_still(pid, frame, entry)
-            assert still == (now == (frame, entry)), (pid, frame, entry, now, still)
+            still = s._page_still(frame, gen)
+            assert still == (now == (frame, gen)), (pid, frame, gen, now, still)
             changed += not still
         assert changed > 0
-
-
-def test_unpinned_read_notices_a_page_back_in_its_frame(big_store):
-    """A page that leaves its frame and is loaded into the same frame again gets a new
-    entry (the frame's claim count is in it), so a reader that read the frame before the
-    page left is told so, though page and frame are the same again."""
-    with velocore.open(big_store, readonly=True, cache_mb=0.05) as s:
-        t = s.table("t")
-        rnd = random.Random(5)
-        assert t.get(key(12345)) == value(12345)
-        pages = s.info()["page_count"]
-        first = {pid: s._page_try(pid) for pid in range(2, pages)}
-        first = {pid: fe for pid, fe in first.items() if fe is not None}
-        left = set()
-        back = 0
-        for _ in range(3000):
-            with s.snapshot() as snap:
-                snap.get_many(t, [key(rnd.randrange(N_KEYS)) for _ in range(200)])
-            for pid, (frame, entry) in first.items():
-                now = s._page_try(pid)
-                if now != (frame, entry):
-                    left.add(pid)
-            assert t.get(key(12345)) == value(12345)
-            for pid in list(left):
-                frame, entry = first[pid]
-                now = s._page_try(pid)
-                if now is not None and now[0] == frame:
-                    assert now[1] != entry, (pid, frame, entry)
-                    assert not s._page_still(pid, frame, entry)
-                    back += 1
-                    left.discard(pid)
-            if back >= 3:
-                break
-        assert back >= 3, back
 
 
 def test_unpinned_gets_beside_refills(big_store):
@@ -487,14 +453,11 @@ def test_unpinned_hits_are_counted(big_store):
 
 def test_page_still_refuses_a_frame_outside_the_cache(big_store, tmp_path):
     with velocore.open(big_store, readonly=True, cache_mb=0.05) as s:
-        pages = s.info()["page_count"]
         with pytest.raises(ValueError):
-            s._page_still(2, 10**6, 0)
-        with pytest.raises(ValueError):
-            s._page_still(pages, 0, 0)
+            s._page_still(10**6, 0)
     with velocore.open(None) as m:
         t = m.table("t")
         t.put(b"k", b"v")
         m.checkpoint()
         with pytest.raises(ValueError):
-            m._page_still(2, 0, 0)
+            m._page_still(0, 0)

@@ -390,15 +390,14 @@ cdef int tree_get_unpinned(vc_pager* p, uint32_t root, uint32_t height, const un
     page is not cached or was refilled while it was read, and vc_tree_get then descends
     again with pins.  Each page is confirmed unchanged (vc_page_still) before anything read
     from it is used: the child to descend to, the value, a not-found or an error."""
-    cdef uint32_t pid = root, cur, level = height - 1, ci, frame, pos
-    cdef uint64_t ent
+    cdef uint32_t pid = root, level = height - 1, ci, frame, pos
+    cdef uint64_t gen
     cdef const unsigned char* page
     cdef bint exact
     cdef leaf_ent e
     cdef int rc
     while True:
-        cur = pid                   # pid moves on to the child before the check
-        page = vc_page_try(p, cur, &frame, &ent)
+        page = vc_page_try(p, pid, &frame, &gen)
         if page == NULL:
             return GET_AGAIN
         if level > 0:
@@ -406,8 +405,8 @@ cdef int tree_get_unpinned(vc_pager* p, uint32_t root, uint32_t height, const un
                     or branch_search(p, page, pid, vc_page_hints(p, frame), key, klen, False,
                                      &ci, err) < 0
                     or branch_child(p, page, pid, ci, &pid, err) < 0):
-                return -1 if vc_page_still(p, cur, frame, ent) else GET_AGAIN
-            if not vc_page_still(p, cur, frame, ent):
+                return -1 if vc_page_still(p, frame, gen) else GET_AGAIN
+            if not vc_page_still(p, frame, gen):
                 return GET_AGAIN
             level -= 1
             continue
@@ -415,11 +414,11 @@ cdef int tree_get_unpinned(vc_pager* p, uint32_t root, uint32_t height, const un
                 or leaf_lower_bound(p, page, pid, vc_page_hints(p, frame), key, klen, &pos,
                                     &exact, err) < 0
                 or (exact and leaf_get(p, page, pid, pos, &e, err) < 0)):
-            return -1 if vc_page_still(p, cur, frame, ent) else GET_AGAIN
+            return -1 if vc_page_still(p, frame, gen) else GET_AGAIN
         if not exact:
-            return VC_NOTFOUND if vc_page_still(p, cur, frame, ent) else GET_AGAIN
+            return VC_NOTFOUND if vc_page_still(p, frame, gen) else GET_AGAIN
         if e.ovf != 0:
-            if not vc_page_still(p, cur, frame, ent):
+            if not vc_page_still(p, frame, gen):
                 return GET_AGAIN
             rc = read_overflow(p, e.ovf, e.vlen, out, err)
             return -1 if rc < 0 else VC_OK
@@ -427,7 +426,7 @@ cdef int tree_get_unpinned(vc_pager* p, uint32_t root, uint32_t height, const un
             return vc_fail(err, VC_E_NOMEM, "out of memory")
         memcpy(out.data, e.value, e.vlen)
         out.len = e.vlen
-        return VC_OK if vc_page_still(p, cur, frame, ent) else GET_AGAIN
+        return VC_OK if vc_page_still(p, frame, gen) else GET_AGAIN
 
 
 cdef int vc_tree_get(vc_pager* p, uint32_t root, uint32_t height, const unsigned char* key,

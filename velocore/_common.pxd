@@ -83,10 +83,6 @@ cdef extern from "vc_atomic.h" nogil:
     void vc_store_u32_release(uint32_t* p, uint32_t v)
     uint8_t vc_load_u8_relaxed(const uint8_t* p)
     void vc_store_u8_relaxed(uint8_t* p, uint8_t v)
-    uint64_t vc_pt_load(const uint64_t* p)
-    void vc_pt_store(uint64_t* p, uint64_t v)
-    void vc_pt_set_bits(uint64_t* p, uint64_t seen, uint64_t bits)
-    void vc_pt_clear_bits(uint64_t* p, uint64_t bits)
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()

@@ -8,21 +8,6 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from velocore._common cimport (vc_err, vc_u32vec, pthread_mutex_t, vc_fence_acquire,
                                vc_load_u64_relaxed)
 
-cdef extern from *:
-    """
-    /* Page-table entries (vc_pager.pt): 0 = the page is not cached.  Otherwise the frame
-     * index + 1 in the low half, and in the high half the low 31 bits of the frame's claim
-     * count (a refill of the same frame with the same page makes a different entry) plus
-     * two flags: LOADING while the miss that claimed the frame reads the page (readers
-     * treat it as not cached), REF the CLOCK reference bit. */
-    #define VC_PT_LOADING 0x8000000000000000ULL
-    #define VC_PT_REF 0x4000000000000000ULL
-    #define VC_PT_BITS 16
-    """
-    const uint64_t VC_PT_LOADING
-    const uint64_t VC_PT_REF
-    const uint32_t VC_PT_BITS
-
 cdef enum:
     VC_PAGE_SIZE = 4096
     VC_HDR_SIZE = 16
@@ -65,12 +50,14 @@ cdef struct vc_frame:       # one cache line each: hits on different frames shar
     uint64_t state           # (page_id << 32) | pins; VC_FRAME_EVICTING while emptied or
                              # refilled, plus VC_FRAME_LOADING (no pins) while the miss that
                              # claimed it reads page_id without the cache lock
-    uint64_t hits            # pinned lookups served by this frame (relaxed; summed by info())
-    uint64_t gen             # claims of this frame (cache lock); its low 31 bits go into
-                             # the page-table entries that map the frame
-    uint32_t page_id         # page held or being loaded (mirror of state for the page
+    uint64_t hits            # lookups served by this frame (relaxed; summed by info())
+    uint64_t gen             # bumped each time the frame is claimed for another page,
+                             # before its bytes change: an unpinned read of the frame is
+                             # valid if gen is the same after it (vc_page_try/vc_page_still)
+    uint32_t page_id         # page held or being loaded (mirror of state for the slot
                              # table), changed under the cache lock
-    uint8_t pad[36]
+    uint8_t referenced       # CLOCK bit, set on a hit when clear (relaxed)
+    uint8_t pad[35]
 
 cdef struct vc_hints:        # search hints of the page in one frame, derived from its bytes by
                              # the miss that loads it, before it is published (see _btree.pyx)
@@ -102,13 +89,13 @@ cdef struct vc_pager:
     vc_hints* hints          # nframes blocks, 64-byte aligned; hints[f] describes frame f's page
                              # while it is pinned (written only while the frame is loading)
     vc_hints_fn derive_hints # fills a frame's hints from its page (NULL: none are built)
-    uint64_t** pt            # page table: page id -> entry (VC_PT_*), in chunks of
-                             # 2^VC_PT_BITS entries allocated when a page of their range is
-                             # first cached and kept until close; maps loading and cached
-                             # pages, changed under `lock` (but for the publish of a load
-                             # and REF, see _pager.pyx), read lock-free by hits
+    uint32_t* slots          # open addressing: frame index + 1, 0 = empty; size slot_mask+1;
+                             # maps valid and loading frames; changed under `lock`, read
+                             # lock-free by hits (a hit that races a change may miss and
+                             # retry under the lock, never mis-hit)
+    uint32_t slot_mask
     uint32_t clock_hand
-    pthread_mutex_t lock     # guards victim choice, eviction and page-table changes; not held
+    pthread_mutex_t lock     # guards victim choice, eviction and slot changes; not held
                              # across a miss's read (hits take no lock)
     uint64_t misses          # lookups that read from disk (cache lock)
     uint64_t unpinned_hits   # pages read through vc_page_try, added by each transaction as
@@ -145,25 +132,19 @@ cdef const unsigned char* vc_page_peek(vc_pager* p, uint32_t page_id) noexcept n
 # whatever is read from the bytes (and from vc_page_hints(p, *frame)) may be torn: every
 # read must stay inside the page whatever the bytes say, and nothing read may be acted
 # on (a child to descend to, a value returned, an error reported) until
-# vc_page_still(p, page_id, *frame, *entry) has confirmed the frame held the page
-# throughout.  Reads one page-table entry and never the frame's descriptor; never loads,
-# waits or writes anything but the entry's REF bit when it is clear; the caller counts
-# the hit (unpinned_hits).
+# vc_page_still(p, *frame, *gen) has confirmed the frame held the page throughout.  Never
+# loads, waits or writes anything but the frame's CLOCK bit; the caller counts the hit
+# (unpinned_hits).
 cdef const unsigned char* vc_page_try(vc_pager* p, uint32_t page_id, uint32_t* frame,
-                                      uint64_t* entry) noexcept nogil
+                                      uint64_t* gen) noexcept nogil
 
-cdef inline bint vc_page_still(vc_pager* p, uint32_t page_id, uint32_t frame,
-                               uint64_t entry) noexcept nogil:
-    """True if the page-table entry vc_page_try read for page_id is unchanged but for its
-    REF bit, so the frame held that page throughout and every read of its bytes made
-    before this call saw that page's bytes: a claim of the frame changes the entry before
-    any byte (see claim_frame), and no later entry equals it (the claim count)."""
+cdef inline bint vc_page_still(vc_pager* p, uint32_t frame, uint64_t gen) noexcept nogil:
+    """True if the frame vc_page_try returned has held its page since then, so every read
+    of its bytes made before this call saw that page's bytes."""
     if frame == VC_NO_FRAME:
         return True                 # an in-memory page: never rewritten while readable
-    vc_fence_acquire()              # the page reads above complete before the entry is read again
-    # the chunk pointer was set before vc_page_try found the entry and never changes
-    return ((vc_load_u64_relaxed(&p.pt[page_id >> VC_PT_BITS][page_id & ((1u << VC_PT_BITS) - 1)])
-             ^ entry) & ~VC_PT_REF) == 0
+    vc_fence_acquire()              # the page reads above complete before gen is read again
+    return vc_load_u64_relaxed(&p.frames[frame].gen) == gen
 
 # Another pin on a page the caller holds pinned (one more vc_page_release is then owed).
 cdef void vc_page_repin(vc_pager* p, uint32_t handle) noexcept nogil

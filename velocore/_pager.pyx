@@ -9,8 +9,8 @@ from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, fstat
 
 from velocore._common cimport (vc_frame_load, vc_frame_cas, vc_frame_store, vc_frame_unpin, vc_frame_repin,
-                               vc_frame_mark_evicting, vc_load_ptr, vc_store_ptr,
-                               vc_pt_load, vc_pt_store, vc_pt_set_bits, vc_pt_clear_bits,
+                               vc_frame_mark_evicting, vc_load_u32_acquire, vc_store_u32_release,
+                               vc_load_u8_relaxed, vc_store_u8_relaxed,
                                vc_load_u64_relaxed, vc_store_u64_relaxed, vc_fence_release,
                                VC_FRAME_EVICTING)
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32vec, vc_prefetch,
@@ -22,9 +22,6 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_crc32c, vc_u32
 cdef enum:
     MEM_CHUNK_BITS = 16
     MEM_CHUNK = 65536
-    PT_CHUNK = 65536         # 1 << VC_PT_BITS entries: 512 KiB, for 256 MiB of file
-    PT_DIR = 65536           # chunks for 2^32 page ids
-    PT_TAG_MASK = 0x3FFFFFFF # bits of a frame's claim count kept in its entries
     FREELIST_PER_PAGE = (VC_PAGE_SIZE - VC_HDR_SIZE) // 4
     MIN_FRAMES = 64
 
@@ -33,6 +30,14 @@ cdef const char* META_MAGIC = b"VELOCORE"
 
 cdef uint32_t vc_page_crc(const unsigned char* page) noexcept nogil:
     return vc_crc32c(0, page + 4, VC_PAGE_SIZE - 4)
+
+
+cdef inline uint32_t slot_hash(uint32_t page_id) noexcept nogil:
+    # Groups of 16 consecutive page ids keep their order inside one cache line of the table
+    # (16 slots of 4 bytes), so a scan, whose next leaves mostly have the next page ids,
+    # finds their slots in a line it has already loaded; Fibonacci hashing spreads the
+    # groups over the table.
+    return (<uint32_t>(((<uint64_t>(page_id >> 4)) * 0x9E3779B97F4A7C15ULL) >> 32) << 4) | (page_id & 15)
 
 
 cdef int full_pread(int fd, unsigned char* buf, size_t n, uint64_t off) noexcept nogil:
@@ -237,10 +242,13 @@ cdef int vc_pager_open(vc_pager** out, const char* store_dir, bint readonly, siz
     # hint blocks: a frame's block is written by every load into it
     p.hints = <vc_hints*>vc_huge_alloc(<size_t>p.nframes * sizeof(vc_hints))
     p.frames = <vc_frame*>vc_huge_alloc(<size_t>p.nframes * sizeof(vc_frame))
-    # the page table's directory: its chunks come as pages of their ranges are cached
-    p.pt = <uint64_t**>calloc(PT_DIR, sizeof(uint64_t*))
+    p.slot_mask = 1
+    while p.slot_mask < p.nframes * 2:
+        p.slot_mask <<= 1
+    p.slots = <uint32_t*>vc_huge_alloc(p.slot_mask * sizeof(uint32_t))
+    p.slot_mask -= 1
     p.derive_hints = derive_hints
-    if p.frame_mem == NULL or p.hints == NULL or p.frames == NULL or p.pt == NULL:
+    if p.frame_mem == NULL or p.hints == NULL or p.frames == NULL or p.slots == NULL:
         return vc_fail(err, VC_E_NOMEM, "cannot allocate a page cache of %u pages", p.nframes)
     for i in range(p.nframes):
         memset(&p.frames[i], 0, sizeof(vc_frame))
@@ -268,10 +276,7 @@ cdef void vc_pager_close(vc_pager* p) noexcept nogil:
     vc_huge_free(p.frame_mem, <size_t>p.nframes * VC_PAGE_SIZE)
     vc_huge_free(p.hints, <size_t>p.nframes * sizeof(vc_hints))
     vc_huge_free(p.frames, <size_t>p.nframes * sizeof(vc_frame))
-    if p.pt != NULL:
-        for i in range(PT_DIR):
-            vc_huge_free(p.pt[i], PT_CHUNK * sizeof(uint64_t))
-        free(p.pt)
+    vc_huge_free(p.slots, (<size_t>p.slot_mask + 1) * sizeof(uint32_t))
     vc_u32vec_free(&p.free_now)
     vc_u32vec_free(&p.freed_cur)
     vc_u32vec_free(&p.chain_pages)
@@ -292,49 +297,30 @@ cdef inline unsigned char* mem_page(vc_pager* p, uint32_t page_id) noexcept nogi
     return chunk[page_id & (MEM_CHUNK - 1)]
 
 
-# The page table maps a page id to the frame that holds or loads it: one entry per page
-# of the file, in chunks of PT_CHUNK (see VC_PT_* in _pager.pxd).  A lookup is two loads:
-# the directory's line, which stays cached, and the entry.  An entry says everything a
-# reader needs: whether the page is cached and published, which frame, whether CLOCK has
-# seen a hit since its last pass (REF), and through the claim count whether the frame was
-# refilled since the entry was read, so an unpinned read never touches the frame's
-# descriptor.  Entries change under the cache lock, but for two that need none: the load
-# that claimed a frame publishes its entry (nobody else changes a loading entry), and a
-# hit sets REF with a CAS that fails if the entry changed meanwhile.
-
-cdef inline uint64_t* pt_find(vc_pager* p, uint32_t page_id) noexcept nogil:
-    """page_id's entry, NULL if no page of its range was ever cached (no entry is set)."""
-    cdef uint64_t* chunk = <uint64_t*>vc_load_ptr(<void* const*>&p.pt[page_id >> VC_PT_BITS])
-    if chunk == NULL:
-        return NULL
-    return &chunk[page_id & (PT_CHUNK - 1)]
-
-
-cdef uint64_t* pt_make(vc_pager* p, uint32_t page_id) noexcept nogil:
-    """pt_find, allocating the chunk if need be (caller holds the cache lock); NULL when
-    out of memory."""
-    cdef uint64_t* chunk = p.pt[page_id >> VC_PT_BITS]
-    if chunk == NULL:
-        chunk = <uint64_t*>vc_huge_alloc(PT_CHUNK * sizeof(uint64_t))     # zeroed
-        if chunk == NULL:
-            return NULL
-        # RELEASE: a lock-free reader that finds the pointer sees the zeroed entries
-        vc_store_ptr(<void**>&p.pt[page_id >> VC_PT_BITS], chunk)
-    return &chunk[page_id & (PT_CHUNK - 1)]
-
-
-cdef inline bint pt_cached(uint64_t e) noexcept nogil:
-    """An entry of a published page (not empty, not loading)."""
-    return e != 0 and not (e & VC_PT_LOADING)
-
-
-cdef int mapped_frame(vc_pager* p, uint32_t page_id) noexcept nogil:
-    """Frame index mapped to page_id, cached or loading, -1 if none (caller holds the
-    cache lock)."""
-    cdef uint64_t* ep = pt_find(p, page_id)
-    if ep == NULL or ep[0] == 0:
-        return -1
-    return <int>(<uint32_t>ep[0] - 1)
+cdef void slot_remove(vc_pager* p, uint32_t page_id) noexcept nogil:
+    """Unmap page_id (backward-shift deletion keeps linear probing chains intact)."""
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    cdef uint32_t j, k, f
+    while True:
+        f = p.slots[i]
+        if f == 0:
+            return
+        if p.frames[f - 1].page_id == page_id:
+            break
+        i = (i + 1) & p.slot_mask
+    vc_store_u32_release(&p.slots[i], 0)
+    j = i
+    while True:
+        j = (j + 1) & p.slot_mask
+        f = p.slots[j]
+        if f == 0:
+            return
+        k = slot_hash(p.frames[f - 1].page_id) & p.slot_mask
+        # move slot j into the hole at i unless its home k lies cyclically in (i, j]
+        if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+            vc_store_u32_release(&p.slots[i], f)
+            vc_store_u32_release(&p.slots[j], 0)
+            i = j
 
 
 cdef inline bint try_pin(vc_frame* fr, uint32_t page_id) noexcept nogil:
@@ -349,28 +335,47 @@ cdef inline bint try_pin(vc_frame* fr, uint32_t page_id) noexcept nogil:
 
 
 cdef inline int lookup_pin(vc_pager* p, uint32_t page_id) noexcept nogil:
-    """Frame index holding page_id, pinned; -1 if it is not cached and published (maybe
-    falsely, while the frame is being claimed: the caller then retries under the lock)."""
-    cdef uint64_t* ep = pt_find(p, page_id)
-    cdef uint64_t e
-    cdef uint32_t f
+    """Frame index holding page_id, pinned; -1 if none found (maybe falsely, while a
+    concurrent slot change is under way: the caller then retries under the lock)."""
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    cdef uint32_t f, probes = 0
     cdef vc_frame* fr
-    if ep == NULL:
-        return -1
-    e = vc_pt_load(ep)
-    if not pt_cached(e):
-        return -1
-    f = <uint32_t>e - 1
-    fr = &p.frames[f]
-    # the pin checks the frame's own word: the entry may be stale by now
-    if not try_pin(fr, page_id):
-        return -1
-    # a statistic: a plain increment (two threads hitting the frame at once may count one
-    # hit), no locked instruction on the hit path
-    vc_store_u64_relaxed(&fr.hits, vc_load_u64_relaxed(&fr.hits) + 1)
-    if not (e & VC_PT_REF):
-        vc_pt_set_bits(ep, e, VC_PT_REF)
-    return <int>f
+    while probes <= p.slot_mask:
+        f = vc_load_u32_acquire(&p.slots[i])
+        if f == 0:
+            return -1
+        fr = &p.frames[f - 1]
+        if try_pin(fr, page_id):
+            # a statistic: a plain increment (two threads hitting the frame at once may
+            # count one hit), no locked instruction on the hit path
+            vc_store_u64_relaxed(&fr.hits, vc_load_u64_relaxed(&fr.hits) + 1)
+            if not vc_load_u8_relaxed(&fr.referenced):
+                vc_store_u8_relaxed(&fr.referenced, 1)
+            return <int>(f - 1)
+        i = (i + 1) & p.slot_mask
+        probes += 1
+    return -1
+
+
+cdef int slot_find(vc_pager* p, uint32_t page_id) noexcept nogil:
+    """Frame index mapped to page_id, -1 if none (caller holds the cache lock)."""
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    cdef uint32_t f
+    while True:
+        f = p.slots[i]
+        if f == 0:
+            return -1
+        if p.frames[f - 1].page_id == page_id:
+            return <int>(f - 1)
+        i = (i + 1) & p.slot_mask
+
+
+cdef void slot_insert(vc_pager* p, uint32_t page_id, uint32_t f) noexcept nogil:
+    """Map page_id to frame f (caller holds the cache lock; page_id is not mapped)."""
+    cdef uint32_t i = slot_hash(page_id) & p.slot_mask
+    while p.slots[i] != 0:
+        i = (i + 1) & p.slot_mask
+    vc_store_u32_release(&p.slots[i], f + 1)
 
 
 cdef void wait_loaded(vc_frame* fr, uint32_t page_id) noexcept nogil:
@@ -392,19 +397,17 @@ cdef void wait_loaded(vc_frame* fr, uint32_t page_id) noexcept nogil:
 
 cdef uint32_t claim_frame(vc_pager* p, uint32_t page_id, uint32_t max_scan,
                           uint8_t referenced) noexcept nogil:
-    """Take a frame for page_id (caller holds the cache lock; page_id is not mapped, and
-    pt_make has made its entry) and map it as loading it: VC_NO_FRAME if none is free
-    within max_scan steps of CLOCK.
+    """Take a frame for page_id (caller holds the cache lock; page_id is not mapped) and
+    map it as loading it: VC_NO_FRAME if none is free within max_scan steps of CLOCK.
 
-    CLOCK clears the reference bits (REF in the page table) it passes and claims the
-    first unpinned frame whose bit is clear, with a CAS from "unpinned" to "evicting", which no reader can pin.  The
+    CLOCK clears the reference bits it passes and claims the first unpinned frame whose
+    bit is clear, with a CAS from "unpinned" to "evicting", which no reader can pin.  The
     frame is then mapped to page_id with VC_FRAME_LOADING: a later miss on the same page
     finds it in the table and waits for it instead of reading the page into a second
     frame, and hits and CLOCK leave it alone until its owner publishes it."""
     cdef uint32_t f, scanned = 0
     cdef vc_frame* fr
     cdef uint64_t st
-    cdef uint64_t* ep
     while True:
         if scanned >= max_scan:
             return VC_NO_FRAME
@@ -417,35 +420,22 @@ cdef uint32_t claim_frame(vc_pager* p, uint32_t page_id, uint32_t max_scan,
         st = vc_frame_load(&fr.state)
         if <uint32_t>st != 0:
             continue                                  # pinned, or being loaded
-        if fr.page_id != VC_NO_FRAME:
-            ep = pt_find(p, fr.page_id)               # mapped since its claim
-            if vc_load_u64_relaxed(ep) & VC_PT_REF:
-                vc_pt_clear_bits(ep, VC_PT_REF)
-                continue
+        if fr.page_id != VC_NO_FRAME and vc_load_u8_relaxed(&fr.referenced):
+            vc_store_u8_relaxed(&fr.referenced, 0)
+            continue
         if vc_frame_cas(&fr.state, st, (st & 0xFFFFFFFF00000000ULL) | VC_FRAME_EVICTING):
             break
-    # Unpinned readers (vc_page_try) validate with the old page's entry: it is cleared
-    # before any byte changes (the fence), so a reader that saw a byte of the next page
-    # sees the cleared entry after it (vc_page_still).
-    if fr.page_id != VC_NO_FRAME:
-        vc_store_u64_relaxed(pt_find(p, fr.page_id), 0)
-    fr.gen += 1
+    # Unpinned readers (vc_page_try) validate with gen: it changes before any byte does
+    # (the fence), so a reader that saw a byte of the next page sees a new gen after it.
+    vc_store_u64_relaxed(&fr.gen, fr.gen + 1)
     vc_fence_release()
+    if fr.page_id != VC_NO_FRAME:
+        slot_remove(p, fr.page_id)
     fr.page_id = page_id
+    vc_store_u8_relaxed(&fr.referenced, referenced)
     vc_frame_store(&fr.state, ((<uint64_t>page_id) << 32) | VC_FRAME_EVICTING | VC_FRAME_LOADING)
-    # the caller made page_id's chunk (pt_make)
-    vc_pt_store(pt_find(p, page_id), VC_PT_LOADING | (VC_PT_REF if referenced else 0)
-                | ((fr.gen & PT_TAG_MASK) << 32) | (f + 1))
+    slot_insert(p, page_id, f)
     return f
-
-
-cdef inline void publish_frame(vc_pager* p, uint32_t f, uint32_t page_id, uint64_t state) noexcept nogil:
-    """End a load into frame f (claimed for page_id, its bytes and hints written): the
-    entry first, so that CLOCK, which waits for the state, never claims the frame while
-    its entry still says loading; then the state (RELEASE), which lets pins and waiters in."""
-    cdef uint64_t* ep = pt_find(p, page_id)
-    vc_pt_store(ep, vc_load_u64_relaxed(ep) & ~VC_PT_LOADING)
-    vc_frame_store(&p.frames[f].state, state)
 
 
 cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
@@ -472,17 +462,14 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
             handle[0] = <uint32_t>hit
             return 0
         pthread_mutex_lock(&p.lock)
-        hit = lookup_pin(p, page_id)          # entries are stable under the lock
+        hit = lookup_pin(p, page_id)          # slots are stable under the lock
         if hit >= 0:
             pthread_mutex_unlock(&p.lock)
             page[0] = p.frame_mem + <size_t>hit * VC_PAGE_SIZE
             handle[0] = <uint32_t>hit
             return 0
-        busy = mapped_frame(p, page_id)
+        busy = slot_find(p, page_id)
         if busy < 0:
-            if pt_make(p, page_id) == NULL:
-                pthread_mutex_unlock(&p.lock)
-                return vc_fail(err, VC_E_NOMEM, "out of memory for the page table")
             break                             # not cached: load it (still under the lock)
         # mapped but not pinnable: another miss is loading it.  Wait for that load
         # without the lock, then look again: a hit if it worked; if it failed the page is
@@ -515,42 +502,53 @@ cdef int vc_page_get(vc_pager* p, uint32_t page_id, const unsigned char** page,
     if rc < 0:
         # unmap and empty the frame; waiters see the state change and look again
         pthread_mutex_lock(&p.lock)
-        vc_pt_store(pt_find(p, page_id), 0)   # readers never used a loading entry
+        slot_remove(p, page_id)
         fr.page_id = VC_NO_FRAME
+        vc_store_u8_relaxed(&fr.referenced, 0)
         vc_frame_store(&fr.state, (<uint64_t>VC_NO_FRAME) << 32)   # empty, unpinned
         pthread_mutex_unlock(&p.lock)
         return -1
     # RELEASE after the bytes: a waiter or hit that pins the frame sees the page
-    publish_frame(p, f, page_id, ((<uint64_t>page_id) << 32) | 1)  # pinned by this caller
+    vc_frame_store(&fr.state, ((<uint64_t>page_id) << 32) | 1)     # pinned by this caller
     page[0] = buf
     handle[0] = f
     return 0
 
 
 cdef const unsigned char* vc_page_try(vc_pager* p, uint32_t page_id, uint32_t* frame,
-                                      uint64_t* entry) noexcept nogil:
-    """The hit path without the pin: one page-table entry read, and nothing written but a
-    clear REF bit, so there is no locked instruction (a CAS to pin, a decrement to unpin)
-    on the way to the page's bytes, readers of a hot page (the root) do not take a line
-    from one another, and the frame's descriptor is not read at all."""
-    cdef uint64_t* ep
-    cdef uint64_t e
+                                      uint64_t* gen) noexcept nogil:
+    """The hit path without the pin: reads the frame's line and writes nothing there but a
+    clear CLOCK bit, so there is no locked instruction (a CAS to pin, a decrement to
+    unpin) on the way to the page's bytes, and readers of a hot page (the root) do not
+    take its frame's line from one another."""
+    cdef uint32_t i, f, probes = 0
+    cdef uint64_t g, st
+    cdef vc_frame* fr
     if page_id < 2 or page_id >= p.page_count:
         return NULL
     if p.fd < 0:
         frame[0] = VC_NO_FRAME
         return mem_page(p, page_id)
-    ep = pt_find(p, page_id)
-    if ep == NULL:
-        return NULL
-    e = vc_pt_load(ep)                        # ACQUIRE: the bytes and hints it publishes
-    if not pt_cached(e):
-        return NULL
-    if not (e & VC_PT_REF):
-        vc_pt_set_bits(ep, e, VC_PT_REF)      # vc_page_still ignores REF
-    frame[0] = <uint32_t>e - 1
-    entry[0] = e
-    return p.frame_mem + <size_t>(<uint32_t>e - 1) * VC_PAGE_SIZE
+    i = slot_hash(page_id) & p.slot_mask
+    while probes <= p.slot_mask:
+        f = vc_load_u32_acquire(&p.slots[i])
+        if f == 0:
+            return NULL
+        fr = &p.frames[f - 1]
+        # gen before state: a claim that comes between them leaves gen changed for the
+        # caller's vc_page_still; state (ACQUIRE) shows the page published, not loading
+        g = vc_frame_load(&fr.gen)
+        st = vc_frame_load(&fr.state)
+        if <uint32_t>(st >> 32) == page_id and not (st & VC_FRAME_EVICTING):
+            # the CLOCK bit is written only when clear; the hit is counted by the caller
+            if not vc_load_u8_relaxed(&fr.referenced):
+                vc_store_u8_relaxed(&fr.referenced, 1)
+            frame[0] = f - 1
+            gen[0] = g
+            return p.frame_mem + <size_t>(f - 1) * VC_PAGE_SIZE
+        i = (i + 1) & p.slot_mask
+        probes += 1
+    return NULL
 
 
 cdef void vc_page_release(vc_pager* p, uint32_t handle) noexcept nogil:
@@ -563,20 +561,23 @@ cdef const unsigned char* vc_page_peek(vc_pager* p, uint32_t page_id) noexcept n
     """Where a cached page's bytes are, for prefetch hints only (NULL if not cached), and
     a prefetch of its first line.  No pin: a frame that changes meanwhile only makes the
     hint useless (prefetches never fault, and frame memory stays mapped)."""
+    cdef uint32_t i, f, probes = 0
     cdef const unsigned char* base = NULL
-    cdef uint64_t* ep
-    cdef uint64_t e
     if page_id < 2 or page_id >= p.page_count:
         return NULL
     if p.fd < 0:
         base = mem_page(p, page_id)
     else:
-        ep = pt_find(p, page_id)
-        if ep == NULL:
-            return NULL
-        e = vc_pt_load(ep)
-        if pt_cached(e):
-            base = p.frame_mem + <size_t>(<uint32_t>e - 1) * VC_PAGE_SIZE
+        i = slot_hash(page_id) & p.slot_mask
+        while probes < 8:
+            f = vc_load_u32_acquire(&p.slots[i])
+            if f == 0:
+                return NULL
+            if <uint32_t>(vc_frame_load(&p.frames[f - 1].state) >> 32) == page_id:
+                base = p.frame_mem + <size_t>(f - 1) * VC_PAGE_SIZE
+                break
+            i = (i + 1) & p.slot_mask
+            probes += 1
     if base != NULL:
         vc_prefetch(base)
     return base
@@ -657,7 +658,7 @@ cdef int vc_page_write(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err
         return 0
     h.crc = vc_page_crc(buf)
     # The page was free: no reader holds it, but an old image may still be cached.
-    uncache_page(p, page_id)
+    slot_remove_frame(p, page_id)
     if full_pwrite(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE) < 0:
         return vc_fail_errno(err, VC_E_IO, errno, "%s: writing page %u", p.path, page_id)
     if h.type == VC_PAGE_LEAF or h.type == VC_PAGE_BRANCH:
@@ -672,9 +673,10 @@ cdef void cache_install(vc_pager* p, uint32_t page_id, const unsigned char* buf)
     it is read it is among the first pages evicted (a checkpoint rewriting more than the
     cache holds does not push out the pages readers use)."""
     cdef uint32_t f
+    cdef vc_frame* fr
     pthread_mutex_lock(&p.lock)
-    if mapped_frame(p, page_id) >= 0 or pt_make(p, page_id) == NULL:
-        # the page was free, so no reader should have loaded it since uncache_page;
+    if slot_find(p, page_id) >= 0:
+        # the page was free, so no reader should have loaded it since slot_remove_frame;
         # if one did, its image came from the file this call just wrote: keep that one
         pthread_mutex_unlock(&p.lock)
         return
@@ -682,6 +684,7 @@ cdef void cache_install(vc_pager* p, uint32_t page_id, const unsigned char* buf)
     pthread_mutex_unlock(&p.lock)
     if f == VC_NO_FRAME:
         return
+    fr = &p.frames[f]
     # still loading: as in a miss, only this thread touches the frame until it publishes
     memcpy(p.frame_mem + <size_t>f * VC_PAGE_SIZE, buf, VC_PAGE_SIZE)
     if p.derive_hints != NULL:
@@ -689,17 +692,17 @@ cdef void cache_install(vc_pager* p, uint32_t page_id, const unsigned char* buf)
     else:
         p.hints[f].nheads = 0
     # RELEASE after the bytes and hints: mapped and unpinned
-    publish_frame(p, f, page_id, (<uint64_t>page_id) << 32)
+    vc_frame_store(&fr.state, (<uint64_t>page_id) << 32)
 
 
-cdef void uncache_page(vc_pager* p, uint32_t page_id) noexcept nogil:
+cdef void slot_remove_frame(vc_pager* p, uint32_t page_id) noexcept nogil:
     """Drop any cached image of page_id (caller holds no cache lock)."""
     cdef int f
     cdef vc_frame* fr
     cdef uint64_t st
     while True:
         pthread_mutex_lock(&p.lock)
-        f = mapped_frame(p, page_id)
+        f = slot_find(p, page_id)
         if f < 0:
             pthread_mutex_unlock(&p.lock)
             return
@@ -713,9 +716,9 @@ cdef void uncache_page(vc_pager* p, uint32_t page_id) noexcept nogil:
     # no new pins (the page was free, so nobody should hold one); a stray holder keeps
     # its pin count, and the frame is reused once it drops to zero
     vc_frame_mark_evicting(&fr.state)
-    # the bytes stay as they are until the frame's next claim, which fences after this
-    vc_pt_store(pt_find(p, page_id), 0)
+    slot_remove(p, page_id)
     fr.page_id = VC_NO_FRAME
+    vc_store_u8_relaxed(&fr.referenced, 0)
     st = vc_frame_load(&fr.state)
     while not vc_frame_cas(&fr.state, st, ((<uint64_t>VC_NO_FRAME) << 32) | (st & VC_FRAME_PINS)):
         st = vc_frame_load(&fr.state)

@@ -23,8 +23,7 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_txn_group_fingers, vc_txn_prefetch_key)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_search
-from velocore._pager cimport (vc_hints, vc_page_try, vc_page_still, VC_NO_FRAME, VC_PT_REF,
-                              VC_PT_BITS)
+from velocore._pager cimport vc_hints, vc_page_try, vc_page_still, VC_NO_FRAME
 
 cdef extern from "Python.h":
     # the raw item pointer (NULL in a list fresh from PyList_New)
@@ -419,25 +418,21 @@ cdef class Store:
         self.close()
 
     def _page_try(self, uint32_t page_id):
-        """Test support: (frame, entry) if page_id is cached, read as an unpinned lookup
-        reads it (no pin, no load), else None.  The entry's REF bit is left out: it comes
-        and goes without the page changing."""
+        """Test support: (frame, gen) if page_id is cached, read as an unpinned lookup
+        reads it (no pin, no load), else None."""
         cdef uint32_t frame
-        cdef uint64_t entry
+        cdef uint64_t gen
         self.check_open()
-        if vc_page_try(self.db.pager, page_id, &frame, &entry) == NULL:
+        if vc_page_try(self.db.pager, page_id, &frame, &gen) == NULL:
             return None
-        return frame, entry & ~VC_PT_REF
+        return frame, gen
 
-    def _page_still(self, uint32_t page_id, uint32_t frame, uint64_t entry):
-        """Test support: whether page_id is still in the frame _page_try returned."""
+    def _page_still(self, uint32_t frame, uint64_t gen):
+        """Test support: whether the frame _page_try returned still holds that page."""
         self.check_open()
-        if self.db.pager.fd < 0 or page_id >= self.db.pager.page_count or frame >= self.db.pager.nframes:
-            raise ValueError("page %d, frame %d: not a page of the file in a frame of the cache"
-                             % (page_id, frame))
-        if self.db.pager.pt[page_id >> VC_PT_BITS] == NULL:
-            return False            # no page of its range was ever cached
-        return bool(vc_page_still(self.db.pager, page_id, frame, entry))
+        if frame != VC_NO_FRAME and (self.db.pager.fd < 0 or frame >= self.db.pager.nframes):
+            raise ValueError("no frame %d in a cache of %d" % (frame, self.db.pager.nframes))
+        return bool(vc_page_still(self.db.pager, frame, gen))
 
     def __repr__(self):
         state = "closed" if self.db == NULL else ("read-only" if self.readonly else "open")
