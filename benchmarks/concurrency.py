@@ -1,7 +1,7 @@
 """Concurrency benchmark: how velocore behaves with several threads.
 
     python benchmarks/concurrency.py [--durable-n 2000] [--threads 1,2,4,8]
-                                     [--read-keys 100000] [--seconds 2]
+                                     [--read-keys 100000] [--seconds 2] [--pairs 10]
                                      [--many-keys 1000000] [--seed 42] [--dir DIR]
 
 Prints markdown tables:
@@ -10,9 +10,10 @@ Prints markdown tables:
       with 1, 2, 4 and 8 committing threads, and the ratio to 1 thread (group commit
       lets concurrent committers share one flush);
   (b) a reader thread's gets/s (read transactions of 1,000 per-op gets on a preloaded
-      table) alone, alone with 1,000 other keys in the memtable (what a writer's
-      memtable costs each get), and while one writer thread commits 10-put
-      transactions back to back (sync="full" and sync="off"), as a % of its solo rate;
+      table) beside 1,000 other keys in the memtable (what a writer's memtable costs
+      each get), and beside one writer thread committing 10-put transactions back to
+      back (sync="full" and sync="off"), as a % of its rate alone: alternating pairs of
+      phases alone and beside, the median of the pairs' ratios;
   (c) get_many of --many-keys keys: 1 thread, 2 threads each looking up its own half,
       2 threads each looking up the full set; aggregate keys/s (get_many's loop runs
       without the GIL, so two threads can overlap on two cores).
@@ -26,6 +27,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -106,75 +108,141 @@ def preload(store, n, seed):
     return tbl
 
 
-def reader_rate(store, tbl, n_keys, seconds, seed, writer=None):
-    """gets/s of one reader thread (read transactions of 1,000 gets) over `seconds`,
-    optionally while `writer(stop_event)` runs in another thread. Returns
-    (gets/s, writer commits/s or None)."""
-    stop = threading.Event()
-    result = {}
-
-    def read_loop():
-        rnd = random.Random(seed)
-        batch = [key(rnd.randrange(n_keys)) for _ in range(1000)]
-        gets = 0
-        started = time.perf_counter()
-        deadline = started + seconds
-        while time.perf_counter() < deadline:
-            with store.snapshot() as s:
-                get = s.get
-                for k in batch:
-                    get(tbl, k)
-            gets += len(batch)
-        result["rate"] = gets / (time.perf_counter() - started)
-        stop.set()
-
-    w = None
-    if writer is not None:
-        commits = [0]
-        w = threading.Thread(target=writer, args=(stop, commits))
-        w.start()
-    gc.collect()
+def read_phase(store, tbl, batch, seconds):
+    """gets/s of the calling thread over `seconds`: read transactions of the 1,000 keys
+    of `batch`, one per-op get each."""
+    gets = 0
     started = time.perf_counter()
-    read_loop()
-    wrate = None
-    if w is not None:
-        w.join()
-        wrate = commits[0] / (time.perf_counter() - started)
-    return result["rate"], wrate
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        with store.snapshot() as s:
+            get = s.get
+            for k in batch:
+                get(tbl, k)
+        gets += len(batch)
+    return gets / (time.perf_counter() - started)
 
 
-def make_writer(store, tbl, n_keys):
-    def writer(stop, commits):
-        j = 0
-        while not stop.is_set():
-            with store.txn() as t:
-                for _ in range(10):
-                    t.put(tbl, key(n_keys + j), VALUE)   # fresh keys: no conflicts
-                    j += 1
-            commits[0] += 1
-    return writer
+class Writer:
+    """A thread that commits 10-put transactions of fresh keys back to back while a
+    `with writer:` block runs, and waits between blocks."""
+
+    def __init__(self, store, tbl, first_key):
+        self.store, self.tbl, self.next = store, tbl, first_key
+        self.go = threading.Event()        # set: commit back to back
+        self.running = threading.Event()   # set: doing so
+        self.idle = threading.Event()      # set: between blocks, not committing
+        self.stop = threading.Event()
+        self.commits = 0
+        self.seconds = 0.0
+        self.errors = []
+        self.thread = threading.Thread(target=self.loop)
+        self.thread.start()
+        self.idle.wait()
+
+    def loop(self):
+        try:
+            while True:
+                self.idle.set()
+                self.go.wait()
+                if self.stop.is_set():
+                    return
+                self.idle.clear()
+                self.running.set()
+                while self.go.is_set():
+                    with self.store.txn() as t:
+                        for _ in range(10):
+                            t.put(self.tbl, key(self.next), VALUE)   # fresh keys: no conflicts
+                            self.next += 1
+                    self.commits += 1
+                self.running.clear()
+        except BaseException as exc:  # noqa: BLE001
+            self.errors.append(exc)
+            self.running.set()
+            self.idle.set()
+
+    def __enter__(self):
+        self.go.set()
+        self.running.wait()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.go.clear()
+        self.idle.wait()
+        self.seconds += time.perf_counter() - self.started
+        if self.errors:
+            raise self.errors[0]
+
+    def close(self):
+        self.stop.set()
+        self.go.set()
+        self.thread.join()
+        if self.errors:
+            raise self.errors[0]
 
 
-def bench_reader(workdir, n_keys, seconds, seed):
+def paired(pairs, base, other):
+    """Run `base()` and `other()` (each returns a rate) `pairs` times, which one first
+    alternating; return (base rates, other rates).  This VM's speed drifts by 10-40%
+    within seconds, so one phase of each, one after the other, mostly measures the drift;
+    the ratio of two neighbouring phases does not."""
+    a, b = [], []
+    for i in range(pairs):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            gc.collect()
+            (a if which == 0 else b).append(base() if which == 0 else other())
+    return a, b
+
+
+def bench_reader(workdir, n_keys, seconds, seed, pairs):
+    """Rows (case, reader gets/s alone, gets/s in the case, % of alone, writer commits/s):
+    medians over `pairs` pairs of phases of seconds / pairs each, the store checkpointed
+    (memtable empty) before each phase; % of alone is the median of the pairs' ratios."""
     rows = []
-    solo = None
+    phase = seconds / pairs
+    rnd = random.Random(seed)
+    batch = [key(rnd.randrange(n_keys)) for _ in range(1000)]
+
+    def row(name, solo, other, wrate=None):
+        rows.append((name, statistics.median(solo), statistics.median(other),
+                     100.0 * statistics.median(b / a for a, b in zip(solo, other)), wrate))
+
     for sync in ("full", "off"):
         path = os.path.join(workdir, "reader-%s.vc" % sync)
         with velocore.open(path, sync=sync) as store:
             tbl = preload(store, n_keys, seed)
-            if solo is None:
-                solo, _ = reader_rate(store, tbl, n_keys, seconds, seed)
-                rows.append(("alone", solo, 100.0, None))
+
+            def alone():
+                store.checkpoint()
+                return read_phase(store, tbl, batch, phase)
+
+            if sync == "full":
                 # what a writer's memtable alone costs the reader: every get then checks
                 # the memtable's key filter before the tree (1,000 keys it never reads)
-                with store.txn() as t:
-                    t.put_many(tbl, ((key(n_keys + 10**8 + i), VALUE) for i in range(1000)))
-                rate, _ = reader_rate(store, tbl, n_keys, seconds, seed)
-                rows.append(("alone, 1,000 unread keys in the memtable", rate,
-                             100.0 * rate / solo, None))
-            rate, wrate = reader_rate(store, tbl, n_keys, seconds, seed,
-                                      make_writer(store, tbl, n_keys))
-            rows.append(('with a writer, sync="%s"' % sync, rate, 100.0 * rate / solo, wrate))
+                unread = [n_keys + 10**8]
+
+                def with_memtable():
+                    store.checkpoint()
+                    with store.txn() as t:
+                        t.put_many(tbl, ((key(unread[0] + i), VALUE) for i in range(1000)))
+                    unread[0] += 1000
+                    return read_phase(store, tbl, batch, phase)
+
+                solo, other = paired(pairs, alone, with_memtable)
+                row("1,000 unread keys in the memtable", solo, other)
+
+            writer = Writer(store, tbl, n_keys)
+            try:
+                def shared():
+                    store.checkpoint()
+                    with writer:
+                        return read_phase(store, tbl, batch, phase)
+
+                solo, other = paired(pairs, alone, shared)
+            finally:
+                writer.close()
+            row('a writer, sync="%s"' % sync, solo, other, writer.commits / writer.seconds)
         shutil.rmtree(path)
     return rows
 
@@ -223,7 +291,10 @@ def main(argv=None):
                     help="durable commits per thread count (split over the threads)")
     ap.add_argument("--threads", default="1,2,4,8", help="committing thread counts for (a)")
     ap.add_argument("--read-keys", type=int, default=100_000, help="preloaded keys for (b)")
-    ap.add_argument("--seconds", type=float, default=2.0, help="measuring time per case of (b)")
+    ap.add_argument("--seconds", type=float, default=2.0,
+                    help="measuring time per case of (b), alone and in the case each")
+    ap.add_argument("--pairs", type=int, default=10,
+                    help="alternating pairs of phases (alone, in the case) per case of (b)")
     ap.add_argument("--many-keys", type=int, default=1_000_000, help="keys for (c)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--dir", default=None, help="where to create the temporary stores")
@@ -246,14 +317,17 @@ def main(argv=None):
         print()
         sys.stdout.flush()
 
-        rows = bench_reader(workdir, args.read_keys, args.seconds, args.seed)
+        rows = bench_reader(workdir, args.read_keys, args.seconds, args.seed, args.pairs)
         print(f"## (b) one reader thread: read transactions of 1,000 gets "
-              f"({args.read_keys:,} preloaded keys)\n")
-        print("| reader | gets/s | % of alone | writer commits/s (10 puts each) |")
-        print("|---|---:|---:|---:|")
-        for name, rate, pct, wrate in rows:
+              f"({args.read_keys:,} preloaded keys), alone and beside ...\n")
+        print(f"Medians of {args.pairs} pairs of alternating phases; % of alone is the "
+              f"median of the pairs' ratios.\n")
+        print("| beside | gets/s alone | gets/s beside | % of alone | "
+              "writer commits/s (10 puts each) |")
+        print("|---|---:|---:|---:|---:|")
+        for name, solo, rate, pct, wrate in rows:
             w = "" if wrate is None else f"{wrate:,.0f}"
-            print(f"| {name} | {rate:,.0f} | {pct:.0f}% | {w} |")
+            print(f"| {name} | {solo:,.0f} | {rate:,.0f} | {pct:.0f}% | {w} |")
         print()
         sys.stdout.flush()
 
