@@ -74,6 +74,10 @@ static inline void vc_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUI
  * a reader whose data reads see any new byte also sees the new word after its own
  * vc_fence_acquire. */
 static inline void vc_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+/* A store followed by a load of another word that must not be satisfied before the store
+ * is visible (the GC unlinks dead versions, then reads visible_ts to tag them: a reader
+ * that can still reach them read its snapshot before it loaded the old link). */
+static inline void vc_fence_sc(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline uint32_t vc_load_u32_relaxed(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline uint64_t vc_load_u64_relaxed(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void *vc_load_ptr_relaxed(void *const *p) { return __atomic_load_n((void **)p, __ATOMIC_RELAXED); }

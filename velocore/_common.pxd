@@ -61,6 +61,7 @@ cdef extern from "vc_atomic.h" nogil:
     uint64_t vc_fetch_add_u64(uint64_t* p, uint64_t v)
     uint64_t vc_sub_u64_relaxed(uint64_t* p, uint64_t v)
     void vc_fence_acquire()
+    void vc_fence_sc()
     void vc_fence_release()
     bint vc_cas_int(int* p, int expected, int desired)
     uint64_t vc_load_u64_sc(const uint64_t* p)

@@ -29,6 +29,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                pthread_rwlock_destroy, pthread_rwlock_rdlock, pthread_rwlock_wrlock,
                                pthread_rwlock_unlock, pthread_create, pthread_join,
                                vc_load_u64_sc, vc_store_u64_sc, vc_seq_bump, vc_load_u32_relaxed,
+                               vc_fence_sc,
                                vc_load_u64_relaxed, vc_load_ptr_relaxed, vc_store_u32_relaxed,
                                vc_store_u64_relaxed, vc_store_ptr_relaxed,
                                pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
@@ -809,6 +810,57 @@ cdef void deferred_sweep(vc_db* db, vc_memtable* m, uint64_t horizon) noexcept n
         vc_fetch_add_u64(&db.versions_pruned, versions_free(m, first))
 
 
+cdef void dead_run_prune(vc_db* db, vc_memtable* m, vc_version* head, uint64_t horizon) noexcept nogil:
+    """Unlink the aborted versions right under head (the caller's own pending version),
+    down to the chain's first version that is neither aborted nor an earlier, superseded
+    write of head's own transaction (those stay linked: the write that superseded one
+    marks it aborted only after this install returns, and the next install unlinks it).
+
+    Without this a key written by transaction after transaction that abort (a retry loop
+    on a hot key) keeps every aborted version until its memtable is checkpointed, and
+    each write and read of it walks them all.  Every walker passes aborted versions,
+    whatever its snapshot, so any transaction live now may be at one: the run is tagged
+    visible_ts + 1, read after the unlink (SEQ_CST fence: a reader that loaded the old
+    link took its snapshot before, so it is <= that visible_ts), and freed once the
+    horizon passes it -- once every transaction live at the unlink has ended."""
+    cdef vc_version* prev = head
+    cdef vc_version* x = <vc_version*>vc_load_ptr(<void* const*>&head.older)
+    cdef vc_version* first = NULL
+    cdef vc_version* last = NULL
+    cdef uint64_t count = 0, ts, tag
+    cdef bint cut = False
+    while x != NULL:
+        ts = version_ts(x)
+        if ts == VC_TS_ABORTED:
+            x.shared = NULL
+            if first == NULL:
+                first = x
+            else:
+                last.shared = x
+            last = x
+            count += 1
+            cut = True
+        elif ts == VC_TS_PENDING and x.owner == head.owner:
+            if cut:
+                vc_store_ptr(<void**>&prev.older, x)
+                cut = False
+            prev = x
+        else:
+            break
+        x = <vc_version*>vc_load_ptr(<void* const*>&x.older)
+    if count == 0:
+        return
+    if cut:
+        vc_store_ptr(<void**>&prev.older, x)
+    vc_fence_sc()
+    tag = vc_load_u64(&db.visible_ts) + 1
+    x = first
+    while x != NULL:
+        x.owner = tag                 # aborted: nobody reads its owner any more
+        x = x.shared
+    gap_dispose(db, m, first, last, count, tag, horizon)
+
+
 cdef void chain_prune(vc_db* db, vc_memtable* m, vc_version* head) noexcept nogil:
     """Unlink the versions of head's chain that no snapshot needs (see above).  Caller: the
     owner of the pending version `head`, inside the active memtable's in-flight section."""
@@ -821,9 +873,12 @@ cdef void chain_prune(vc_db* db, vc_memtable* m, vc_version* head) noexcept nogi
     cdef vc_version* x
     cdef vc_version* first = NULL
     cdef vc_version* last = NULL
-    if not gc_read(db, snaps, &nsnaps, &lim, &horizon):
+    if gc_read(db, snaps, &nsnaps, &lim, &horizon):
+        deferred_sweep(db, m, horizon)
+        dead_run_prune(db, m, head, horizon)
+    else:
+        dead_run_prune(db, m, head, 0)    # before the first round: deferred until one
         return
-    deferred_sweep(db, m, horizon)
     # the newest committed version: always needed (snapshots >= live read it or newer ones)
     kept = head
     while kept != NULL:
