@@ -8,7 +8,8 @@ Prints markdown tables:
 
   (a) durable commits/s: sync="full", transactions of one put each (distinct keys),
       with 1, 2, 4 and 8 committing threads, and the ratio to 1 thread (group commit
-      lets concurrent committers share one flush);
+      lets concurrent committers share one flush): each count in alternating pairs of
+      phases with 1 thread, the median of the pairs' ratios;
   (b) a reader thread's gets/s (read transactions of 1,000 per-op gets on a preloaded
       table) beside 1,000 other keys in the memtable (what a writer's memtable costs
       each get), and beside one writer thread committing 10-put transactions back to
@@ -16,7 +17,11 @@ Prints markdown tables:
       phases alone and beside, the median of the pairs' ratios;
   (c) get_many of --many-keys keys: 1 thread, 2 threads each looking up its own half,
       2 threads each looking up the full set; aggregate keys/s (get_many's loop runs
-      without the GIL, so two threads can overlap on two cores).
+      without the GIL, so two threads can overlap on two cores), each 2-thread case in
+      alternating pairs of phases with 1 thread, the median of the pairs' ratios.
+
+Every part pairs its phases because this VM's speed drifts by 10-40% within seconds:
+phases minutes apart mostly measure the drift.
 
 Stores live in temporary directories under --dir (default: the system temp dir) and
 are removed afterwards. Standard library and velocore only.
@@ -70,31 +75,59 @@ def run_threads(n, target):
 
 # ---------------------------------------------------------------------- (a) durable commits
 
-def bench_durable(workdir, total, thread_counts, seed):
+def durable_phase(workdir, n, total, seed):
+    """One phase of (a) in a fresh store: `total` single-put durable commits of distinct
+    keys from n threads; returns (commits/s, commits per fdatasync)."""
+    path = os.path.join(workdir, "durable-%d.vc" % n)
+    with velocore.open(path, sync="full") as store:
+        tbl = store.table("t")
+        per = max(1, total // n)
+        order = list(range(per * n))
+        random.Random(seed + n).shuffle(order)
+
+        def commit_loop(i):
+            for j in order[i * per:(i + 1) * per]:
+                with store.txn() as t:
+                    t.put(tbl, key(j), VALUE)
+
+        before = store.info()
+        took = run_threads(n, commit_loop)
+        after = store.info()
+        assert len(tbl) == per * n
+    shutil.rmtree(path)
+    flushes = max(1, after["log_flushes"] - before["log_flushes"])
+    return per * n / took, (after["commits"] - before["commits"]) / flushes
+
+
+def bench_durable(workdir, total, thread_counts, seed, pairs):
+    """Rows (threads, commits per phase, commits/s, vs 1 thread, commits per fdatasync):
+    each count above 1 runs `pairs` alternating pairs of a 1-thread phase and an n-thread
+    phase; the medians of the rates, of the pairs' ratios and of the group sizes."""
     rows = []
-    base = None
+    ones = []
     for n in thread_counts:
-        path = os.path.join(workdir, "durable-%d.vc" % n)
-        with velocore.open(path, sync="full") as store:
-            tbl = store.table("t")
-            per = max(1, total // n)
-            order = list(range(per * n))
-            random.Random(seed + n).shuffle(order)
+        if n == 1:
+            continue
+        groups = []
 
-            def commit_loop(i):
-                for j in order[i * per:(i + 1) * per]:
-                    with store.txn() as t:
-                        t.put(tbl, key(j), VALUE)
+        def one():
+            rate, group = durable_phase(workdir, 1, total, seed)
+            return rate
 
-            before = store.info()
-            took = run_threads(n, commit_loop)
-            after = store.info()
-            assert len(tbl) == per * n
-        shutil.rmtree(path)
-        rate = per * n / took
-        base = base or rate
-        flushes = max(1, after["log_flushes"] - before["log_flushes"])
-        rows.append((n, per * n, rate, rate / base, (after["commits"] - before["commits"]) / flushes))
+        def many(n=n):
+            rate, group = durable_phase(workdir, n, total, seed)
+            groups.append(group)
+            return rate
+
+        solo, multi = paired(pairs, one, many)
+        ones.extend(solo)
+        rows.append((n, max(1, total // n) * n, statistics.median(multi),
+                     statistics.median(b / a for a, b in zip(solo, multi)),
+                     statistics.median(groups)))
+    if 1 in thread_counts:
+        if not ones:
+            ones = [durable_phase(workdir, 1, total, seed)[0] for _ in range(pairs)]
+        rows.insert(0, (1, total, statistics.median(ones), 1.0, 1.0))
     return rows
 
 
@@ -249,7 +282,10 @@ def bench_reader(workdir, n_keys, seconds, seed, pairs):
 
 # ---------------------------------------------------------------------- (c) get_many
 
-def bench_get_many(workdir, n_keys, seed):
+def bench_get_many(workdir, n_keys, seed, pairs):
+    """Rows (case, keys looked up, keys/s, vs 1 thread): each 2-thread case runs `pairs`
+    alternating pairs of a 1-thread phase and its own phase; medians of the rates and of
+    the pairs' ratios."""
     path = os.path.join(workdir, "many.vc")
     rows = []
     with velocore.open(path, sync="off") as store:
@@ -262,25 +298,27 @@ def bench_get_many(workdir, n_keys, seed):
         half = n_keys // 2
         with store.snapshot() as s:
             s.get_many(tbl, keys)        # warm the cache
-        cases = [
-            ("1 thread, all keys", 1, lambda i: keys),
-            ("2 threads, one half each", 2, lambda i: keys[:half] if i == 0 else keys[half:]),
-            ("2 threads, all keys each", 2, lambda i: keys),
-        ]
-        base = None
-        for name, n, part in cases:
-            parts = [part(i) for i in range(n)]
 
+        def phase(parts):
             def look(i):
                 # a transaction serves one thread at a time: each its own snapshot
                 with store.snapshot() as s:
                     got = s.get_many(tbl, parts[i])
                 assert len(got) == len(parts[i]) and got[0] is not None
 
-            took = run_threads(n, look)
-            rate = sum(len(p) for p in parts) / took
-            base = base or rate
-            rows.append((name, sum(len(p) for p in parts), rate, rate / base))
+            return sum(len(p) for p in parts) / run_threads(len(parts), look)
+
+        cases = [
+            ("2 threads, one half each", [keys[:half], keys[half:]]),
+            ("2 threads, all keys each", [keys, keys]),
+        ]
+        ones = []
+        for name, parts in cases:
+            solo, two = paired(pairs, lambda: phase([keys]), lambda parts=parts: phase(parts))
+            ones.extend(solo)
+            rows.append((name, sum(len(p) for p in parts), statistics.median(two),
+                         statistics.median(b / a for a, b in zip(solo, two))))
+        rows.insert(0, ("1 thread, all keys", n_keys, statistics.median(ones), 1.0))
     shutil.rmtree(path)
     return rows
 
@@ -294,7 +332,7 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=2.0,
                     help="measuring time per case of (b), alone and in the case each")
     ap.add_argument("--pairs", type=int, default=10,
-                    help="alternating pairs of phases (alone, in the case) per case of (b)")
+                    help="alternating pairs of phases per case of (a), (b) and (c)")
     ap.add_argument("--many-keys", type=int, default=1_000_000, help="keys for (c)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--dir", default=None, help="where to create the temporary stores")
@@ -308,9 +346,12 @@ def main(argv=None):
               f"{os.cpu_count()} CPUs, simd {velocore.simd_level()}, dir {workdir}, "
               f"seed {args.seed}\n")
 
-        rows = bench_durable(workdir, args.durable_n, thread_counts, args.seed)
+        rows = bench_durable(workdir, args.durable_n, thread_counts, args.seed, args.pairs)
         print('## (a) durable commits (sync="full", one put per transaction)\n')
-        print("| threads | commits | commits/s | vs 1 thread | commits per fdatasync |")
+        print(f"Each thread count against 1 thread in {args.pairs} pairs of alternating "
+              f"phases, a fresh store each; medians, and vs 1 thread is the median of the "
+              f"pairs' ratios.\n")
+        print("| threads | commits per phase | commits/s | vs 1 thread | commits per fdatasync |")
         print("|---:|---:|---:|---:|---:|")
         for n, total, rate, ratio, group in rows:
             print(f"| {n} | {total:,} | {rate:,.0f} | {ratio:.2f}x | {group:.2f} |")
@@ -331,8 +372,10 @@ def main(argv=None):
         print()
         sys.stdout.flush()
 
-        rows = bench_get_many(workdir, args.many_keys, args.seed)
+        rows = bench_get_many(workdir, args.many_keys, args.seed, args.pairs)
         print(f"## (c) get_many of {args.many_keys:,} keys (shuffled; one snapshot per thread)\n")
+        print(f"Each 2-thread case against 1 thread in {args.pairs} pairs of alternating "
+              f"phases; medians, and vs 1 thread is the median of the pairs' ratios.\n")
         print("| case | keys looked up | aggregate keys/s | vs 1 thread |")
         print("|---|---:|---:|---:|")
         for name, total, rate, ratio in rows:
