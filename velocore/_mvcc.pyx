@@ -1427,9 +1427,14 @@ cdef void mark_shared(vc_txn* t, uint64_t ts) noexcept nogil:
 
 
 cdef void vc_txn_abort(vc_txn* t) noexcept nogil:
+    cdef vc_db* db = t.db
+    cdef bint wrote
     if t.state == VC_TXN_ACTIVE:
+        wrote = t.nwrites > 0
         mark_shared(t, VC_TS_ABORTED)
         txn_unregister(t)
+        if wrote:
+            checkpoint_nudge(db)
 
 
 cdef void vc_txn_free(vc_txn* t) noexcept nogil:
@@ -2305,12 +2310,16 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
 
 
 cdef inline uint64_t checkpoint_backlog(vc_db* db) noexcept nogil:
-    """What a checkpoint would fold: the log size, or memtable bytes when there is no log."""
-    cdef vc_memtable* m
+    """What a checkpoint would fold or free: the log size, or memtable bytes when there is
+    no log.  With a log, a quarter of the active memtable's bytes when that is more:
+    aborted writes fill the memtable and log nothing, and only a checkpoint frees their
+    nodes (committed writes cost the memtable less than four times their log bytes, so
+    their checkpoints stay paced by the log)."""
+    cdef vc_memtable* m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
+    cdef uint64_t mem = m.arena.bytes       # a racy read of a counter: only a trigger
     if db.wal != NULL:
-        return db.wal.total_bytes
-    m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
-    return m.arena.bytes
+        return db.wal.total_bytes if db.wal.total_bytes > mem // 4 else mem // 4
+    return mem
 
 
 cdef void* checkpointer_main(void* arg) noexcept nogil:
@@ -2349,6 +2358,18 @@ cdef void checkpoint_if_due(vc_db* db) noexcept nogil:
     while (checkpoint_backlog(db) >= 4 * db.checkpoint_bytes and db.ckpt_requested
            and not db.ckpt_stop and not db.failed):
         pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
+    pthread_mutex_unlock(&db.ckpt_sig_lock)
+
+
+cdef void checkpoint_nudge(vc_db* db) noexcept nogil:
+    """After an aborted write transaction: wake the checkpointer if the backlog is due (its
+    versions stay in the memtable until a checkpoint), without waiting for it."""
+    if not db.ckpt_thread_running or checkpoint_backlog(db) < db.checkpoint_bytes:
+        return
+    pthread_mutex_lock(&db.ckpt_sig_lock)
+    if not db.ckpt_requested:
+        db.ckpt_requested = 1
+        pthread_cond_broadcast(&db.ckpt_sig_cond)
     pthread_mutex_unlock(&db.ckpt_sig_lock)
 
 
