@@ -2184,7 +2184,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     if db.readonly:
         return 0
     if only_if_due:
-        if checkpoint_backlog(db) < db.checkpoint_bytes:
+        if checkpoint_backlog(db, True) < db.checkpoint_bytes:
             return 0
         if pthread_mutex_trylock(&db.ckpt_lock) != 0:
             return 0     # another thread is checkpointing
@@ -2309,17 +2309,36 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     return 0
 
 
-cdef inline uint64_t checkpoint_backlog(vc_db* db) noexcept nogil:
-    """What a checkpoint would fold or free: the log size, or memtable bytes when there is
-    no log.  With a log, a quarter of the active memtable's bytes when that is more:
-    aborted writes fill the memtable and log nothing, and only a checkpoint frees their
-    nodes (committed writes cost the memtable less than four times their log bytes, so
-    their checkpoints stay paced by the log)."""
-    cdef vc_memtable* m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
-    cdef uint64_t mem = m.arena.bytes       # a racy read of a counter: only a trigger
+cdef uint64_t active_mem_bytes(vc_db* db) noexcept nogil:
+    """The active memtable's arena bytes.  Read under mems_lock: the memtable read as
+    active may be frozen and retired meanwhile, and reclaim() frees retired memtables
+    only under the write lock."""
+    cdef vc_memtable* m
+    cdef uint64_t b
+    pthread_rwlock_rdlock(&db.mems_lock)
+    m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
+    b = m.arena.bytes                 # a racy read of a counter: only a trigger
+    pthread_rwlock_unlock(&db.mems_lock)
+    return b
+
+
+cdef uint64_t checkpoint_backlog(vc_db* db, bint count_mem) noexcept nogil:
+    """What a checkpoint would fold: the log size, or memtable bytes when there is no log.
+
+    count_mem (after an aborted write transaction, and in the checkpointer): with a log,
+    also a quarter of the active memtable's bytes when that is more.  Aborted writes log
+    nothing, yet their nodes and versions stay in the memtable until a checkpoint;
+    committed writes cost the memtable less than four times their log bytes, so commits
+    keep pacing checkpoints by the log alone and do not pay for the lock."""
+    cdef uint64_t b, mem
     if db.wal != NULL:
-        return db.wal.total_bytes if db.wal.total_bytes > mem // 4 else mem // 4
-    return mem
+        b = db.wal.total_bytes
+        if count_mem and b < db.checkpoint_bytes:
+            mem = active_mem_bytes(db) // 4
+            if mem > b:
+                b = mem
+        return b
+    return active_mem_bytes(db)
 
 
 cdef void* checkpointer_main(void* arg) noexcept nogil:
@@ -2348,14 +2367,14 @@ cdef void* checkpointer_main(void* arg) noexcept nogil:
 cdef void checkpoint_if_due(vc_db* db) noexcept nogil:
     """Called after each commit: wake the checkpointer when the log is due; when it has
     fallen far behind (4x), wait for it, so memory stays bounded."""
-    cdef uint64_t backlog = checkpoint_backlog(db)
+    cdef uint64_t backlog = checkpoint_backlog(db, False)
     if backlog < db.checkpoint_bytes or not db.ckpt_thread_running:
         return
     pthread_mutex_lock(&db.ckpt_sig_lock)
     if not db.ckpt_requested:
         db.ckpt_requested = 1
         pthread_cond_broadcast(&db.ckpt_sig_cond)
-    while (checkpoint_backlog(db) >= 4 * db.checkpoint_bytes and db.ckpt_requested
+    while (checkpoint_backlog(db, False) >= 4 * db.checkpoint_bytes and db.ckpt_requested
            and not db.ckpt_stop and not db.failed):
         pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
     pthread_mutex_unlock(&db.ckpt_sig_lock)
@@ -2364,7 +2383,7 @@ cdef void checkpoint_if_due(vc_db* db) noexcept nogil:
 cdef void checkpoint_nudge(vc_db* db) noexcept nogil:
     """After an aborted write transaction: wake the checkpointer if the backlog is due (its
     versions stay in the memtable until a checkpoint), without waiting for it."""
-    if not db.ckpt_thread_running or checkpoint_backlog(db) < db.checkpoint_bytes:
+    if not db.ckpt_thread_running or checkpoint_backlog(db, True) < db.checkpoint_bytes:
         return
     pthread_mutex_lock(&db.ckpt_sig_lock)
     if not db.ckpt_requested:
