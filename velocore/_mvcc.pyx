@@ -1434,7 +1434,7 @@ cdef void vc_txn_abort(vc_txn* t) noexcept nogil:
         mark_shared(t, VC_TS_ABORTED)
         txn_unregister(t)
         if wrote:
-            checkpoint_nudge(db)
+            checkpoint_if_due(db, True)
 
 
 cdef void vc_txn_free(vc_txn* t) noexcept nogil:
@@ -2364,31 +2364,21 @@ cdef void* checkpointer_main(void* arg) noexcept nogil:
     return NULL
 
 
-cdef void checkpoint_if_due(vc_db* db) noexcept nogil:
+cdef void checkpoint_if_due(vc_db* db, bint aborted=False) noexcept nogil:
     """Called after each commit: wake the checkpointer when the log is due; when it has
-    fallen far behind (4x), wait for it, so memory stays bounded."""
-    cdef uint64_t backlog = checkpoint_backlog(db, False)
-    if backlog < db.checkpoint_bytes or not db.ckpt_thread_running:
+    fallen far behind (4x), wait for it, so memory stays bounded.  aborted: called after
+    an aborted write transaction instead, whose versions stay in the memtable until a
+    checkpoint: the memtable's size counts too (see checkpoint_backlog), and it never
+    waits (the facade's abort holds the GIL)."""
+    if not db.ckpt_thread_running or checkpoint_backlog(db, aborted) < db.checkpoint_bytes:
         return
     pthread_mutex_lock(&db.ckpt_sig_lock)
     if not db.ckpt_requested:
         db.ckpt_requested = 1
         pthread_cond_broadcast(&db.ckpt_sig_cond)
-    while (checkpoint_backlog(db, False) >= 4 * db.checkpoint_bytes and db.ckpt_requested
-           and not db.ckpt_stop and not db.failed):
+    while (not aborted and checkpoint_backlog(db, False) >= 4 * db.checkpoint_bytes
+           and db.ckpt_requested and not db.ckpt_stop and not db.failed):
         pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
-    pthread_mutex_unlock(&db.ckpt_sig_lock)
-
-
-cdef void checkpoint_nudge(vc_db* db) noexcept nogil:
-    """After an aborted write transaction: wake the checkpointer if the backlog is due (its
-    versions stay in the memtable until a checkpoint), without waiting for it."""
-    if not db.ckpt_thread_running or checkpoint_backlog(db, True) < db.checkpoint_bytes:
-        return
-    pthread_mutex_lock(&db.ckpt_sig_lock)
-    if not db.ckpt_requested:
-        db.ckpt_requested = 1
-        pthread_cond_broadcast(&db.ckpt_sig_cond)
     pthread_mutex_unlock(&db.ckpt_sig_lock)
 
 
