@@ -157,6 +157,62 @@ def test_aborted_transactions_do_not_grow_memory(tmp_path, where):
         store.close()
 
 
+def wait_for(cond, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.mark.parametrize("where", ["disk", "memory"])
+def test_aborted_bulk_insert_is_checkpointed_away(tmp_path, where):
+    """An aborted transaction that inserted many new keys leaves nodes holding nothing
+    live, and every scan through them walks them all: once they are a quarter of the
+    memtable, a checkpoint is due and a fresh memtable replaces them."""
+    store = velocore.open(tmp_path / "db" if where == "disk" else None, sync="off")
+    try:
+        tbl = store.table("t")
+        with store.txn() as t:
+            for i in range(10):
+                t.put(tbl, b"k%07d" % (i * 100_000), b"v")
+        store.checkpoint()
+        before = store.info()["checkpoints"]
+        t = store.txn()
+        t.put_many(tbl, ((b"k%07d" % i, b"x" * 100) for i in range(1, 1_000_000, 50)))
+        t.abort()
+
+        def replaced():
+            with store.snapshot():        # ending a transaction frees retired memtables
+                pass
+            info = store.info()
+            return info["checkpoints"] > before and info["memtable_bytes"] < 2 << 20
+        assert wait_for(replaced), store.info()
+        assert [k for k, _ in tbl.range()] == [b"k%07d" % (i * 100_000) for i in range(10)]
+    finally:
+        store.close()
+
+
+def test_aborted_rewrites_of_live_keys_do_not_force_checkpoints(tmp_path):
+    """Aborted writes of keys that hold a committed version leave no dead node (their
+    versions are unlinked by the next write): they make no checkpoint due."""
+    store = velocore.open(tmp_path / "db", sync="off")
+    try:
+        tbl = store.table("t")
+        with store.txn() as t:
+            for i in range(100):
+                t.put(tbl, b"k%03d" % i, b"v")
+        before = store.info()["checkpoints"]
+        for r in range(200):
+            t = store.txn()
+            t.put_many(tbl, ((b"k%03d" % i, b"w") for i in range(100)))
+            t.abort()
+        time.sleep(0.2)
+        assert store.info()["checkpoints"] == before
+        assert tbl.get(b"k050") == b"v"
+    finally:
+        store.close()
+
+
 def test_aborted_writes_under_readers(tmp_path):
     """Writers that abort, a writer that commits and readers share a few hot keys while
     the aborted versions are unlinked and freed: a reader sees only committed values, in

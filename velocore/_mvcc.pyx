@@ -1,5 +1,5 @@
 # MVCC core.  No Python objects; every function is nogil and returns a status.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport memcpy, memset, memcmp, strlen
 from libc.stdio cimport snprintf
@@ -86,6 +86,7 @@ cdef enum:
     ARENA_CHUNK = 1 << 20
     ARENA_BIG = 1 << 18
     GC_EVERY = 64           # commits between GC rounds (recomputing the horizon)
+    CKPT_DEAD_MIN = 4096    # aborted nodes that can make a checkpoint due (checkpoint_due)
 
 
 # ---------------------------------------------------------------- arena
@@ -827,7 +828,7 @@ cdef void dead_run_prune(vc_db* db, vc_memtable* m, vc_version* head, uint64_t h
     cdef vc_version* x = <vc_version*>vc_load_ptr(<void* const*>&head.older)
     cdef vc_version* first = NULL
     cdef vc_version* last = NULL
-    cdef uint64_t count = 0, ts, tag
+    cdef uint64_t count = 0, ts = 0, tag
     cdef bint cut = False
     while x != NULL:
         ts = version_ts(x)
@@ -850,6 +851,10 @@ cdef void dead_run_prune(vc_db* db, vc_memtable* m, vc_version* head, uint64_t h
         x = <vc_version*>vc_load_ptr(<void* const*>&x.older)
     if count == 0:
         return
+    if x == NULL and ts == VC_TS_ABORTED:
+        # the run reached the end of the chain: its last version, withdrawn with nothing
+        # under it, counted the node dead (mark_shared); head now lives in it
+        vc_sub_u64_relaxed(&m.dead, 1)
     if cut:
         vc_store_ptr(<void**>&prev.older, x)
     vc_fence_sc()
@@ -1417,13 +1422,30 @@ cdef inline bint wcur_next(vc_wcur* c, vc_wref* r) noexcept nogil:
 
 
 cdef void mark_shared(vc_txn* t, uint64_t ts) noexcept nogil:
-    """Stamp (or, with VC_TS_ABORTED, withdraw) every version this txn installed."""
+    """Stamp (or, with VC_TS_ABORTED, withdraw) every version this txn installed.  A
+    withdrawn version with nothing older under it may leave its node holding nothing
+    live, which every scan through it still walks: each memtable counts those (`dead`),
+    and enough of them make a checkpoint due (see checkpoint_due)."""
     cdef vc_wcur c
     cdef vc_wref r
+    cdef vc_memtable* m = NULL
+    cdef uint64_t dead = 0
+    cdef bint alone
     wcur_init(&c, t)
     while wcur_next(&c, &r):
         if r.shared != NULL:
+            # read before the store: once withdrawn, the version is another writer's to prune
+            alone = ts == VC_TS_ABORTED and vc_load_ptr(<void* const*>&r.shared.older) == NULL
             vc_store_u64(&r.shared.commit_ts, ts)
+            if alone:
+                if r.shared_mem != m:
+                    if dead:
+                        vc_fetch_add_u64(&m.dead, dead)
+                    m = r.shared_mem
+                    dead = 0
+                dead += 1
+    if dead:
+        vc_fetch_add_u64(&m.dead, dead)
 
 
 cdef void vc_txn_abort(vc_txn* t) noexcept nogil:
@@ -2184,7 +2206,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     if db.readonly:
         return 0
     if only_if_due:
-        if checkpoint_backlog(db, True) < db.checkpoint_bytes:
+        if not checkpoint_due(db, True):
             return 0
         if pthread_mutex_trylock(&db.ckpt_lock) != 0:
             return 0     # another thread is checkpointing
@@ -2309,36 +2331,46 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     return 0
 
 
-cdef uint64_t active_mem_bytes(vc_db* db) noexcept nogil:
-    """The active memtable's arena bytes.  Read under mems_lock: the memtable read as
-    active may be frozen and retired meanwhile, and reclaim() frees retired memtables
-    only under the write lock."""
+cdef uint64_t checkpoint_backlog(vc_db* db) noexcept nogil:
+    """What a checkpoint would fold: the log size, or memtable bytes when there is no log."""
     cdef vc_memtable* m
     cdef uint64_t b
-    pthread_rwlock_rdlock(&db.mems_lock)
+    if db.wal != NULL:
+        return db.wal.total_bytes
+    pthread_rwlock_rdlock(&db.mems_lock)      # see checkpoint_due
     m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
-    b = m.arena.bytes                 # a racy read of a counter: only a trigger
+    b = m.arena.bytes                         # a racy read of a counter: only a trigger
     pthread_rwlock_unlock(&db.mems_lock)
     return b
 
 
-cdef uint64_t checkpoint_backlog(vc_db* db, bint count_mem) noexcept nogil:
-    """What a checkpoint would fold: the log size, or memtable bytes when there is no log.
+cdef bint checkpoint_due(vc_db* db, bint aborted) noexcept nogil:
+    """Whether a background checkpoint is due: the backlog passed checkpoint_mb.
 
-    count_mem (after an aborted write transaction, and in the checkpointer): with a log,
-    also a quarter of the active memtable's bytes when that is more.  Aborted writes log
-    nothing, yet their nodes and versions stay in the memtable until a checkpoint;
-    committed writes cost the memtable less than four times their log bytes, so commits
-    keep pacing checkpoints by the log alone and do not pay for the lock."""
-    cdef uint64_t b, mem
-    if db.wal != NULL:
-        b = db.wal.total_bytes
-        if count_mem and b < db.checkpoint_bytes:
-            mem = active_mem_bytes(db) // 4
-            if mem > b:
-                b = mem
-        return b
-    return active_mem_bytes(db)
+    aborted (after an aborted write transaction, and in the checkpointer): also when
+    the active memtable holds enough of what aborted writes left, which they never log
+    and only a checkpoint frees: four times checkpoint_mb of memory (committed writes
+    cost the memtable less than four times their log bytes, so commits keep pacing
+    checkpoints by the log alone and skip this), or nodes that may hold nothing live
+    (every scan through them walks them), at least CKPT_DEAD_MIN and a quarter of all."""
+    cdef vc_memtable* m
+    cdef uint64_t mem, nkeys
+    cdef int64_t dead
+    if checkpoint_backlog(db) >= db.checkpoint_bytes:
+        return True
+    if not aborted:
+        return False
+    # under mems_lock: the memtable read as active may be frozen and retired meanwhile,
+    # and reclaim() frees retired memtables only under the write lock
+    pthread_rwlock_rdlock(&db.mems_lock)
+    m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
+    mem = m.arena.bytes                       # racy reads of counters: only a trigger
+    dead = <int64_t>vc_load_u64_relaxed(&m.dead)  # briefly below 0 when a prune's -1 came first
+    nkeys = m.nkeys
+    pthread_rwlock_unlock(&db.mems_lock)
+    if db.wal != NULL and mem // 4 >= db.checkpoint_bytes:
+        return True
+    return dead >= CKPT_DEAD_MIN and <uint64_t>dead * 4 >= nkeys
 
 
 cdef void* checkpointer_main(void* arg) noexcept nogil:
@@ -2368,15 +2400,15 @@ cdef void checkpoint_if_due(vc_db* db, bint aborted=False) noexcept nogil:
     """Called after each commit: wake the checkpointer when the log is due; when it has
     fallen far behind (4x), wait for it, so memory stays bounded.  aborted: called after
     an aborted write transaction instead, whose versions stay in the memtable until a
-    checkpoint: the memtable's size counts too (see checkpoint_backlog), and it never
+    checkpoint: what they leave there counts too (see checkpoint_due), and it never
     waits (the facade's abort holds the GIL)."""
-    if not db.ckpt_thread_running or checkpoint_backlog(db, aborted) < db.checkpoint_bytes:
+    if not db.ckpt_thread_running or not checkpoint_due(db, aborted):
         return
     pthread_mutex_lock(&db.ckpt_sig_lock)
     if not db.ckpt_requested:
         db.ckpt_requested = 1
         pthread_cond_broadcast(&db.ckpt_sig_cond)
-    while (not aborted and checkpoint_backlog(db, False) >= 4 * db.checkpoint_bytes
+    while (not aborted and checkpoint_backlog(db) >= 4 * db.checkpoint_bytes
            and db.ckpt_requested and not db.ckpt_stop and not db.failed):
         pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
     pthread_mutex_unlock(&db.ckpt_sig_lock)
