@@ -192,6 +192,27 @@ def test_aborted_bulk_insert_is_checkpointed_away(tmp_path, where):
         store.close()
 
 
+def test_rewrites_do_not_hide_an_aborted_bulk_insert(tmp_path):
+    """A transaction rewriting new keys unlinks its own superseded versions, which never
+    counted their nodes dead: that must not take anything off the count, or a later
+    aborted bulk insert would not make its checkpoint due."""
+    store = velocore.open(tmp_path / "db", sync="off")
+    try:
+        tbl = store.table("t")
+        with store.txn() as t:
+            for i in range(40_000):
+                for v in (b"a", b"b", b"c"):
+                    t.put(tbl, b"r%06d" % i, v)
+        before = store.info()["checkpoints"]
+        t = store.txn()
+        t.put_many(tbl, ((b"s%06d" % i, b"x") for i in range(20_000)))
+        t.abort()
+        assert wait_for(lambda: store.info()["checkpoints"] > before), store.info()
+        assert tbl.get(b"r039999") == b"c" and tbl.get(b"s000000") is None
+    finally:
+        store.close()
+
+
 def test_aborted_rewrites_of_live_keys_do_not_force_checkpoints(tmp_path):
     """Aborted writes of keys that hold a committed version leave no dead node (their
     versions are unlinked by the next write): they make no checkpoint due."""

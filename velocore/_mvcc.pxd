@@ -95,8 +95,9 @@ cdef struct vc_memtable:   # 64-byte aligned (mem_new)
     uint64_t max_ts         # newest commit_ts installed (commit lock)
     uint64_t nkeys          # nodes
     uint64_t dead           # nodes that may hold nothing live: +1 for an aborted version
-                            # withdrawn with nothing older in its chain, -1 when a write
-                            # unlinks it (atomic, relaxed; read as signed: see checkpoint_due)
+                            # withdrawn with only aborted ones under it (it is marked), -1
+                            # when a write unlinks a marked one (atomic, relaxed; read as
+                            # signed: see checkpoint_due)
     uint64_t nversions      # versions linked in chains (installed minus pruned; atomic)
     uint64_t retired_version  # tree version that folded it in; 0 while live
     vc_memtable* older      # the store's list of live memtables, newest first

@@ -88,6 +88,10 @@ cdef enum:
     GC_EVERY = 64           # commits between GC rounds (recomputing the horizon)
     CKPT_DEAD_MIN = 4096    # aborted nodes that can make a checkpoint due (checkpoint_due)
 
+# An aborted version that counted its node in its memtable's `dead` (mark_shared); no
+# transaction id comes near it.
+cdef uint64_t VC_OWNER_DEAD = 0xFFFFFFFFFFFFFFFF
+
 
 # ---------------------------------------------------------------- arena
 
@@ -828,11 +832,13 @@ cdef void dead_run_prune(vc_db* db, vc_memtable* m, vc_version* head, uint64_t h
     cdef vc_version* x = <vc_version*>vc_load_ptr(<void* const*>&head.older)
     cdef vc_version* first = NULL
     cdef vc_version* last = NULL
-    cdef uint64_t count = 0, ts = 0, tag
+    cdef uint64_t count = 0, ts, tag, undead = 0
     cdef bint cut = False
     while x != NULL:
         ts = version_ts(x)
         if ts == VC_TS_ABORTED:
+            if x.owner == VC_OWNER_DEAD:
+                undead += 1           # it counted its node dead (mark_shared): take it back
             x.shared = NULL
             if first == NULL:
                 first = x
@@ -851,10 +857,8 @@ cdef void dead_run_prune(vc_db* db, vc_memtable* m, vc_version* head, uint64_t h
         x = <vc_version*>vc_load_ptr(<void* const*>&x.older)
     if count == 0:
         return
-    if x == NULL and ts == VC_TS_ABORTED:
-        # the run reached the end of the chain: its last version, withdrawn with nothing
-        # under it, counted the node dead (mark_shared); head now lives in it
-        vc_sub_u64_relaxed(&m.dead, 1)
+    if undead:
+        vc_sub_u64_relaxed(&m.dead, undead)
     if cut:
         vc_store_ptr(<void**>&prev.older, x)
     vc_fence_sc()
@@ -1429,21 +1433,29 @@ cdef void mark_shared(vc_txn* t, uint64_t ts) noexcept nogil:
     cdef vc_wcur c
     cdef vc_wref r
     cdef vc_memtable* m = NULL
+    cdef vc_version* x
     cdef uint64_t dead = 0
-    cdef bint alone
     wcur_init(&c, t)
     while wcur_next(&c, &r):
         if r.shared != NULL:
-            # read before the store: once withdrawn, the version is another writer's to prune
-            alone = ts == VC_TS_ABORTED and vc_load_ptr(<void* const*>&r.shared.older) == NULL
+            if ts == VC_TS_ABORTED:
+                # nothing but aborted versions under it (this transaction's own superseded
+                # writes): the node may hold nothing live.  Read, and marked, before the
+                # withdrawal: from then on the version is another writer's to unlink.
+                x = <vc_version*>vc_load_ptr(<void* const*>&r.shared.older)
+                while x != NULL and version_ts(x) == VC_TS_ABORTED:
+                    x = <vc_version*>vc_load_ptr(<void* const*>&x.older)
+                if x == NULL:
+                    # still pending, so others only compare it with their own id (a
+                    # conflict either way); the release store below publishes the mark
+                    r.shared.owner = VC_OWNER_DEAD
+                    if r.shared_mem != m:
+                        if dead:
+                            vc_fetch_add_u64(&m.dead, dead)
+                        m = r.shared_mem
+                        dead = 0
+                    dead += 1
             vc_store_u64(&r.shared.commit_ts, ts)
-            if alone:
-                if r.shared_mem != m:
-                    if dead:
-                        vc_fetch_add_u64(&m.dead, dead)
-                    m = r.shared_mem
-                    dead = 0
-                dead += 1
     if dead:
         vc_fetch_add_u64(&m.dead, dead)
 
@@ -2365,7 +2377,8 @@ cdef bint checkpoint_due(vc_db* db, bint aborted) noexcept nogil:
     pthread_rwlock_rdlock(&db.mems_lock)
     m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
     mem = m.arena.bytes                       # racy reads of counters: only a trigger
-    dead = <int64_t>vc_load_u64_relaxed(&m.dead)  # briefly below 0 when a prune's -1 came first
+    dead = <int64_t>vc_load_u64_relaxed(&m.dead)  # below 0 for a moment if an unlink's -1
+                                                  # came before the abort's batched +1
     nkeys = m.nkeys
     pthread_rwlock_unlock(&db.mems_lock)
     if db.wal != NULL and mem // 4 >= db.checkpoint_bytes:
