@@ -815,6 +815,17 @@ cdef void deferred_sweep(vc_db* db, vc_memtable* m, uint64_t horizon) noexcept n
         vc_fetch_add_u64(&db.versions_pruned, versions_free(m, first))
 
 
+cdef inline void gap_push(vc_version** first, vc_version** last, vc_version* x) noexcept nogil:
+    """Append x, just unlinked (or about to be), to the gap list being built through
+    `shared` (see gap_dispose)."""
+    x.shared = NULL
+    if first[0] == NULL:
+        first[0] = x
+    else:
+        last[0].shared = x
+    last[0] = x
+
+
 cdef void dead_run_prune(vc_db* db, vc_memtable* m, vc_version* head, uint64_t horizon) noexcept nogil:
     """Unlink the aborted versions right under head (the caller's own pending version),
     down to the chain's first version that is neither aborted nor an earlier, superseded
@@ -839,12 +850,7 @@ cdef void dead_run_prune(vc_db* db, vc_memtable* m, vc_version* head, uint64_t h
         if ts == VC_TS_ABORTED:
             if x.owner == VC_OWNER_DEAD:
                 undead += 1           # it counted its node dead (mark_shared): take it back
-            x.shared = NULL
-            if first == NULL:
-                first = x
-            else:
-                last.shared = x
-            last = x
+            gap_push(&first, &last, x)
             count += 1
             cut = True
         elif ts == VC_TS_PENDING and x.owner == head.owner:
@@ -918,12 +924,7 @@ cdef void chain_prune(vc_db* db, vc_memtable* m, vc_version* head) noexcept nogi
             prev_ts = ts
         if drop:
             x.owner = kept_ts         # the tag, should the gap be deferred
-            x.shared = NULL
-            if first == NULL:
-                first = x
-            else:
-                last.shared = x
-            last = x
+            gap_push(&first, &last, x)
             count += 1
         else:
             if first != NULL:
