@@ -127,6 +127,19 @@ def test_rewrites_in_one_transaction_do_not_pile_up(tmp_path, in_order):
         store.close()
 
 
+def wait_for(cond, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+def memtable_bytes(store):
+    with store.snapshot():            # ending a transaction frees retired memtables
+        pass
+    return store.info()["memtable_bytes"]
+
+
 @pytest.mark.parametrize("where", ["disk", "memory"])
 def test_aborted_transactions_do_not_grow_memory(tmp_path, where):
     """Large write transactions that abort log nothing, yet their nodes and versions stay
@@ -142,26 +155,11 @@ def test_aborted_transactions_do_not_grow_memory(tmp_path, where):
             t = store.txn()
             t.put_many(tbl, ((b"r%03d-%07d" % (r, i), b"v" * 100) for i in range(20_000)))
             t.abort()
-        deadline = time.monotonic() + 30
-        while True:
-            with store.snapshot():        # ending a transaction frees retired memtables
-                pass
-            info = store.info()
-            if info["memtable_bytes"] < 24 << 20 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert info["checkpoints"] > 0, info
-        assert info["memtable_bytes"] < 24 << 20, info
+        assert wait_for(lambda: memtable_bytes(store) < 24 << 20), store.info()
+        assert store.info()["checkpoints"] > 0
         assert [(k, v) for k, v in tbl.range()] == [(b"kept", b"v")]
     finally:
         store.close()
-
-
-def wait_for(cond, seconds=30):
-    deadline = time.monotonic() + seconds
-    while not cond() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.mark.parametrize("where", ["disk", "memory"])
@@ -181,12 +179,8 @@ def test_aborted_bulk_insert_is_checkpointed_away(tmp_path, where):
         t.put_many(tbl, ((b"k%07d" % i, b"x" * 100) for i in range(1, 1_000_000, 50)))
         t.abort()
 
-        def replaced():
-            with store.snapshot():        # ending a transaction frees retired memtables
-                pass
-            info = store.info()
-            return info["checkpoints"] > before and info["memtable_bytes"] < 2 << 20
-        assert wait_for(replaced), store.info()
+        assert wait_for(lambda: memtable_bytes(store) < 2 << 20), store.info()
+        assert store.info()["checkpoints"] > before
         assert [k for k, _ in tbl.range()] == [b"k%07d" % (i * 100_000) for i in range(10)]
     finally:
         store.close()
