@@ -105,14 +105,14 @@ def bench_durable(workdir, total, thread_counts, seed, pairs):
     phase; the medians of the rates, of the pairs' ratios and of the group sizes."""
     rows = []
     ones = []
+
+    def one():
+        return durable_phase(workdir, 1, total, seed)[0]
+
     for n in thread_counts:
         if n == 1:
             continue
         groups = []
-
-        def one():
-            rate, group = durable_phase(workdir, 1, total, seed)
-            return rate
 
         def many(n=n):
             rate, group = durable_phase(workdir, n, total, seed)
@@ -126,7 +126,7 @@ def bench_durable(workdir, total, thread_counts, seed, pairs):
                      statistics.median(groups)))
     if 1 in thread_counts:
         if not ones:
-            ones = [durable_phase(workdir, 1, total, seed)[0] for _ in range(pairs)]
+            ones = [one() for _ in range(pairs)]
         rows.insert(0, (1, total, statistics.median(ones), 1.0, 1.0))
     return rows
 
