@@ -250,3 +250,163 @@ def test_put_many_groups_with_concurrent_writers_and_checkpoints(tmp_path):
             assert s.get_many(table, keys) == [model.get(k) for k in keys]
         assert sum(1 for _ in s.range(table)) == 30_000 + sum(len(m) for m in models)
     store.close()
+
+
+# A large put_many whose keys ascend is read and written chunk by chunk (4,096 items at a
+# time) while they ascend; the rest of the call is sorted and written as one batch.  A bad
+# item anywhere still leaves the call without effect.
+
+CHUNK = 4096
+
+
+def ascending_items(n, start=0, tag=b""):
+    return [(b"k%07d" % i, b"v%d" % i + tag) for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("shape", ["ascending", "ascending-then-not", "repeats", "buffers"])
+def test_large_put_many_matches_a_model(tmp_path, shape):
+    rnd = random.Random(5)
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    table = store.table("t")
+    items = ascending_items(3 * CHUNK + 123)
+    if shape == "ascending-then-not":
+        # out of order in the middle of the third chunk: the rest, repeats included, sorted
+        tail = items[2 * CHUNK + 50:]
+        rnd.shuffle(tail)
+        tail += [(k, v + b"-again") for k, v in rnd.sample(items, 500)]
+        items = items[:2 * CHUNK + 50] + tail
+    elif shape == "repeats":
+        # a key repeated right after itself (still ascending), across a chunk boundary too
+        items = [p for k, v in items for p in ((k, v), (k, v + b"!"))]
+    elif shape == "buffers":
+        items = [(memoryview(k) if i % 3 == 0 else k,
+                  bytearray(v) if i % 5 == 0 else (memoryview(v) if i % 7 == 0 else v))
+                 if i % 2 else [k, v] for i, (k, v) in enumerate(items)]
+    model = {}
+    for k, v in items:
+        model[bytes(k)] = bytes(v)
+    with store.txn() as t:
+        t.put(table, b"a-first", b"mine")          # an earlier write, sorting first
+        t.put_many(table, items)
+        assert t.get(table, b"a-first") == b"mine"
+        assert t.get_many(table, list(model)) == list(model.values())
+    model[b"a-first"] = b"mine"
+    with store.snapshot() as s:
+        assert dict(s.range(table)) == model
+    store.close()
+
+
+@pytest.mark.parametrize("where", [CHUNK // 2, 2 * CHUNK + 7, 3 * CHUNK - 1])
+@pytest.mark.parametrize("bad", [5, "str", b""])
+def test_bad_item_late_in_a_large_put_many_changes_nothing(tmp_path, where, bad):
+    """Chunks before the bad item were already written when it is read: they are withdrawn,
+    and the transaction goes on with only its earlier writes."""
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    table = store.table("t")
+    with store.txn() as t:
+        t.put(table, b"k0000003", b"committed")
+    items = ascending_items(3 * CHUNK, tag=b"-new")
+    if isinstance(bad, bytes):
+        items[where] = (bad, b"v")                 # an empty key: ValueError
+    else:
+        items[where] = (items[where][0], bad)      # a value that is no buffer: TypeError
+    with store.txn() as t:
+        t.put(table, b"a-first", b"mine")
+        with pytest.raises((TypeError, ValueError)):
+            t.put_many(table, items)
+        assert t.get(table, b"a-first") == b"mine"
+        assert t.get(table, b"k0000003") == b"committed"
+        assert t.get(table, b"k0000004") is None
+        assert list(t.range(table)) == [(b"a-first", b"mine"), (b"k0000003", b"committed")]
+        # the transaction goes on: a second, good call, then the commit
+        t.put_many(table, ascending_items(CHUNK + 1, start=10))
+    with store.snapshot() as s:
+        got = dict(s.range(table))
+    assert got[b"a-first"] == b"mine"
+    assert got[b"k0000003"] == b"committed"
+    assert got[b"k0000010"] == b"v10" and got[b"k%07d" % (10 + CHUNK)] == b"v%d" % (10 + CHUNK)
+    assert len(got) == 2 + CHUNK + 1
+    store.close()
+
+
+def test_bad_item_in_the_unsorted_rest_withdraws_the_ascending_part(tmp_path):
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    table = store.table("t")
+    items = ascending_items(2 * CHUNK + 10)
+    # the rest begins in the third chunk, and the bad item lies beyond that chunk's end
+    items += [(b"a%05d" % i, b"x") for i in range(CHUNK + 100)] + [(b"b", None)]
+    with store.txn() as t:
+        with pytest.raises(TypeError):
+            t.put_many(table, items)
+        assert list(t.range(table)) == []
+        t.put(table, b"z", b"1")
+    with store.snapshot() as s:
+        assert dict(s.range(table)) == {b"z": b"1"}
+    store.close()
+
+
+def test_large_put_many_after_larger_keys_takes_the_sorted_path(tmp_path):
+    """Earlier writes that sort after the batch: its writes could not be withdrawn one by
+    one, so the whole call is read first; a bad item still changes nothing."""
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    table = store.table("t")
+    items = ascending_items(2 * CHUNK)
+    with store.txn() as t:
+        t.put(table, b"zzz", b"last")
+        with pytest.raises(TypeError):
+            t.put_many(table, items + [(b"k9999999", 1.5)])
+        assert list(t.range(table)) == [(b"zzz", b"last")]
+        t.put_many(table, items)
+    with store.snapshot() as s:
+        assert s.count(table) == 2 * CHUNK + 1
+    store.close()
+
+
+def test_put_many_items_that_touch_the_list_or_the_transaction(tmp_path):
+    """A pair that is not a tuple is unpacked by running its own code, which may change
+    the caller's list or call the transaction: either is refused, the writes made so far
+    are withdrawn, and nothing crashes."""
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    table = store.table("t")
+    items = ascending_items(3 * CHUNK)
+
+    class Shrinks:
+        def __iter__(self):
+            del items[CHUNK:]
+            return iter((b"k%07d" % (2 * CHUNK), b"v"))
+
+    class UsesTxn:
+        def __iter__(self):
+            t.put(table, b"inner", b"x")
+            return iter((b"k%07d" % (2 * CHUNK), b"v"))
+
+    with store.txn() as t:
+        items[2 * CHUNK] = Shrinks()
+        with pytest.raises(RuntimeError, match="changed size"):
+            t.put_many(table, items)
+        assert t.count(table) == 0
+        items[:] = ascending_items(3 * CHUNK)
+        items[2 * CHUNK] = UsesTxn()
+        with pytest.raises(velocore.Error, match="in use"):
+            t.put_many(table, items)
+        assert t.count(table) == 0
+        t.put(table, b"after", b"ok")
+    with store.snapshot() as s:
+        assert dict(s.range(table)) == {b"after": b"ok"}
+    store.close()
+
+
+def test_conflict_in_a_later_chunk_dooms_the_transaction(tmp_path):
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    table = store.table("t")
+    other = store.txn()
+    other.put(table, b"k%07d" % (2 * CHUNK + 5), b"theirs")
+    t = store.txn()
+    with pytest.raises(velocore.ConflictError):
+        t.put_many(table, ascending_items(3 * CHUNK))
+    with pytest.raises(velocore.ConflictError):
+        t.commit()
+    other.commit()
+    with store.snapshot() as s:
+        assert dict(s.range(table)) == {b"k%07d" % (2 * CHUNK + 5): b"theirs"}
+    store.close()

@@ -286,6 +286,12 @@ cdef int vc_txn_get_lk(vc_txn* t, vc_lookup* lk, const unsigned char* key, uint3
                        const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
 cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char* value,
                       uint32_t vlen, int kind, vc_err* err) noexcept nogil
+# Withdrawing a run of ascending writes again (put_many's, when a later item is bad):
+# vc_txn_savepoint is True, with *sp set, if the writes from key on can be withdrawn by
+# vc_txn_rollback(t, *sp) while they ascend; vc_txn_rollback is -1 if they no longer can.
+cdef bint vc_txn_savepoint(vc_txn* t, const unsigned char* key, uint32_t klen,
+                           size_t* sp) noexcept nogil
+cdef int vc_txn_rollback(vc_txn* t, size_t sp) noexcept nogil
 # a hint before a write (write=True) or read of key: the memtable key filter's block it needs
 cdef void vc_txn_prefetch_key(vc_txn* t, const unsigned char* key, uint32_t klen,
                               bint write) noexcept nogil

@@ -1426,6 +1426,22 @@ cdef inline bint wcur_next(vc_wcur* c, vc_wref* r) noexcept nogil:
     return True
 
 
+cdef inline bint mark_if_dead(vc_version* v) noexcept nogil:
+    """Before the withdrawal of v, a pending version of this transaction: True, and v
+    marked (`owner` = VC_OWNER_DEAD), if nothing but aborted versions (this transaction's
+    own superseded writes) lie under it, so that its node may hold nothing live.  Read and
+    marked before the withdrawal: from then on the version is another writer's to unlink.
+    While it is pending, others only compare `owner` with their own id (a conflict either
+    way); the withdrawal's release store publishes the mark."""
+    cdef vc_version* x = <vc_version*>vc_load_ptr(<void* const*>&v.older)
+    while x != NULL and version_ts(x) == VC_TS_ABORTED:
+        x = <vc_version*>vc_load_ptr(<void* const*>&x.older)
+    if x != NULL:
+        return False
+    v.owner = VC_OWNER_DEAD
+    return True
+
+
 cdef void mark_shared(vc_txn* t, uint64_t ts) noexcept nogil:
     """Stamp (or, with VC_TS_ABORTED, withdraw) every version this txn installed.  A
     withdrawn version with nothing older under it may leave its node holding nothing
@@ -1434,28 +1450,17 @@ cdef void mark_shared(vc_txn* t, uint64_t ts) noexcept nogil:
     cdef vc_wcur c
     cdef vc_wref r
     cdef vc_memtable* m = NULL
-    cdef vc_version* x
     cdef uint64_t dead = 0
     wcur_init(&c, t)
     while wcur_next(&c, &r):
         if r.shared != NULL:
-            if ts == VC_TS_ABORTED:
-                # nothing but aborted versions under it (this transaction's own superseded
-                # writes): the node may hold nothing live.  Read, and marked, before the
-                # withdrawal: from then on the version is another writer's to unlink.
-                x = <vc_version*>vc_load_ptr(<void* const*>&r.shared.older)
-                while x != NULL and version_ts(x) == VC_TS_ABORTED:
-                    x = <vc_version*>vc_load_ptr(<void* const*>&x.older)
-                if x == NULL:
-                    # still pending, so others only compare it with their own id (a
-                    # conflict either way); the release store below publishes the mark
-                    r.shared.owner = VC_OWNER_DEAD
-                    if r.shared_mem != m:
-                        if dead:
-                            vc_fetch_add_u64(&m.dead, dead)
-                        m = r.shared_mem
-                        dead = 0
-                    dead += 1
+            if ts == VC_TS_ABORTED and mark_if_dead(r.shared):
+                if r.shared_mem != m:
+                    if dead:
+                        vc_fetch_add_u64(&m.dead, dead)
+                    m = r.shared_mem
+                    dead = 0
+                dead += 1
             vc_store_u64(&r.shared.commit_ts, ts)
     if dead:
         vc_fetch_add_u64(&m.dead, dead)
@@ -1879,6 +1884,51 @@ cdef int wa_write(vc_txn* t, const unsigned char* key, uint32_t klen, const unsi
     e.kind = <uint32_t>kind
     t.wa_len += 1
     t.wgen += 1
+    return 0
+
+
+cdef bint vc_txn_savepoint(vc_txn* t, const unsigned char* key, uint32_t klen,
+                           size_t* sp) noexcept nogil:
+    """True, with *sp set, if writes from key on, while they ascend, can be withdrawn again
+    by vc_txn_rollback(t, *sp): the write set is empty or in its array form, and key sorts
+    after every key in it (so those writes only append entries, and replace none before
+    *sp)."""
+    cdef vc_went* e
+    if t.ws == NULL:
+        sp[0] = 0
+        return True
+    if not t.wa_mode:
+        return False
+    if t.wa_len > 0:
+        e = &t.wa[t.wa_len - 1]
+        if vc_key_cmp(key, klen, e.key, e.klen) <= 0:
+            return False
+    sp[0] = t.wa_len
+    return True
+
+
+cdef int vc_txn_rollback(vc_txn* t, size_t sp) noexcept nogil:
+    """Withdraw every write recorded since vc_txn_savepoint gave sp, as an abort withdraws
+    them: 0, or -1 (nothing done) if the write set has left its array form since."""
+    cdef vc_went* e
+    cdef size_t i
+    if t.ws == NULL:
+        return 0 if sp == 0 else -1
+    if not t.wa_mode or t.wa_len < sp:
+        return -1
+    for i in range(sp, t.wa_len):
+        e = &t.wa[i]
+        if e.shared != NULL:
+            if mark_if_dead(e.shared):
+                vc_fetch_add_u64(&e.shared_mem.dead, 1)
+            vc_store_u64(&e.shared.commit_ts, VC_TS_ABORTED)
+            t.nwrites -= 1
+        else:
+            t.nchecks -= 1
+    if t.wa_len > sp:
+        t.wa_len = sp
+        t.wgen += 1
+        checkpoint_if_due(t.db, True)     # what it withdrew may make one due (never waits)
     return 0
 
 

@@ -20,9 +20,10 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
                              vc_iter_close, vc_iter_fill_refs, vc_iref, vc_txn_lookup_init, vc_txn_get_lk,
                              VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE, VC_GROUP, vc_finger,
-                             vc_txn_group_fingers, vc_txn_prefetch_key)
+                             vc_txn_group_fingers, vc_txn_prefetch_key, vc_txn_savepoint,
+                             vc_txn_rollback)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
-from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_search
+from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_search, vc_key_cmp
 from velocore._pager cimport vc_hints, vc_page_try, vc_page_still, VC_NO_FRAME
 
 cdef extern from "Python.h":
@@ -39,7 +40,7 @@ cdef inline void prefetch_object(const void* o) noexcept:
     vc_prefetch(o)
     vc_prefetch(<const char*>o + 48)
 
-from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.list cimport PyList_New, PyList_SET_ITEM, PyList_GET_SIZE, PyList_CheckExact
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
 from cpython.ref cimport Py_INCREF
 
@@ -67,6 +68,7 @@ cdef extern from *:
 
 DEF MAX_KEY = 1024
 DEF TID_LEN = 4
+DEF PUT_CHUNK = 4096         # put_many items read, then written, at a time while keys ascend
 
 cdef enum:
     RANGE_BLOCK_FIRST = 16       # entries in an iterator's first block (short scans stay cheap)
@@ -275,6 +277,107 @@ cdef void keyarray_free(keyarray* ka) noexcept:
     ka.data = NULL
     ka.offs = NULL
     ka.lens = NULL
+
+
+cdef int pairs_fill(keyarray* ka, uint32_t tid, list pairs, Py_ssize_t n, Py_ssize_t lo,
+                    Py_ssize_t hi, const unsigned char** vptrs, uint32_t* vlens,
+                    list keep) except -1:
+    """Read put_many's pairs[lo:hi] (pairs may be the caller's own list, of n items when
+    the call began): each composite key into ka (room for hi - lo keys), and the pointer
+    and length of each value at [i - lo] of vptrs and vlens.  keep[i - lo] holds what
+    keeps the value alive: the pair, or a value no pair holds (a copy of a buffer, an
+    item of a non-tuple pair)."""
+    cdef Py_ssize_t i
+    cdef unsigned char tidb[4]
+    cdef bint held
+    cdef void* ahead
+    put_tid(tidb, tid)
+    for i in range(lo, hi):
+        if PyList_GET_SIZE(pairs) != n:
+            # the caller's list, changed by another thread while a chunk was written
+            raise RuntimeError("put_many: the list of items changed size during the call")
+        # the pairs and their items lie strewn over the heap: load the pair 16 steps ahead,
+        # and the items of the pair 8 steps ahead (its pointers are in by then)
+        if i + 16 < n:
+            prefetch_object(PyList_GET_ITEM_PTR(pairs, i + 16))
+        if i + 8 < n:
+            ahead = PyList_GET_ITEM_PTR(pairs, i + 8)
+            if PyTuple_CheckExact_PTR(ahead) and Py_SIZE_PTR(ahead) == 2:
+                prefetch_object(PyTuple_GET_ITEM_PTR(ahead, 0))
+                vc_prefetch(PyTuple_GET_ITEM_PTR(ahead, 1))
+        pair = pairs[i]
+        held = PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2
+        if held:
+            # an immutable pair held by `pairs`: its key and value stay alive
+            k = (<tuple>pair)[0]
+            val = (<tuple>pair)[1]
+        else:
+            try:
+                k, val = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"put_many items must be (key, value) pairs, got "
+                                f"{type(pair).__name__}") from None
+        if not keyarray_push_fast(ka, tidb, k):
+            keyarray_push(ka, tid, k)
+        if PyBytes_CheckExact(val) and PyBytes_GET_SIZE(val) <= VC_MAX_VALUE:
+            v = val
+            keep[i - lo] = pair if held else v
+        else:
+            v = as_value(val)            # a copy (or the error)
+            keep[i - lo] = v
+        vptrs[i - lo] = <const unsigned char*>PyBytes_AS_STRING(v)
+        vlens[i - lo] = <uint32_t>PyBytes_GET_SIZE(v)
+    return 0
+
+
+cdef Py_ssize_t keyarray_ascending(keyarray* ka, const unsigned char* prev,
+                                   uint32_t prevlen) noexcept:
+    """How many of ka's keys, from the first, each sort at or after the one before (the
+    first after prev, when prev is given)."""
+    cdef Py_ssize_t i
+    if prev != NULL and vc_key_cmp(ka.data, ka.lens[0], prev, prevlen) < 0:
+        return 0
+    for i in range(1, ka.n):
+        if vc_key_cmp(ka.data + ka.offs[i], ka.lens[i],
+                      ka.data + ka.offs[i - 1], ka.lens[i - 1]) < 0:
+            return i
+    return ka.n
+
+
+cdef int put_apply(vc_txn* t, keyarray* ka, const uint32_t* order, const unsigned char** vptrs,
+                   const uint32_t* vlens, Py_ssize_t n, vc_err* err) noexcept nogil:
+    """Write put_many's n puts: item order[i] i-th, or (order NULL) in the order given, the
+    keys ascending either way.  0, or -1 with err set at the first write refused."""
+    cdef vc_finger fingers[VC_GROUP]
+    cdef const unsigned char* gkeys[VC_GROUP]
+    cdef uint32_t glens[VC_GROUP]
+    cdef Py_ssize_t i, j, g, gi
+    cdef int ngroup = 0
+    for i in range(n):
+        if i + 8 < n:
+            # the values are Python objects strewn over the heap: start fetching the ones
+            # a few steps ahead (the copy misses otherwise)
+            j = order[i + 8] if order != NULL else i + 8
+            vc_prefetch(vptrs[j])
+            vc_prefetch(vptrs[j] + 64)
+            # and the key filter's block its insert will set bits in
+            vc_txn_prefetch_key(t, ka.data + ka.offs[j], ka.lens[j], True)
+        if i % VC_GROUP == 0:
+            # the memtable searches of the next keys, together
+            g = min(<Py_ssize_t>VC_GROUP, n - i)
+            for gi in range(g):
+                j = order[i + gi] if order != NULL else i + gi
+                gkeys[gi] = ka.data + ka.offs[j]
+                glens[gi] = ka.lens[j]
+            ngroup = vc_txn_group_fingers(t, gkeys, glens, <int>g, fingers)
+        if ngroup:
+            gi = i % VC_GROUP
+            if fingers[gi].mem != NULL:
+                memcpy(&t.mem_finger, &fingers[gi], sizeof(vc_finger))
+        j = order[i] if order != NULL else i
+        if vc_txn_write(t, ka.data + ka.offs[j], ka.lens[j], vptrs[j], vlens[j], VC_PUT, err) < 0:
+            return -1
+    return 0
 
 
 cdef bytes as_value(object value):
@@ -819,13 +922,17 @@ cdef class Txn:
         # else: the store closed and freed it
         self.t = NULL
 
-    cdef inline int check(self) except -1:
+    cdef inline int check_alive(self) except -1:
         if self.ended:
             raise ClosedError("the transaction has ended")
         if self.store.db == NULL or self.store.closing:
             self.ended = True
             self.t = NULL                # freed by the store's close
             raise ClosedError("the store is closed")
+        return 0
+
+    cdef inline int check(self) except -1:
+        self.check_alive()
         if self.in_use:
             raise Error("the transaction is in use by another thread")
         return 0
@@ -1180,24 +1287,9 @@ cdef class Txn:
         items: a mapping, or an iterable of (key, value) pairs; a repeated key: last wins.
         """
         cdef uint32_t tid
-        cdef Py_ssize_t n, i
-        cdef keybuf kb
-        cdef const unsigned char** vptrs = NULL
-        cdef uint32_t* vlens = NULL
-        cdef uint32_t* order = NULL
-        cdef keyarray ka
-        cdef unsigned char tidb[4]
-        cdef bint held
-        cdef Py_ssize_t j
-        cdef list values
-        cdef vc_err err
-        cdef int rc = 0
-        cdef vc_finger fingers[VC_GROUP]
-        cdef const unsigned char* gkeys[VC_GROUP]
-        cdef uint32_t glens[VC_GROUP]
-        cdef Py_ssize_t g, gi
-        cdef int ngroup
-        cdef void* ahead
+        cdef Py_ssize_t n
+        cdef Py_ssize_t done = 0
+        cdef size_t sp = 0
         if columns:
             raise TypeError(f"unexpected keyword arguments {sorted(columns)}; column arrays need a typed table")
         self.check_write()
@@ -1206,105 +1298,147 @@ cdef class Txn:
             raise TypeError("put_many() needs items: a mapping or an iterable of (key, value) pairs")
         if hasattr(items, "items") and callable(items.items):
             items = items.items()
-        pairs = list(items)
+        # a list is read in place (pairs_fill holds each pair it reads): a copy of it
+        # would touch every pair once more, a cache miss each in a large batch
+        pairs = items if PyList_CheckExact(items) else list(items)
         n = len(pairs)
-        values = [None] * n
-        memset(&ka, 0, sizeof(ka))
-        vptrs = <const unsigned char**>malloc(<size_t>(n if n else 1) * sizeof(void*))
-        vlens = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        if n > 0xFFFFFFFF:
+            raise ValueError("put_many takes at most 2**32 - 1 items per call")
+        self.check_write()             # list() may have run Python code
+        # from here on, Python code that reading an item runs (a buffer's export, a key's
+        # conversion) cannot use this transaction: the call's writes stay one run
+        self.in_use = True
         try:
-            if vptrs == NULL or vlens == NULL:
+            if n > PUT_CHUNK:
+                done = self.put_ascending(tid, pairs, n, &sp)
+            if done < n:
+                self.put_sorted(tid, pairs, done, n, done > 0, sp)
+        finally:
+            self.in_use = False
+
+    cdef Py_ssize_t put_ascending(self, uint32_t tid, list pairs, Py_ssize_t n,
+                                  size_t* sp) except -1:
+        """The first part of a large put_many while its keys ascend, chunk by chunk: a
+        chunk's items are read (with the GIL), then written in input order without it,
+        while the chunk's objects are still in the CPU cache.  A batch read whole before
+        any write reads each object twice, a cache miss each time once the batch
+        outgrows the cache.  Returns how many items it wrote; the caller sorts and writes
+        the rest.  A bad item withdraws the writes made so far (vc_txn_rollback from *sp),
+        so a call that raises TypeError or ValueError changes nothing."""
+        cdef keyarray ka
+        cdef const unsigned char** vptrs = NULL
+        cdef uint32_t* vlens = NULL
+        cdef unsigned char* last = NULL
+        cdef uint32_t lastlen = 0
+        cdef Py_ssize_t lo = 0
+        cdef Py_ssize_t hi, m
+        cdef bint engine_error = False
+        cdef vc_err err
+        cdef int rc = 0
+        cdef list keep = [None] * PUT_CHUNK
+        memset(&ka, 0, sizeof(ka))
+        try:
+            keyarray_init(&ka, PUT_CHUNK)
+            vptrs = <const unsigned char**>malloc(PUT_CHUNK * sizeof(void*))
+            vlens = <uint32_t*>malloc(PUT_CHUNK * sizeof(uint32_t))
+            last = <unsigned char*>malloc(MAX_KEY + TID_LEN)
+            if vptrs == NULL or vlens == NULL or last == NULL:
                 raise MemoryError()
-            if n > 0xFFFFFFFF:
-                raise ValueError("put_many takes at most 2**32 - 1 items per call")
-            keyarray_init(&ka, n)
-            put_tid(tidb, tid)
-            for i in range(n):
-                # the pairs and their items lie strewn over the heap: load the pair 16 steps
-                # ahead, and the items of the pair 8 steps ahead (its pointers are in by then)
-                if i + 16 < n:
-                    prefetch_object(PyList_GET_ITEM_PTR(pairs, i + 16))
-                if i + 8 < n:
-                    ahead = PyList_GET_ITEM_PTR(pairs, i + 8)
-                    if PyTuple_CheckExact_PTR(ahead) and Py_SIZE_PTR(ahead) == 2:
-                        prefetch_object(PyTuple_GET_ITEM_PTR(ahead, 0))
-                        vc_prefetch(PyTuple_GET_ITEM_PTR(ahead, 1))
-                pair = pairs[i]
-                held = PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2
-                if held:
-                    # an immutable pair held by `pairs`: its key and value stay alive
-                    k = (<tuple>pair)[0]
-                    val = (<tuple>pair)[1]
+            while lo < n:
+                hi = min(n, lo + PUT_CHUNK)
+                ka.n = 0
+                ka.used = 0
+                pairs_fill(&ka, tid, pairs, n, lo, hi, vptrs, vlens, keep)
+                self.check_alive()            # reading the items may have run Python code
+                if lo == 0:
+                    if not vc_txn_savepoint(self.t, ka.data, ka.lens[0], sp):
+                        break                   # writes it could not withdraw: sort them all
+                    m = keyarray_ascending(&ka, NULL, 0)
                 else:
-                    try:
-                        k, val = pair
-                    except (TypeError, ValueError):
-                        raise TypeError(f"put_many items must be (key, value) pairs, got "
-                                        f"{type(pair).__name__}") from None
-                if not keyarray_push_fast(&ka, tidb, k):
-                    keyarray_push(&ka, tid, k)
-                if PyBytes_CheckExact(val) and PyBytes_GET_SIZE(val) <= VC_MAX_VALUE:
-                    v = val
-                    if not held:
-                        values[i] = v
-                else:
-                    v = as_value(val)            # a copy (or the error)
-                    values[i] = v
-                vptrs[i] = <const unsigned char*>PyBytes_AS_STRING(v)
-                vlens[i] = <uint32_t>PyBytes_GET_SIZE(v)
-            order = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
-            if order == NULL:
-                raise MemoryError()
+                    m = keyarray_ascending(&ka, last, lastlen)
+                if m == 0:
+                    break
+                err.code = VC_E_NONE
+                self.store.busy += 1
+                with nogil:
+                    rc = put_apply(self.t, &ka, NULL, vptrs, vlens, m, &err)
+                self.store.busy -= 1
+                if rc < 0:
+                    engine_error = True
+                    raise_error(&err)
+                lastlen = ka.lens[m - 1]
+                memcpy(last, ka.data + ka.offs[m - 1], lastlen)
+                if m < hi - lo:
+                    return lo + m               # a key out of order: the rest is sorted
+                lo = hi
+            return lo
+        except BaseException:
+            if lo > 0 and not engine_error:
+                self.rollback(sp[0])
+            raise
+        finally:
+            keyarray_free(&ka)
+            free(vptrs)
+            free(vlens)
+            free(last)
+
+    cdef int put_sorted(self, uint32_t tid, list pairs, Py_ssize_t lo, Py_ssize_t n,
+                        bint wrote, size_t sp) except -1:
+        """put_many's items lo..n: all read first, then written in key order (a stable
+        radix sort, so a repeated key still ends with its last value) without the GIL.
+        wrote: put_ascending wrote the items before lo, to be withdrawn (from sp) if an
+        item here is bad."""
+        cdef Py_ssize_t cnt = n - lo
+        cdef keyarray ka
+        cdef const unsigned char** vptrs = NULL
+        cdef uint32_t* vlens = NULL
+        cdef uint32_t* order = NULL
+        cdef list keep
+        cdef vc_err err
+        cdef int rc = 0
+        memset(&ka, 0, sizeof(ka))
+        try:
+            try:
+                keep = [None] * cnt
+                vptrs = <const unsigned char**>malloc(<size_t>(cnt if cnt else 1) * sizeof(void*))
+                vlens = <uint32_t*>malloc(<size_t>(cnt if cnt else 1) * sizeof(uint32_t))
+                order = <uint32_t*>malloc(<size_t>(cnt if cnt else 1) * sizeof(uint32_t))
+                if vptrs == NULL or vlens == NULL or order == NULL:
+                    raise MemoryError()
+                keyarray_init(&ka, cnt)
+                pairs_fill(&ka, tid, pairs, n, lo, n, vptrs, vlens, keep)
+                self.check_alive()            # reading the items may have run Python code
+            except BaseException:
+                if wrote:
+                    self.rollback(sp)
+                raise
             err.code = VC_E_NONE
-            self.check()               # the loops above ran Python code
-            self.in_use = True
             self.store.busy += 1
             with nogil:
-                # applied in key order (cache-friendly skip-list inserts); the sort is
-                # stable, so a repeated key still ends with its last value
+                # applied in key order (cache-friendly skip-list inserts)
                 if keyarray_order(&ka, order) < 0:
                     rc = -2
                 else:
-                    ngroup = 0
-                    for i in range(n):
-                        if i + 8 < n:
-                            # the values are Python objects strewn over the heap: start
-                            # fetching the ones a few steps ahead (the copy misses otherwise)
-                            j = order[i + 8]
-                            vc_prefetch(vptrs[j])
-                            vc_prefetch(vptrs[j] + 64)
-                            # and the key filter's block its insert will set bits in
-                            vc_txn_prefetch_key(self.t, ka.data + ka.offs[j], ka.lens[j], True)
-                        if i % VC_GROUP == 0:
-                            # the memtable searches of the next keys, together
-                            g = min(<Py_ssize_t>VC_GROUP, n - i)
-                            for gi in range(g):
-                                j = order[i + gi]
-                                gkeys[gi] = ka.data + ka.offs[j]
-                                glens[gi] = ka.lens[j]
-                            ngroup = vc_txn_group_fingers(self.t, gkeys, glens, <int>g, fingers)
-                        if ngroup:
-                            gi = i % VC_GROUP
-                            if fingers[gi].mem != NULL:
-                                memcpy(&self.t.mem_finger, &fingers[gi], sizeof(vc_finger))
-                        j = order[i]
-                        rc = vc_txn_write(self.t, ka.data + ka.offs[j], ka.lens[j], vptrs[j], vlens[j],
-                                          VC_PUT, &err)
-                        if rc < 0:
-                            break
-            free(order)
-            order = NULL
-            self.in_use = False
+                    rc = put_apply(self.t, &ka, order, vptrs, vlens, cnt, &err)
             self.store.busy -= 1
             if rc == -2:
                 raise MemoryError("out of memory sorting a put_many batch")
             if rc < 0:
                 raise_error(&err)
+            return 0
         finally:
             keyarray_free(&ka)
             free(vptrs)
             free(vlens)
             free(order)
+
+    cdef void rollback(self, size_t sp) noexcept:
+        """Withdraw this transaction's writes since savepoint sp (see put_ascending); if
+        that is no longer possible, the transaction can no longer commit."""
+        if self.ended or self.t == NULL or self.store.db == NULL or self.store.closing:
+            return
+        if vc_txn_rollback(self.t, sp) < 0:
+            self.t.doomed = True
 
     def delete_many(self, table, keys):
         """delete_many(table, keys) -> int: how many of the keys existed."""
