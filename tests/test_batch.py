@@ -129,9 +129,9 @@ def test_get_many_large_random_batch_on_small_cache(tmp_path):
 
 
 def test_large_commit_log_record_replays(tmp_path):
-    """A commit whose log record spans many pieces (written streamed, in ~1 MiB pieces,
-    with the CRC taken in a first pass) is recovered whole after the process dies before
-    any checkpoint."""
+    """A commit whose log record spans many pieces (encoded once and written streamed, in
+    ~1 MiB pieces, its header with the length and CRC written last) is recovered whole
+    after the process dies before any checkpoint."""
     import subprocess
     import sys
     import textwrap

@@ -190,6 +190,16 @@ def test_crash_into_the_zeroed_log_tail(tmp_path, sync, nthreads):
 
 
 @pytest.mark.parametrize("sync", ["full", "normal"])
+def test_crash_inside_streamed_log_records(tmp_path, sync):
+    """Transactions of 24 keys with values up to 250 KB: many records pass 1 MiB, and are
+    written in pieces with their header last, so kills land between a record's pieces and
+    before its header.  Each transaction is recovered whole or not at all."""
+    last = crash_rounds(str(tmp_path / "s"), sync, rounds=6, nkeys=24, big=True,
+                        ckpt_every=10**9)
+    assert last[0] > 0
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
 def test_crash_big_values_long_checkpoints(tmp_path, sync):
     """Values up to 250 KB: checkpoints write many pages, so kills land inside them."""
     last = crash_rounds(str(tmp_path / "s"), sync, rounds=8, nkeys=4, big=True)

@@ -214,3 +214,45 @@ def test_recovery_through_a_long_zero_tail_is_quick(store_path):
     with velocore.open(store_path) as s:
         assert len(s.table("t")) == 50
         assert os.path.getsize(seg) == end
+
+
+# A small commit, then one whose record passes 1 MiB (streamed: its pieces first, its
+# header last), then exit without closing.
+STREAMED_EXIT = r"""
+import os, sys, velocore
+s = velocore.open(sys.argv[1], sync=sys.argv[2], checkpoint_mb=1000)
+t = s.table("t")
+t[b"small"] = b"before"
+with s.txn() as x:
+    x.put_many(t, [(b"big%05d" % i, b"%05d" % i * 60) for i in range(8000)])
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("sync", ["full", "off"])
+@pytest.mark.parametrize("cut", ["header-only", "mid-payload", "first-piece"])
+def test_streamed_record_without_its_header_is_a_torn_tail(store_path, sync, cut):
+    """A kill while a streamed record is written leaves its pieces, or some of them, with
+    zeros where its header goes: recovery cuts it off as a torn tail, keeps the commits
+    before it, and the log takes new records at that place."""
+    p = run_python(STREAMED_EXIT, store_path, sync)
+    assert_no_signal(p)
+    assert p.returncode == 0, p.stderr[-4000:]
+    (seg,) = wal_segments(store_path)
+    start, end = wal_records(seg)[-1]
+    assert end - start > 1 << 20, "the last record should be streamed"
+    with open(seg, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(32))                       # the header not written yet
+        if cut == "mid-payload":
+            f.truncate(start + 32 + (end - start) // 2)
+        elif cut == "first-piece":
+            f.truncate(start + 32 + 4096)
+    with velocore.open(store_path, sync=sync) as s:
+        t = s.table("t")
+        assert dict(t.items()) == {b"small": b"before"}
+        assert os.path.getsize(seg) <= start or wal_tail(seg)[0] == start
+        t[b"after"] = b"reopen"
+    with velocore.open(store_path) as s:
+        assert dict(s.table("t").items()) == {b"small": b"before", b"after": b"reopen"}
+        assert s.check()["ok"]

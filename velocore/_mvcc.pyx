@@ -44,7 +44,7 @@ from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_t
                               vc_cursor_next, vc_cursor_prev, vc_cursor_key, vc_cursor_value,
                               vc_cursor_entry, vc_cursor_prefetch,
                               VC_MAX_KEY)
-from velocore._wal cimport (vc_wal, vc_wal_open, vc_wal_append_stream, vc_wal_sync_to,
+from velocore._wal cimport (vc_wal, vc_wal_fill_fn, vc_wal_open, vc_wal_append_stream, vc_wal_sync_to,
                             vc_wal_flush, vc_wal_durable_lsn, vc_wal_rotate, vc_wal_remove_before,
                             vc_wal_close, VC_SYNC_FULL, VC_SYNC_OFF)
 
@@ -2137,9 +2137,7 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     cdef vc_wcur c
     cdef vc_wref r
     cdef log_producer lp
-    cdef log_producer rest_start
     cdef vc_buf rest
-    cdef size_t payload_len = 0
     cdef uint32_t crc = 0
     cdef vc_memtable* last_m
     cdef bint any_frozen
@@ -2164,27 +2162,18 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     if db.readonly:
         vc_txn_abort(t)
         return vc_fail(err, VC_E_READONLY, "the store is read-only")
-    # the redo record, outside the lock: its first piece (all of a small transaction's),
-    # and for a large one the length and CRC of the rest, which is encoded a second time,
-    # piece by piece, as it is written (the record never exists whole in memory)
+    # the redo record's first piece (all of a small transaction's) and its CRC, outside
+    # the lock; a large one's rest is encoded piece by piece as it is written (the record
+    # never exists whole in memory)
     memset(&rest, 0, sizeof(vc_buf))
     if db.wal != NULL:
         t.payload.len = 0
         wcur_init(&lp.c, t)
         lp.have = wcur_next(&lp.c, &lp.r)
-        rc = log_fill(&lp, &t.payload)
-        payload_len = t.payload.len
-        crc = vc_crc32c(0, t.payload.data, t.payload.len)
-        rest_start = lp
-        while rc == 0 and lp.have:
-            rc = log_fill(&lp, &rest)
-            payload_len += rest.len
-            crc = vc_crc32c(crc, rest.data, rest.len)
-        if rc < 0:
-            vc_buf_free(&rest)
+        if log_fill(&lp, &t.payload) < 0:
             vc_txn_abort(t)
             return vc_fail(err, VC_E_NOMEM, "out of memory building the log record")
-        lp = rest_start
+        crc = vc_crc32c(0, t.payload.data, t.payload.len)
     # the one critical section: a timestamp and the log record's place, in the same order
     pthread_mutex_lock(&db.commit_lock)
     if db.failed:
@@ -2200,11 +2189,15 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
                        "dropped or created concurrently")
     ts = db.last_ts + 1
     if db.wal != NULL:
-        rc = vc_wal_append_stream(db.wal, ts, payload_len, crc, t.payload.data, t.payload.len,
-                                  log_fill, &lp, &rest, &lsn, err)
+        rc = vc_wal_append_stream(db.wal, ts, t.payload.data, t.payload.len, crc,
+                                  log_fill if lp.have else <vc_wal_fill_fn>NULL, &lp, &rest,
+                                  &lsn, err)
         vc_buf_free(&rest)
         if rc < 0:
-            db_fail(db, err)
+            # a record it could not produce (out of memory, too large) was cut off the log
+            # again, and only this transaction fails; an I/O error stops the store
+            if err.code != VC_E_NOMEM and err.code != VC_E_INVALID:
+                db_fail(db, err)
             pthread_mutex_unlock(&db.commit_lock)
             vc_txn_abort(t)
             return -1

@@ -84,19 +84,19 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
                      uint64_t start_seg, uint64_t after_ts, vc_replay_fn fn, void* ctx,
                      uint64_t* last_ts, vc_err* err) noexcept nogil
 
-# Produce the next piece of a streamed payload into chunk (chunk.len = its size, > 0).
+# Produce the next piece of a streamed payload into chunk: 0 with chunk.len > 0, a piece;
+# 0 with chunk.len == 0, the end; -1, a failure.
 ctypedef int (*vc_wal_fill_fn)(void* ctx, vc_buf* chunk) noexcept nogil
 
 # Append one record; on return the bytes are written (write(2)) but maybe not flushed.
-# Its payload (payload_len bytes, CRC32C payload_crc, both known in advance) is `first`
-# followed by what fill() produces, piece by piece, until payload_len bytes are written:
-# a large transaction's record never exists whole in memory.  fill may be NULL when
-# `first` is the whole payload.  *lsn receives the lsn just past the record, to pass to
-# vc_wal_sync_to.
-cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
-                              uint32_t payload_crc, const unsigned char* first, size_t first_len,
-                              vc_wal_fill_fn fill, void* ctx, vc_buf* chunk, uint64_t* lsn,
-                              vc_err* err) noexcept nogil
+# Its payload is `first` (first_crc: its CRC32C), followed, when fill is not NULL, by
+# what fill() produces, piece by piece, until it reports the end: a large transaction's
+# record never exists whole in memory, and is encoded once (the header, with the
+# payload's length and CRC, is then written after the payload).  *lsn receives the lsn
+# just past the record, to pass to vc_wal_sync_to.
+cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, const unsigned char* first,
+                              size_t first_len, uint32_t first_crc, vc_wal_fill_fn fill,
+                              void* ctx, vc_buf* chunk, uint64_t* lsn, vc_err* err) noexcept nogil
 
 # Group commit: return once durable_lsn >= lsn.  One caller (the leader) runs fdatasync
 # for everyone waiting; others wait on the condition.  No-op for VC_SYNC_OFF; for

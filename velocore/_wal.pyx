@@ -981,28 +981,27 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
     return VC_OK
 
 
-cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
-                              uint32_t payload_crc, const unsigned char* first, size_t first_len,
-                              vc_wal_fill_fn fill, void* ctx, vc_buf* chunk, uint64_t* lsn,
-                              vc_err* err) noexcept nogil:
+cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, const unsigned char* first,
+                              size_t first_len, uint32_t first_crc, vc_wal_fill_fn fill,
+                              void* ctx, vc_buf* chunk, uint64_t* lsn, vc_err* err) noexcept nogil:
     cdef unsigned char hdr[REC_HDR_SIZE]
     cdef unsigned char zeros[8]
     cdef iovec iov[3]
-    cdef int cnt = 0, e = 0
+    cdef int cnt = 0, e = 0, p = 0
     cdef uint64_t off, rec_size, pos
-    cdef size_t done
+    cdef uint64_t payload_len = first_len
+    cdef uint32_t crc = first_crc
     cdef bint produce_failed = False
+    cdef bint too_big = False
     if w == NULL:
         return vc_fail(err, VC_E_INVALID, "log is closed")
     if w.readonly:
         return vc_fail(err, VC_E_READONLY, "%s: log is read-only", w.path)
-    if <uint64_t>payload_len > WAL_MAX_PAYLOAD:
-        return vc_fail(err, VC_E_INVALID, "log record of %llu bytes exceeds the maximum",
-                       <unsigned long long>payload_len)
-    if first_len > payload_len or (first_len < payload_len and fill == NULL) or \
-            (first == NULL and first_len > 0):
+    if first == NULL and first_len > 0:
         return vc_fail(err, VC_E_INVALID, "log record pieces do not add up")
-    rec_size = REC_HDR_SIZE + pad8(payload_len)
+    if <uint64_t>first_len > WAL_MAX_PAYLOAD:
+        return vc_fail(err, VC_E_INVALID, "log record of %llu bytes exceeds the maximum",
+                       <unsigned long long>first_len)
     memset(zeros, 0, 8)
 
     pthread_mutex_lock(&w.append_lock)
@@ -1014,45 +1013,65 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
         return fail_sticky(w, e, err)
     # seg_fd / seg_no / seg_bytes / seg_file_bytes only change under append_lock, which we hold
     off = w.seg_bytes
-    if (off + rec_size > w.seg_file_bytes and w.sync_mode != VC_SYNC_OFF
-            and rec_size <= ZERO_AHEAD_MAX):
-        e = zero_ahead(w, off + rec_size)
-        if e != 0:
-            pthread_mutex_unlock(&w.append_lock)
-            return fail_sticky(w, e, err)
-    encode_rec_header(hdr, record_seed(w.seg_no), commit_ts, payload_len, payload_crc)
-    iov[0].iov_base = hdr
-    iov[0].iov_len = REC_HDR_SIZE
-    cnt = 1
-    if first_len > 0:
-        iov[cnt].iov_base = <void*>first
-        iov[cnt].iov_len = first_len
-        cnt += 1
-    if first_len == payload_len and pad8(payload_len) != payload_len:
-        iov[cnt].iov_base = zeros
-        iov[cnt].iov_len = <size_t>(pad8(payload_len) - payload_len)
-        cnt += 1
     pos = off
     e = 0
-    if write_full_v(w.seg_fd, iov, cnt, pos) != 0:
-        e = errno if errno != 0 else EIO
+    if fill == NULL:
+        # the whole record at once: header, payload and padding in one write
+        rec_size = REC_HDR_SIZE + pad8(payload_len)
+        if (off + rec_size > w.seg_file_bytes and w.sync_mode != VC_SYNC_OFF
+                and rec_size <= ZERO_AHEAD_MAX):
+            e = zero_ahead(w, off + rec_size)
+            if e != 0:
+                pthread_mutex_unlock(&w.append_lock)
+                return fail_sticky(w, e, err)
+        encode_rec_header(hdr, record_seed(w.seg_no), commit_ts, payload_len, crc)
+        iov[0].iov_base = hdr
+        iov[0].iov_len = REC_HDR_SIZE
+        cnt = 1
+        if first_len > 0:
+            iov[cnt].iov_base = <void*>first
+            iov[cnt].iov_len = first_len
+            cnt += 1
+        if pad8(payload_len) != payload_len:
+            iov[cnt].iov_base = zeros
+            iov[cnt].iov_len = <size_t>(pad8(payload_len) - payload_len)
+            cnt += 1
+        if write_full_v(w.seg_fd, iov, cnt, pos) != 0:
+            e = errno if errno != 0 else EIO
     else:
-        pos += REC_HDR_SIZE + first_len
-        done = first_len
-        while done < payload_len:
-            # the rest of the payload, piece by piece (the CRC was taken in a first pass)
-            if fill(ctx, chunk) < 0 or chunk.len == 0 or chunk.len > payload_len - done:
+        # a streamed payload, encoded once: written piece by piece after the header's place,
+        # its length and CRC taken as it goes, and the header written last.  Until then the
+        # record's place reads as zeros or a bad header, which recovery cuts off as a torn
+        # tail (nothing valid follows it: append_lock is held throughout).
+        pos = off + REC_HDR_SIZE
+        if first_len > 0 and write_full(w.seg_fd, first, first_len, pos) != 0:
+            e = errno if errno != 0 else EIO
+        pos += first_len
+        while e == 0:
+            if fill(ctx, chunk) < 0:
                 produce_failed = True
                 break
+            if chunk.len == 0:
+                break
+            if payload_len + chunk.len > WAL_MAX_PAYLOAD:
+                too_big = True
+                break
+            crc = vc_crc32c(crc, chunk.data, chunk.len)
             if write_full(w.seg_fd, chunk.data, chunk.len, pos) != 0:
                 e = errno if errno != 0 else EIO
                 break
             pos += chunk.len
-            done += chunk.len
-        if e == 0 and not produce_failed and done == payload_len and pad8(payload_len) != payload_len:
-            if write_full(w.seg_fd, zeros, <size_t>(pad8(payload_len) - payload_len), pos) != 0:
+            payload_len += chunk.len
+        rec_size = REC_HDR_SIZE + pad8(payload_len)
+        if e == 0 and not produce_failed and not too_big:
+            p = <int>(pad8(payload_len) - payload_len)
+            if p > 0 and write_full(w.seg_fd, zeros, <size_t>p, pos) != 0:
                 e = errno if errno != 0 else EIO
-    if e != 0 or produce_failed:
+        if e == 0 and not produce_failed and not too_big:
+            encode_rec_header(hdr, record_seed(w.seg_no), commit_ts, payload_len, crc)
+            if write_full(w.seg_fd, hdr, REC_HDR_SIZE, off) != 0:
+                e = errno if errno != 0 else EIO
+    if e != 0 or produce_failed or too_big:
         # drop the partial record (and the zeros ahead) so a later append does not leave
         # its remains behind; if even that fails the log can no longer be trusted
         if ftruncate(w.seg_fd, <off_t>off) != 0:
@@ -1065,6 +1084,9 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, size_t payload_len,
         if produce_failed:
             return vc_fail(err, VC_E_NOMEM, "%s/%08llu.log: could not produce the log record",
                            w.path, <unsigned long long>w.seg_no)
+        if too_big:
+            return vc_fail(err, VC_E_INVALID, "log record of more than %llu bytes exceeds the maximum",
+                           <unsigned long long>WAL_MAX_PAYLOAD)
         return vc_fail_errno(err, VC_E_IO, e, "%s/%08llu.log: write at offset %llu", w.path,
                              <unsigned long long>w.seg_no, <unsigned long long>off)
     if off + rec_size > w.seg_file_bytes:
