@@ -246,12 +246,16 @@ cdef inline bint keyarray_push_fast(keyarray* ka, const unsigned char* tidb, obj
 
 
 cdef int keyarray_fill(keyarray* ka, uint32_t tid, list keys) except -1:
-    """Composite keys of a batch call in C arrays, so its loop can run without the GIL."""
+    """Composite keys of a batch call in C arrays, so its loop can run without the GIL.
+    keys may be the caller's own list (each key is copied as it is read)."""
     cdef Py_ssize_t i, n = len(keys)
     cdef unsigned char tidb[4]
     keyarray_init(ka, n)
     put_tid(tidb, tid)
     for i in range(n):
+        if PyList_GET_SIZE(keys) != n:
+            # changed by code that reading a key ran (a finalizer, say)
+            raise RuntimeError("the list of keys changed size during the call")
         if i + 8 < n:
             # the key objects lie strewn over the heap: start loading one a few steps ahead
             prefetch_object(PyList_GET_ITEM_PTR(keys, i + 8))
@@ -294,7 +298,8 @@ cdef int pairs_fill(keyarray* ka, uint32_t tid, list pairs, Py_ssize_t n, Py_ssi
     put_tid(tidb, tid)
     for i in range(lo, hi):
         if PyList_GET_SIZE(pairs) != n:
-            # the caller's list, changed by another thread while a chunk was written
+            # the caller's list, changed meanwhile: by another thread while a chunk was
+            # written, or by code an item ran
             raise RuntimeError("put_many: the list of items changed size during the call")
         # the pairs and their items lie strewn over the heap: load the pair 16 steps ahead,
         # and the items of the pair 8 steps ahead (its pointers are in by then)
@@ -1080,7 +1085,7 @@ cdef class Txn:
         cdef list result
         self.check()
         tid = self.tid(table, False)
-        keys = list(keys)
+        keys = keys if PyList_CheckExact(keys) else list(keys)   # a list is read in place
         n = len(keys)
         memset(&out, 0, sizeof(out))
         memset(&ka, 0, sizeof(ka))
@@ -1285,6 +1290,7 @@ cdef class Txn:
         """put_many(table, items) -> None
 
         items: a mapping, or an iterable of (key, value) pairs; a repeated key: last wins.
+        A bad item raises TypeError or ValueError, and none of the items is written.
         """
         cdef uint32_t tid
         cdef Py_ssize_t n
@@ -1452,7 +1458,7 @@ cdef class Txn:
         cdef Py_ssize_t existed = 0
         self.check_write()
         tid = self.tid(table, True)
-        keys = list(keys)
+        keys = keys if PyList_CheckExact(keys) else list(keys)   # a list is read in place
         n = len(keys)
         memset(&ka, 0, sizeof(ka))
         try:
