@@ -410,3 +410,59 @@ def test_conflict_in_a_later_chunk_dooms_the_transaction(tmp_path):
     with store.snapshot() as s:
         assert dict(s.range(table)) == {b"k%07d" % (2 * CHUNK + 5): b"theirs"}
     store.close()
+
+
+def test_large_ascending_put_many_beside_checkpoints_and_writers(tmp_path):
+    """Checkpoints freeze the memtable between (and during) a call's chunks, so one call's
+    writes and their withdrawal span several memtables; another thread commits keys of
+    its own all along.  Calls with a bad last item leave nothing; the others everything."""
+    import threading
+    store = velocore.open(str(tmp_path / "db"), sync="off", checkpoint_mb=1)
+    table = store.table("t")
+    stop = threading.Event()
+    errors = []
+    other = {}
+
+    def checkpointer():
+        while not stop.is_set():
+            store.checkpoint()
+
+    def committer():
+        i = 0
+        while not stop.is_set():
+            k = b"other%07d" % i
+            with store.txn() as t:
+                t.put(table, k, b"o")
+            other[k] = b"o"
+            i += 1
+
+    def loader():
+        try:
+            for r in range(12):
+                items = [(b"r%02d-%07d" % (r, i), b"%d" % i * 20) for i in range(3 * CHUNK)]
+                with store.txn() as t:
+                    if r % 2:
+                        items.append((b"r%02d-zzz" % r, 7))
+                        with pytest.raises(TypeError):
+                            t.put_many(table, items)
+                        t.put(table, b"r%02d-after" % r, b"a")
+                    else:
+                        t.put_many(table, items)
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+
+    run_alongside([threading.Thread(target=loader)],
+                  [threading.Thread(target=checkpointer), threading.Thread(target=committer)],
+                  stop)
+    assert not errors
+    assert store.info()["checkpoints"] > 0
+    with store.snapshot() as s:
+        got = dict(s.range(table))
+    for r in range(12):
+        mine = {k: v for k, v in got.items() if k.startswith(b"r%02d-" % r)}
+        if r % 2:
+            assert mine == {b"r%02d-after" % r: b"a"}, r
+        else:
+            assert mine == {b"r%02d-%07d" % (r, i): b"%d" % i * 20 for i in range(3 * CHUNK)}, r
+    assert {k: v for k, v in got.items() if k.startswith(b"other")} == other
+    store.close()

@@ -69,6 +69,8 @@ class VelocoreEngine:
         with self.store.txn() as t:
             t.put_many(self.table, items)
 
+    bulk_load = put_many             # items in key order
+
     def commit_one(self, key, value):
         with self.store.txn() as t:
             t.put(self.table, key, value)
@@ -119,6 +121,8 @@ class DictEngine:
     def put_many(self, items):
         self.data.update(items)
 
+    bulk_load = put_many
+
     def get_loop(self, keys):
         get = self.data.get
         return sum(1 for key in keys if get(key) is not None)
@@ -158,6 +162,8 @@ class SqliteEngine:
         self.con.execute("BEGIN")
         self.con.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", items)
         self.con.execute("COMMIT")
+
+    bulk_load = put_many
 
     def commit_one(self, key, value):
         self.con.execute("BEGIN")
@@ -227,6 +233,11 @@ class LmdbEngine:
     def put_many(self, items):
         with self.env.begin(write=True) as txn:
             txn.cursor().putmulti(items)
+
+    def bulk_load(self, items):
+        """Items in key order: LMDB's append mode writes into the last page."""
+        with self.env.begin(write=True) as txn:
+            txn.cursor().putmulti(items, append=True)
 
     def commit_one(self, key, value):
         with self.env.begin(write=True) as txn:
@@ -331,6 +342,26 @@ class PointWrites(_EngineBench):
 
     def peakmem_put_many(self, engine_name, n):
         self.engine.put_many(self.items)
+
+
+class SortedLoad(_EngineBench):
+    """n keys in key order into an empty store, one transaction, one batch call (a bulk
+    load: velocore's put_many reads and writes an ascending batch chunk by chunk; LMDB's
+    putmulti in append mode)."""
+    params = (["velocore", "dict", "sqlite3", "lmdb"], [200_000])
+    param_names = ["engine", "n"]
+    number = 1
+    repeat = (1, 5, 20.0)
+
+    def setup(self, engine_name, n):
+        self.make_engine(engine_name)
+        self.items = sorted(make_items(n))
+
+    def time_bulk_load(self, engine_name, n):
+        self.engine.bulk_load(self.items)
+
+    def peakmem_bulk_load(self, engine_name, n):
+        self.engine.bulk_load(self.items)
 
 
 class MemtableReads:
