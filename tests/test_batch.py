@@ -7,6 +7,7 @@ import pytest
 
 import velocore
 from _helpers import run_alongside
+from velocore._store import _PUT_CHUNK
 
 
 def key_kinds(rnd, n):
@@ -256,7 +257,7 @@ def test_put_many_groups_with_concurrent_writers_and_checkpoints(tmp_path):
 # time) while they ascend; the rest of the call is sorted and written as one batch.  A bad
 # item anywhere still leaves the call without effect.
 
-CHUNK = 4096
+CHUNK = _PUT_CHUNK     # the engine's own chunk size, so these calls span several chunks
 
 
 def ascending_items(n, start=0, tag=b""):

@@ -75,6 +75,7 @@ cdef enum:
     RANGE_BLOCK_MAX = 512        # ... doubling per refill up to this
     GET_MANY_CHUNK = 4096        # get_many: keys looked up per release of the GIL
 MAX_VALUE = VC_MAX_VALUE
+_PUT_CHUNK = PUT_CHUNK          # for the tests: calls of more items take the chunked path
 
 
 # ---------------------------------------------------------------- errors
