@@ -15,7 +15,7 @@ cdef enum:
     VC_DEL = 2
     VC_CHECK = 3            # write set only: validate at commit, write nothing
     VC_SL_MAX = 20          # skip-list levels
-    VC_GROUP = 8            # keys of a batch searched together (vc_txn_group_fingers)
+    VC_GROUP = 16           # keys of a batch searched together (vc_txn_group_fingers)
     VC_FINGER_NEAR = 3      # a finger within this level's reach needs no group search
     VC_TXN_ACTIVE = 0
     VC_TXN_ENDED = 1
@@ -78,6 +78,13 @@ cdef struct vc_bigblk:      # header of a version bigger than VC_GC_SMALL_MAX (s
     size_t size             # bytes after this header
     size_t pad
 
+cdef struct vc_mindex:      # a sorted sample of a shared memtable's tall nodes (mindex_build)
+    uint32_t n              # entries
+    uint64_t* kp            # their key prefixes, ascending
+    vc_node** node
+    uint32_t* up            # the nearest earlier entry with a taller tower, MINDEX_NONE if none
+    uint8_t* height         # their tower heights
+
 cdef struct vc_memtable:   # 64-byte aligned (mem_new)
     # -- first cache line: what every point read looks at, written (almost) never, so a
     #    reader beside a busy writer does not keep losing it to the writer's counters
@@ -113,6 +120,10 @@ cdef struct vc_memtable:   # 64-byte aligned (mem_new)
                                 # freed once the GC horizon reaches its tag (free_lock)
     uint64_t ndeferred      # on that list (atomic)
     uint64_t deferred_tag   # tag of the oldest deferred version, 0 if none (relaxed peek)
+    vc_mindex* index        # shared memtables: published with a release store, immutable,
+                            # in the arena (freed with the memtable); NULL until big enough
+    uint64_t index_next     # nkeys at which a writer builds the next one (relaxed)
+    int index_building      # a writer is building one (CAS)
 
 cdef struct vc_finger:       # a writer's last search path in one memtable (finger search)
     vc_memtable* mem        # memtable the path belongs to, NULL when unused

@@ -84,6 +84,8 @@ cdef enum:
     TXN_GET_TREE = 2        # txn_get_mem: not decided by the memtables
     LOG_CHUNK = 1 << 20     # a commit's log record is encoded and written in pieces this big
     ARENA_CHUNK = 1 << 20
+    MINDEX_LEVEL = 2        # a memtable index holds the nodes linked at this level (1 in 16)
+    MINDEX_FIRST = 4096     # nodes in a shared memtable before its first index
     ARENA_BIG = 1 << 18
     GC_EVERY = 64           # commits between GC rounds (recomputing the horizon)
     CKPT_DEAD_MIN = 4096    # aborted nodes that can make a checkpoint due (checkpoint_due)
@@ -91,6 +93,9 @@ cdef enum:
 # An aborted version that counted its node in its memtable's `dead` (mark_shared); no
 # transaction id comes near it.
 cdef uint64_t VC_OWNER_DEAD = 0xFFFFFFFFFFFFFFFF
+
+# vc_mindex.up of an entry with no taller tower before it
+cdef uint32_t MINDEX_NONE = 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------- arena
@@ -238,6 +243,7 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexc
         m.rng = 1
     m.gen = gen
     m.shared = shared
+    m.index_next = MINDEX_FIRST if shared else 0xFFFFFFFFFFFFFFFF
     return m
 
 
@@ -375,17 +381,141 @@ cdef inline bint node_lt(vc_node* n, const unsigned char* key, uint32_t klen, ui
     return vc_key_cmp(n.key, n.klen, key, klen) < 0
 
 
+# ---------------------------------------------------------------- memtable index
+#
+# A search of a big memtable from its head takes ~33 steps (4 per level over ~9 levels),
+# each a dependent load; the steps above level 1 are most of the time of a put_many of
+# scattered keys (vc_txn_group_fingers).  The index is a sorted array of the nodes linked
+# at level MINDEX_LEVEL, with their key prefixes and tower heights: a binary search over
+# the prefixes (a few hundred KiB, mostly cached) finds the last node sorting before a key,
+# and its chain of earlier taller towers gives a node to start from at every level above.
+# The search then takes about one step per level above MINDEX_LEVEL and walks the levels
+# below as before.
+#
+# The index is a snapshot: built by one writer when the memtable's node count reaches
+# index_next (then doubled), published with a release store, never changed, freed with the
+# memtable's arena.  Nodes are never removed, so every entry stays a node sorting before
+# the keys it is used for; nodes linked since it was built are found by the walk from it,
+# as a finger search finds them (sl_find_preds_f).  An entry was linked at MINDEX_LEVEL and
+# so at every level below; at a level above, a tower still being linked by its writer is a
+# node whose link there points forward to a greater key, so a walk from it stays ordered,
+# and at worst a write linked after it is left out of that shortcut level (searches then
+# take a step more; level 0, which decides, holds every node).
+
+cdef void mindex_build(vc_memtable* m) noexcept nogil:
+    """Build and publish a fresh index of shared memtable m (one builder at a time; the
+    others go on with the index they have)."""
+    cdef uint64_t nk
+    cdef size_t cap, n = 0, top = 0
+    cdef vc_node* x
+    cdef vc_mindex* ix = NULL
+    cdef unsigned char* p
+    cdef uint32_t* stack
+    if not vc_cas_int(&m.index_building, 0, 1):
+        return
+    nk = vc_load_u64_relaxed(&m.nkeys)
+    # about nk / 4**MINDEX_LEVEL nodes are linked there: room for four times that
+    cap = <size_t>(nk >> (2 * MINDEX_LEVEL)) * 4 + 256
+    stack = <uint32_t*>malloc(cap * sizeof(uint32_t))
+    if stack != NULL:
+        ix = <vc_mindex*>arena_alloc_mt(&m.arena, sizeof(vc_mindex) + cap * (
+            sizeof(uint64_t) + sizeof(vc_node*) + sizeof(uint32_t) + sizeof(uint8_t)))
+    if ix != NULL:
+        p = <unsigned char*>ix + sizeof(vc_mindex)
+        ix.kp = <uint64_t*>p
+        ix.node = <vc_node**>(p + cap * sizeof(uint64_t))
+        ix.up = <uint32_t*>(p + cap * (sizeof(uint64_t) + sizeof(vc_node*)))
+        ix.height = <uint8_t*>(p + cap * (sizeof(uint64_t) + sizeof(vc_node*) + sizeof(uint32_t)))
+        x = sl_next(m.head, MINDEX_LEVEL)
+        while x != NULL and n < cap:
+            ix.kp[n] = x.kprefix
+            ix.node[n] = x
+            ix.height[n] = <uint8_t>x.height
+            # the nearest earlier entry with a taller tower (a stack of ever taller ones)
+            while top > 0 and ix.height[stack[top - 1]] <= x.height:
+                top -= 1
+            ix.up[n] = stack[top - 1] if top > 0 else MINDEX_NONE
+            stack[top] = <uint32_t>n
+            top += 1
+            n += 1
+            x = sl_next(x, MINDEX_LEVEL)
+        ix.n = <uint32_t>n
+        if x == NULL:
+            vc_store_ptr(<void**>&m.index, ix)
+        # else more tall towers than room (never expected): keys past the last entry
+        # would walk far from it, so the index in use stays (the arena keeps this one)
+    free(stack)
+    vc_store_u64_relaxed(&m.index_next, nk * 2)     # (out of memory: try again then)
+    vc_store_int_sc(&m.index_building, 0)
+
+
+cdef inline Py_ssize_t mindex_find(const vc_mindex* ix, uint64_t kp) noexcept nogil:
+    """The last entry whose key prefix is below kp, -1 if none.  A smaller prefix means a
+    smaller key (see key_prefix), so that entry's node sorts before every key with prefix
+    kp; entries with an equal prefix are passed over (no full comparison)."""
+    cdef const uint64_t* base = ix.kp
+    cdef size_t n = ix.n, half
+    if n == 0:
+        return -1
+    while n > 1:                       # branch-free lower bound
+        half = n >> 1
+        base = base + half if base[half] < kp else base
+        n -= half
+    return <Py_ssize_t>(base - ix.kp) + (1 if base[0] < kp else 0) - 1
+
+
+cdef struct mindex_chain:   # a search's entry in the index and the taller towers before it
+    vc_node* node[VC_SL_MAX]    # heights strictly rising along it
+    uint64_t kp[VC_SL_MAX]
+    uint8_t height[VC_SL_MAX]
+    int len
+    int pos                 # node[pos:] are the towers taller than the last level asked
+
+
+cdef inline void mindex_chain_init(mindex_chain* c, const vc_mindex* ix, uint64_t kp) noexcept nogil:
+    """The chain for a key with prefix kp (empty without an index), its nodes prefetched."""
+    cdef Py_ssize_t j = mindex_find(ix, kp) if ix != NULL else -1
+    cdef vc_node* nd
+    c.len = 0
+    while j >= 0 and c.len < VC_SL_MAX:
+        nd = ix.node[j]
+        vc_prefetch(nd)
+        c.node[c.len] = nd
+        c.kp[c.len] = ix.kp[j]
+        c.height[c.len] = ix.height[j]
+        c.len += 1
+        j = -1 if ix.up[j] == MINDEX_NONE else <Py_ssize_t>ix.up[j]
+    c.pos = c.len
+
+
+cdef inline vc_node* mindex_start(mindex_chain* c, vc_node* x, vc_node* head, int level) noexcept nogil:
+    """Where a search at `level` starts: x (where the level above left it), or the chain's
+    nearest tower linked at that level when that one sorts after x."""
+    cdef vc_node* nd
+    while c.pos > 0 and c.height[c.pos - 1] > level:
+        c.pos -= 1
+    if c.pos < c.len:
+        nd = c.node[c.pos]
+        if nd != x and (x == head or c.kp[c.pos] > x.kprefix):
+            return nd
+    return x
+
+
 cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
     """First node with key >= key (key NULL: the first node)."""
     cdef vc_node* x = m.head
     cdef vc_node* nx
     cdef int level = vc_load_int_relaxed(&m.height) - 1
     cdef uint64_t kp
+    cdef mindex_chain c
     if key == NULL:
         return sl_next(x, 0)
     kp = key_prefix(key, klen)
+    mindex_chain_init(&c, <vc_mindex*>vc_load_ptr(<void* const*>&m.index), kp)
     nx = NULL
     while level >= 0:
+        if c.len:
+            x = mindex_start(&c, x, m.head, level)
         nx = sl_next(x, level)
         while nx != NULL and node_lt(nx, key, klen, kp):
             x = nx
@@ -437,11 +567,15 @@ cdef void sl_find_preds(vc_memtable* m, const unsigned char* key, uint32_t klen,
     cdef int level = VC_SL_MAX - 1
     cdef int top = vc_load_int_relaxed(&m.height)
     cdef uint64_t kp = key_prefix(key, klen)
+    cdef mindex_chain c
     while level >= top:               # levels above the height in use: only the head
         preds[level] = x
         succs[level] = sl_next(x, level)
         level -= 1
+    mindex_chain_init(&c, <vc_mindex*>vc_load_ptr(<void* const*>&m.index), kp)
     while level >= 0:
+        if c.len:
+            x = mindex_start(&c, x, m.head, level)
         nx = sl_next(x, level)
         while nx != NULL and node_lt(nx, key, klen, kp):
             x = nx
@@ -560,7 +694,8 @@ cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_node** succs, const un
         if vc_cas_int(&m.height, cur, <int>h):
             break
         cur = vc_load_int_relaxed(&m.height)
-    vc_fetch_add_u64(&m.nkeys, 1)
+    if vc_fetch_add_u64(&m.nkeys, 1) + 1 >= vc_load_u64_relaxed(&m.index_next):
+        mindex_build(m)
     if vc_load_int_relaxed(&m.nonempty) == 0:
         vc_store_int_relaxed(&m.nonempty, 1)   # once: later inserts leave the line alone
     return n
@@ -1723,18 +1858,22 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
     cdef int lvl[VC_GROUP]
     cdef uint64_t kp[VC_GROUP]
     cdef int i, level, top, active
+    cdef vc_mindex* ix
+    cdef mindex_chain chain[VC_GROUP]
     if n <= 1 or n > VC_GROUP:
         return 0
     m = enter_active(db)
     if finger_covers(&t.mem_finger, m, keys[n - 1], klens[n - 1]):
         vc_add_int_sc(&m.inflight, -1)
         return 0
+    ix = <vc_mindex*>vc_load_ptr(<void* const*>&m.index)
     top = vc_load_int_relaxed(&m.height)
     for i in range(n):
         out[i].mem = m
-        x[i] = m.head
         lvl[i] = top - 1
         kp[i] = key_prefix(keys[i], klens[i])
+        mindex_chain_init(&chain[i], ix, kp[i])
+        x[i] = mindex_start(&chain[i], m.head, m.head, top - 1) if top > 0 else m.head
         for level in range(top, VC_SL_MAX):
             out[i].path[level] = m.head
     active = n if top > 0 else 0
@@ -1753,6 +1892,7 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
                 if level == 0:
                     active -= 1
                 else:
+                    x[i] = mindex_start(&chain[i], x[i], m.head, level - 1)
                     vc_prefetch(sl_next(x[i], level - 1))
     for i in range(n):
         out[i].last = out[i].path[0] if top > 0 and out[i].path[0] != m.head else NULL
