@@ -507,15 +507,20 @@ cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen
     cdef vc_node* nx
     cdef int level = vc_load_int_relaxed(&m.height) - 1
     cdef uint64_t kp
-    cdef mindex_chain c
+    cdef vc_mindex* ix = <vc_mindex*>vc_load_ptr(<void* const*>&m.index)
+    cdef Py_ssize_t j
     if key == NULL:
         return sl_next(x, 0)
     kp = key_prefix(key, klen)
-    mindex_chain_init(&c, <vc_mindex*>vc_load_ptr(<void* const*>&m.index), kp)
+    if ix != NULL:
+        # a read needs no path above: it starts at level MINDEX_LEVEL from the last entry
+        # before its key (linked there, so at every level below)
+        j = mindex_find(ix, kp)
+        if j >= 0:
+            x = ix.node[j]
+            level = MINDEX_LEVEL
     nx = NULL
     while level >= 0:
-        if c.len:
-            x = mindex_start(&c, x, m.head, level)
         nx = sl_next(x, level)
         while nx != NULL and node_lt(nx, key, klen, kp):
             x = nx
@@ -602,6 +607,14 @@ cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t kle
     if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, kp):
         sl_find_preds(m, key, klen, preds, succs)
         return
+    if vc_load_ptr_relaxed(<void* const*>&m.index) != NULL:
+        # a key past the path's successor at level VC_FINGER_NEAR is far from it (a
+        # scattered write, not the next of a sorted run): the index reaches it sooner
+        c = f.path[VC_FINGER_NEAR]
+        nx = sl_next(c, VC_FINGER_NEAR)
+        if nx != NULL and node_lt(nx, key, klen, kp):
+            sl_find_preds(m, key, klen, preds, succs)
+            return
     top = vc_load_int_relaxed(&m.height)
     while level >= top:
         preds[level] = x
