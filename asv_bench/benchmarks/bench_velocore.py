@@ -402,6 +402,60 @@ class MemtableReads:
                 get(self.table, key)
 
 
+class BigMemtable:
+    """Reads and writes of a memtable holding n keys written in scattered order, none
+    checkpointed yet: every search walks the memtable (its index, then its skip list).
+    `get` / `get_many` look up all n keys in random order; `put_many` writes n // 4 new
+    scattered keys in transactions of 1,000 (the grouped searches) and `put` n // 8 of
+    them one call per key (the plain search)."""
+    params = ([300_000],)
+    param_names = ["n"]
+    number = 1                    # the writes change the memtable: a fresh one per sample
+    repeat = (3, 5, 30.0)
+
+    def setup(self, n):
+        self.workdir = tempfile.mkdtemp(prefix="velocore-asv-")
+        self.store = velocore.open(os.path.join(self.workdir, "big.vc"), sync="off",
+                                   checkpoint_mb=4096)
+        self.table = self.store.table("bench")
+        items = make_items(n + n // 4)
+        present = shuffled(items[:n], SEED + 9)
+        for first in range(0, n, 1_000):
+            with self.store.txn() as t:
+                t.put_many(self.table, present[first:first + 1_000])
+        self.new = shuffled(items[n:], SEED + 10)
+        self.lookups = shuffled((key for key, _ in present), SEED + 11)
+
+    def teardown(self, n):
+        self.store.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def time_get(self, n):
+        with self.store.snapshot() as s:
+            get = s.get
+            for key in self.lookups:
+                get(self.table, key)
+
+    def time_get_many(self, n):
+        with self.store.snapshot() as s:
+            values = s.get_many(self.table, self.lookups)
+        assert values.count(None) == 0
+
+    def time_put_many(self, n):
+        new = self.new
+        for first in range(0, len(new), 1_000):
+            with self.store.txn() as t:
+                t.put_many(self.table, new[first:first + 1_000])
+
+    def time_put(self, n):
+        new = self.new[:len(self.new) // 2]
+        for first in range(0, len(new), 1_000):
+            with self.store.txn() as t:
+                put = t.put
+                for key, value in new[first:first + 1_000]:
+                    put(self.table, key, value)
+
+
 # ------------------------------------------------------------------------- range scans
 
 class RangeScans(_EngineBench):
