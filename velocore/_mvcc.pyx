@@ -607,14 +607,11 @@ cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t kle
     if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, kp):
         sl_find_preds(m, key, klen, preds, succs)
         return
-    if vc_load_ptr_relaxed(<void* const*>&m.index) != NULL:
-        # a key past the path's successor at level VC_FINGER_NEAR is far from it (a
-        # scattered write, not the next of a sorted run): the index reaches it sooner
-        c = f.path[VC_FINGER_NEAR]
-        nx = sl_next(c, VC_FINGER_NEAR)
-        if nx != NULL and node_lt(nx, key, klen, kp):
-            sl_find_preds(m, key, klen, preds, succs)
-            return
+    if vc_load_ptr_relaxed(<void* const*>&m.index) != NULL and not finger_covers(f, m, key, klen):
+        # far past the finger (a scattered write, not the next of a sorted run): the index
+        # reaches the key sooner
+        sl_find_preds(m, key, klen, preds, succs)
+        return
     top = vc_load_int_relaxed(&m.height)
     while level >= top:
         preds[level] = x
