@@ -147,9 +147,10 @@ def test_writers_and_readers_on_a_growing_memtable(tmp_path):
     store = velocore.open(str(tmp_path / "s"), sync="off", checkpoint_mb=4096)
     tbl = store.table("t")
     n_writers, per_writer = 4, 15_000
-    committed = [dict() for _ in range(n_writers)]
+    committed = [[] for _ in range(n_writers)]     # each writer's committed chunks, in order
     stop = threading.Event()
     errors = []
+    reads = [0]
 
     def writer(w):
         rnd = random.Random(100 + w)
@@ -165,25 +166,29 @@ def test_writers_and_readers_on_a_growing_memtable(tmp_path):
                     for k, v in chunk:
                         t.put(tbl, k, v)
             store.retry(fn)
-            committed[w].update(chunk)
+            committed[w].append(chunk)
 
     def reader():
         rnd = random.Random(7)
-        while not stop.is_set():
-            w = rnd.randrange(n_writers)
-            items = list(committed[w].items())[-300:]
-            if not items:
-                continue
-            with store.snapshot() as s:
-                for k, v in items:
-                    got = s.get(tbl, k)
-                    if got != v:
-                        errors.append((k, v, got))
+        try:
+            while not stop.is_set():
+                chunks = committed[rnd.randrange(n_writers)]
+                if not chunks:
+                    continue
+                items = chunks[-1][:300]
+                with store.snapshot() as s:
+                    for k, v in items:
+                        got = s.get(tbl, k)
+                        if got != v:
+                            errors.append((k, v, got))
+                            return
+                    got = s.get_many(tbl, [k for k, _ in items])
+                    if got != [v for _, v in items]:
+                        errors.append(("get_many", len(items)))
                         return
-                got = s.get_many(tbl, [k for k, _ in items])
-                if got != [v for _, v in items]:
-                    errors.append(("get_many", len(items)))
-                    return
+                reads[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
 
     readers = [threading.Thread(target=reader) for _ in range(2)]
     for th in readers:
@@ -201,9 +206,12 @@ def test_writers_and_readers_on_a_growing_memtable(tmp_path):
             th.join(60)
     try:
         assert errors == []
+        assert reads[0] > 0
         model = {}
-        for c in committed:
-            model.update(c)
+        for chunks in committed:
+            for chunk in chunks:
+                model.update(chunk)
+        assert sum(map(len, committed)) == n_writers * per_writer // 500
         assert store.info()["checkpoints"] == 0
         check_model(store, tbl, model, random.Random(8), probes=2000)
     finally:
