@@ -6,7 +6,7 @@ from libc.stdio cimport snprintf
 
 from velocore._common cimport (vc_err, vc_fail, vc_buf, vc_buf_reserve, vc_buf_free,
                                VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch,
-                               vc_load_u64_relaxed)
+                               vc_load_u64_relaxed, vc_add_u64_relaxed, vc_sub_u64_relaxed)
 from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release, vc_page_peek,
                               vc_page_try, vc_page_still,
                               vc_page_read_into, vc_page_alloc, vc_page_write, vc_page_free,
@@ -501,18 +501,71 @@ cdef void vc_lookup_init(vc_lookup* lk, vc_pager* p, uint32_t root, uint32_t hei
     lk.lolen = 0
     lk.hilen = 0
     memset(&lk.ovf, 0, sizeof(vc_buf))
+    lk.leaf_kept = False
+    lk.keep_refused = False
+    lk.kept = NULL
+    lk.nkept = 0
+    lk.kept_cap = 0
 
 
 cdef inline void lookup_unpin(vc_lookup* lk) noexcept nogil:
     if lk.leaf != NULL:
-        vc_page_release(lk.pager, lk.leaf_handle)
+        if not lk.leaf_kept:
+            vc_page_release(lk.pager, lk.leaf_handle)
         lk.leaf = NULL
         lk.leaf_handle = VC_NO_FRAME
+        lk.leaf_kept = False
+        lk.keep_refused = False
+
+
+cdef bint vc_lookup_in_leaf(const vc_lookup* lk, const unsigned char* value) noexcept nogil:
+    return lk.leaf != NULL and value >= lk.leaf and value < lk.leaf + VC_PAGE_SIZE
+
+
+cdef int vc_lookup_keep(vc_lookup* lk) noexcept nogil:
+    cdef vc_pager* p = lk.pager
+    cdef uint32_t* grown
+    cdef uint32_t cap
+    if lk.leaf == NULL or lk.keep_refused:
+        return 0
+    if lk.leaf_kept:
+        return 1
+    if lk.leaf_handle == VC_NO_FRAME:
+        # an in-memory page: it stays put while any reader's snapshot may reach it
+        lk.leaf_kept = True
+        return 1
+    if lk.nkept == lk.kept_cap:
+        cap = lk.kept_cap * 2 if lk.kept_cap else 64
+        grown = <uint32_t*>realloc(lk.kept, <size_t>cap * sizeof(uint32_t))
+        if grown == NULL:
+            lk.keep_refused = True
+            return 0
+        lk.kept = grown
+        lk.kept_cap = cap
+    # at most half the frames: the rest serve the other reads (iterator blocks may keep a
+    # quarter), the writers and the checkpoints
+    if vc_add_u64_relaxed(&p.kept_pins, 1) > p.nframes // 2:
+        vc_sub_u64_relaxed(&p.kept_pins, 1)
+        lk.keep_refused = True
+        return 0
+    lk.kept[lk.nkept] = lk.leaf_handle
+    lk.nkept += 1
+    lk.leaf_kept = True
+    return 1
 
 
 cdef void vc_lookup_close(vc_lookup* lk) noexcept nogil:
+    cdef uint32_t i
     lookup_unpin(lk)
     vc_buf_free(&lk.ovf)
+    for i in range(lk.nkept):
+        vc_page_release(lk.pager, lk.kept[i])
+    if lk.nkept:
+        vc_sub_u64_relaxed(&lk.pager.kept_pins, lk.nkept)
+    free(lk.kept)
+    lk.kept = NULL
+    lk.nkept = 0
+    lk.kept_cap = 0
 
 
 cdef int lookup_descend(vc_lookup* lk, const unsigned char* key, uint32_t klen, vc_err* err) noexcept nogil:

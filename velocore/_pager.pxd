@@ -98,6 +98,8 @@ cdef struct vc_pager:
     pthread_mutex_t lock     # guards victim choice, eviction and slot changes; not held
                              # across a miss's read (hits take no lock)
     uint64_t misses          # lookups that read from disk (cache lock)
+    uint64_t kept_pins       # leaf pins get_many holds past its lookups (vc_lookup_keep), atomic;
+                             # kept at most half the frames (iterator blocks may hold a quarter)
     uint64_t unpinned_hits   # pages read through vc_page_try, added by each transaction as
                              # it ends (relaxed): those reads write nothing shared
     # free space (touched by the checkpointer, and reclaim under the store's lock)

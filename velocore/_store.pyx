@@ -14,7 +14,7 @@ from libc.string cimport memcpy, memset
 from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_OK, VC_NOTFOUND,
                                VC_E_NONE, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_CONFLICT,
                                VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID, VC_E_NOFILE,
-                               vc_prefetch)
+                               vc_prefetch, vc_load_u64_relaxed)
 from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc_db_checkpoint,
                              vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
@@ -23,7 +23,8 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_txn_group_fingers, vc_txn_prefetch_key, vc_txn_savepoint,
                              vc_txn_rollback)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
-from velocore._btree cimport VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_page_search, vc_key_cmp
+from velocore._btree cimport (VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_lookup_in_leaf,
+                              vc_lookup_keep, vc_page_search, vc_key_cmp)
 from velocore._pager cimport vc_hints, vc_page_try, vc_page_still, VC_NO_FRAME
 
 cdef extern from "Python.h":
@@ -73,7 +74,6 @@ DEF PUT_CHUNK = 4096         # put_many items read, then written, at a time whil
 cdef enum:
     RANGE_BLOCK_FIRST = 16       # entries in an iterator's first block (short scans stay cheap)
     RANGE_BLOCK_MAX = 512        # ... doubling per refill up to this
-    GET_MANY_CHUNK = 4096        # get_many: keys looked up per release of the GIL
 MAX_VALUE = VC_MAX_VALUE
 _PUT_CHUNK = PUT_CHUNK          # for the tests: calls of more items take the chunked path
 
@@ -180,6 +180,15 @@ cdef int make_key(keybuf* kb, uint32_t tid, object key, str what) except -1:
     finally:
         PyBuffer_Release(&view)
     return 0
+
+
+cdef struct gm_rec:               # get_many: where key i's value is until the lookup closes
+    const unsigned char* p       # its bytes (in a kept leaf, a memtable or the write set),
+    uint64_t n                   # and their length; p NULL: GM_ABSENT, or the offset of a
+                                 # copy (8-byte length, then the bytes) in the copy buffer
+
+cdef uint64_t GM_ABSENT = <uint64_t>-1
+cdef unsigned char GM_EMPTY = 0  # where an empty value points
 
 
 cdef struct keyarray:
@@ -535,6 +544,13 @@ cdef class Store:
         if vc_page_try(self.db.pager, page_id, &frame, &gen) == NULL:
             return None
         return frame, gen
+
+    def _kept_pins(self):
+        """Test support: leaf pins that batch reads hold past their lookups (get_many keeps
+        the leaves it reads pinned until its values are made), and the most they may hold."""
+        self.check_open()
+        return (int(vc_load_u64_relaxed(&self.db.pager.kept_pins)),
+                int(self.db.pager.nframes // 2))
 
     def _page_still(self, uint32_t frame, uint64_t gen):
         """Test support: whether the frame _page_try returned still holds that page."""
@@ -1068,11 +1084,12 @@ cdef class Txn:
         """get_many(table, keys) -> list of bytes or None, in the order of keys.
 
         The keys are looked up in key order with the GIL released (neighbouring keys then
-        share tree leaves), and the results returned in the order given."""
+        share tree leaves), and the results made in the order given."""
         cdef uint32_t tid
         cdef Py_ssize_t n, i, j
         cdef keyarray ka
-        cdef int64_t* offs = NULL
+        cdef gm_rec* recs = NULL
+        cdef gm_rec* r
         cdef uint32_t* order = NULL
         cdef vc_lookup* lk = NULL
         cdef vc_buf out
@@ -1081,7 +1098,6 @@ cdef class Txn:
         cdef const unsigned char* v
         cdef size_t vlen
         cdef Py_ssize_t failed_at = -1
-        cdef Py_ssize_t j0, j1
         cdef bint lk_open = False
         cdef list result
         self.check()
@@ -1090,21 +1106,23 @@ cdef class Txn:
         n = len(keys)
         memset(&out, 0, sizeof(out))
         memset(&ka, 0, sizeof(ka))
-        offs = <int64_t*>malloc(<size_t>(n + 1) * sizeof(int64_t))
+        recs = <gm_rec*>malloc(<size_t>(n + 1) * sizeof(gm_rec))
         order = <uint32_t*>malloc(<size_t>(n + 1) * sizeof(uint32_t))
         lk = <vc_lookup*>malloc(sizeof(vc_lookup))
         try:
-            if offs == NULL or order == NULL or lk == NULL:
+            if recs == NULL or order == NULL or lk == NULL:
                 raise MemoryError()
             if n > 0xFFFFFFFF:
                 raise ValueError("get_many takes at most 2**32 - 1 keys per call")
             keyarray_fill(&ka, tid, keys)
             err.code = VC_E_NONE
             self.check()               # the loops above ran Python code
-            # results are built a chunk of keys at a time: the chunk's lookups with the GIL
-            # released, then its bytes objects, so the value buffer stays small and warm.
-            # The list starts with NULL items: stores jump around (input order), and
-            # there is no old item to release; absent keys get None at the end
+            # Two passes.  The lookups, in key order and without the GIL, note where each
+            # value is: the leaves they read stay pinned (up to the pager's budget; past
+            # it, and for overflow values, the value is copied aside).  Then the bytes
+            # objects are made in the order of the keys given, so that they lie in memory
+            # in the list's order: a caller walking the list then reads memory in order,
+            # where objects made in key order would cost it a cache miss each.
             result = PyList_New(n)
             self.in_use = True
             self.store.busy += 1
@@ -1115,48 +1133,66 @@ cdef class Txn:
                     else:
                         vc_txn_lookup_init(self.t, lk)
                         lk_open = True
-                j0 = 0
-                while j0 < n and rc == 0:
-                    j1 = min(n, j0 + GET_MANY_CHUNK)
-                    out.len = 0
-                    with nogil:
-                        for j in range(j0, j1):
+                        for j in range(n):
                             # the keys sit in input order: fetch the ones a few steps ahead
                             if j + 16 < n:
                                 vc_prefetch(&ka.offs[order[j + 16]])
                                 vc_prefetch(&ka.lens[order[j + 16]])
                             if j + 8 < n:
                                 vc_prefetch(ka.data + ka.offs[order[j + 8]])
+                                vc_prefetch(&recs[order[j + 8]])
                             if j + 4 < n:
                                 # the memtables' key filter blocks (when they hold keys)
                                 i = order[j + 4]
                                 vc_txn_prefetch_key(self.t, ka.data + ka.offs[i], ka.lens[i], False)
                             i = order[j]
+                            r = &recs[i]
                             rc = vc_txn_get_lk(self.t, lk, ka.data + ka.offs[i], ka.lens[i], &v, &vlen, &err)
                             if rc < 0:
                                 failed_at = i
                                 break
                             if rc == VC_NOTFOUND:
                                 rc = 0
-                                offs[j] = -1
+                                r.p = NULL
+                                r.n = GM_ABSENT
                                 continue
-                            offs[j] = <int64_t>out.len
-                            if vc_buf_reserve(&out, out.len + vlen + 8) < 0:
-                                rc = -2
-                                break
-                            memcpy(out.data + out.len, &vlen, 8)
-                            if vlen:
+                            if vlen == 0:
+                                r.p = &GM_EMPTY
+                                r.n = 0
+                            elif ((vc_lookup_in_leaf(lk, v) and not vc_lookup_keep(lk))
+                                    or (v >= lk.ovf.data and v < lk.ovf.data + lk.ovf.cap)):
+                                # not kept past the next lookup: copied aside
+                                if vc_buf_reserve(&out, out.len + vlen + 8) < 0:
+                                    rc = -2
+                                    break
+                                memcpy(out.data + out.len, &vlen, 8)
                                 memcpy(out.data + out.len + 8, v, vlen)
-                            out.len += vlen + 8
-                    if rc != 0:
-                        break
-                    for j in range(j0, j1):
-                        if offs[j] >= 0:
-                            memcpy(&vlen, out.data + offs[j], 8)
-                            value = PyBytes_FromStringAndSize(<const char*>out.data + offs[j] + 8, vlen)
-                            Py_INCREF(value)
-                            PyList_SET_ITEM(result, order[j], value)
-                    j0 = j1
+                                r.p = NULL
+                                r.n = out.len
+                                out.len += vlen + 8
+                            else:
+                                # a kept leaf, a memtable or this transaction's write set:
+                                # unchanged while the transaction lives
+                                r.p = v
+                                r.n = vlen
+                if rc == 0:
+                    for i in range(n):
+                        if i + 16 < n:
+                            # the values lie at random: start loading them well ahead
+                            v = recs[i + 16].p
+                            if v != NULL:
+                                vc_prefetch(v)
+                                vc_prefetch(v + 64)
+                        r = &recs[i]
+                        if r.p != NULL:
+                            value = PyBytes_FromStringAndSize(<const char*>r.p, <Py_ssize_t>r.n)
+                        elif r.n == GM_ABSENT:
+                            value = None
+                        else:
+                            memcpy(&vlen, out.data + r.n, 8)
+                            value = PyBytes_FromStringAndSize(<const char*>out.data + r.n + 8, vlen)
+                        Py_INCREF(value)
+                        PyList_SET_ITEM(result, i, value)
             finally:
                 if lk_open:
                     vc_lookup_close(lk)
@@ -1166,14 +1202,10 @@ cdef class Txn:
                 raise MemoryError("out of memory in get_many")
             if failed_at >= 0:
                 raise_error(&err)
-            for i in range(n):
-                if PyList_GET_ITEM_PTR(result, i) == NULL:
-                    Py_INCREF(None)
-                    PyList_SET_ITEM(result, i, None)
             return result
         finally:
             keyarray_free(&ka)
-            free(offs)
+            free(recs)
             free(order)
             free(lk)
             vc_buf_free(&out)
