@@ -74,6 +74,7 @@ DEF PUT_CHUNK = 4096         # put_many items read, then written, at a time whil
 cdef enum:
     RANGE_BLOCK_FIRST = 16       # entries in an iterator's first block (short scans stay cheap)
     RANGE_BLOCK_MAX = 512        # ... doubling per refill up to this
+    GET_MANY_YIELD = 4096        # get_many: objects made between offers of the GIL (a power of 2)
 MAX_VALUE = VC_MAX_VALUE
 _PUT_CHUNK = PUT_CHUNK          # for the tests: calls of more items take the chunked path
 
@@ -1177,6 +1178,9 @@ cdef class Txn:
                                 r.n = vlen
                 if rc == 0:
                     for i in range(n):
+                        if (i & (GET_MANY_YIELD - 1)) == GET_MANY_YIELD - 1:
+                            with nogil:
+                                pass    # a thread waiting for the GIL may take it here
                         if i + 16 < n:
                             # the values lie at random: start loading them well ahead
                             v = recs[i + 16].p
