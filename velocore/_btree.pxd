@@ -71,8 +71,8 @@ cdef struct vc_lookup:           # point lookups that keep the last leaf pinned:
     unsigned char hi[1028]
     vc_buf ovf                   # value read from overflow pages
     bint leaf_kept               # the current leaf's pin is in kept: leaving it releases nothing
-    bint keep_refused            # vc_lookup_keep found no budget for the current leaf
-    uint32_t* kept               # pins of leaves kept for the caller (vc_lookup_keep), released
+    bint keep_refused            # no budget was left to keep the current leaf
+    uint32_t* kept               # pins of leaves kept for the caller (vc_lookup_hold), released
     uint32_t nkept               # by vc_lookup_close
     uint32_t kept_cap
 
@@ -81,13 +81,13 @@ cdef void vc_lookup_close(vc_lookup* lk) noexcept nogil
 # VC_OK with *value (valid until the next call or close), VC_NOTFOUND, or -1.
 cdef int vc_lookup_get(vc_lookup* lk, const unsigned char* key, uint32_t klen,
                        const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil
-# Whether value lies in the current leaf's bytes (not an overflow copy, nor memory of the
-# caller's own).
-cdef bint vc_lookup_in_leaf(const vc_lookup* lk, const unsigned char* value) noexcept nogil
-# Keep the current leaf pinned until vc_lookup_close, so that the values read from it stay
-# valid after the lookup moves on: 1 when kept, 0 when the pager's budget of kept pins
-# (half its frames, shared by all lookups) is spent or memory is short.
-cdef int vc_lookup_keep(vc_lookup* lk) noexcept nogil
+# Whether value (from the last vc_lookup_get, or from elsewhere) stays valid until
+# vc_lookup_close.  A value in the current leaf does once the leaf is kept pinned, within
+# the pager's budget of kept pins (half its frames, shared by all lookups); 0 when that
+# budget is spent or memory is short, and for a value read from overflow pages (a copy the
+# next call replaces): the caller must copy those before the next call.  Memory that is
+# not the lookup's is the caller's to judge, and answered 1.
+cdef bint vc_lookup_hold(vc_lookup* lk, const unsigned char* value) noexcept nogil
 
 cdef void vc_cursor_init(vc_cursor* c, vc_pager* p, uint32_t root, uint32_t height) noexcept nogil
 cdef void vc_cursor_close(vc_cursor* c) noexcept nogil

@@ -518,28 +518,33 @@ cdef inline void lookup_unpin(vc_lookup* lk) noexcept nogil:
         lk.keep_refused = False
 
 
-cdef bint vc_lookup_in_leaf(const vc_lookup* lk, const unsigned char* value) noexcept nogil:
-    return lk.leaf != NULL and value >= lk.leaf and value < lk.leaf + VC_PAGE_SIZE
+cdef bint vc_lookup_hold(vc_lookup* lk, const unsigned char* value) noexcept nogil:
+    if lk.ovf.data != NULL and value >= lk.ovf.data and value < lk.ovf.data + lk.ovf.cap:
+        return False
+    if lk.leaf == NULL or value < lk.leaf or value >= lk.leaf + VC_PAGE_SIZE:
+        return True
+    if lk.leaf_kept:
+        return True
+    return lookup_keep(lk)
 
 
-cdef int vc_lookup_keep(vc_lookup* lk) noexcept nogil:
+cdef bint lookup_keep(vc_lookup* lk) noexcept nogil:
+    """Keep the current leaf pinned until vc_lookup_close, within the pager's budget."""
     cdef vc_pager* p = lk.pager
     cdef uint32_t* grown
     cdef uint32_t cap
-    if lk.leaf == NULL or lk.keep_refused:
-        return 0
-    if lk.leaf_kept:
-        return 1
+    if lk.keep_refused:
+        return False
     if lk.leaf_handle == VC_NO_FRAME:
         # an in-memory page: it stays put while any reader's snapshot may reach it
         lk.leaf_kept = True
-        return 1
+        return True
     if lk.nkept == lk.kept_cap:
         cap = lk.kept_cap * 2 if lk.kept_cap else 64
         grown = <uint32_t*>realloc(lk.kept, <size_t>cap * sizeof(uint32_t))
         if grown == NULL:
             lk.keep_refused = True
-            return 0
+            return False
         lk.kept = grown
         lk.kept_cap = cap
     # at most half the frames: the rest serve the other reads (iterator blocks may keep a
@@ -547,11 +552,11 @@ cdef int vc_lookup_keep(vc_lookup* lk) noexcept nogil:
     if vc_add_u64_relaxed(&p.kept_pins, 1) > p.nframes // 2:
         vc_sub_u64_relaxed(&p.kept_pins, 1)
         lk.keep_refused = True
-        return 0
+        return False
     lk.kept[lk.nkept] = lk.leaf_handle
     lk.nkept += 1
     lk.leaf_kept = True
-    return 1
+    return True
 
 
 cdef void vc_lookup_close(vc_lookup* lk) noexcept nogil:

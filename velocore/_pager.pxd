@@ -98,7 +98,7 @@ cdef struct vc_pager:
     pthread_mutex_t lock     # guards victim choice, eviction and slot changes; not held
                              # across a miss's read (hits take no lock)
     uint64_t misses          # lookups that read from disk (cache lock)
-    uint64_t kept_pins       # leaf pins get_many holds past its lookups (vc_lookup_keep), atomic;
+    uint64_t kept_pins       # leaf pins get_many holds past its lookups (vc_lookup_hold), atomic;
                              # kept at most half the frames (iterator blocks may hold a quarter)
     uint64_t unpinned_hits   # pages read through vc_page_try, added by each transaction as
                              # it ends (relaxed): those reads write nothing shared

@@ -23,8 +23,8 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_txn_group_fingers, vc_txn_prefetch_key, vc_txn_savepoint,
                              vc_txn_rollback)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
-from velocore._btree cimport (VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_lookup_in_leaf,
-                              vc_lookup_keep, vc_page_search, vc_key_cmp)
+from velocore._btree cimport (VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_lookup_hold,
+                              vc_page_search, vc_key_cmp)
 from velocore._pager cimport vc_hints, vc_page_try, vc_page_still, VC_NO_FRAME
 
 cdef extern from "Python.h":
@@ -1160,9 +1160,8 @@ cdef class Txn:
                             if vlen == 0:
                                 r.p = &GM_EMPTY
                                 r.n = 0
-                            elif ((vc_lookup_in_leaf(lk, v) and not vc_lookup_keep(lk))
-                                    or (v >= lk.ovf.data and v < lk.ovf.data + lk.ovf.cap)):
-                                # not kept past the next lookup: copied aside
+                            elif not vc_lookup_hold(lk, v):
+                                # gone at the next lookup: copied aside
                                 if vc_buf_reserve(&out, out.len + vlen + 8) < 0:
                                     rc = -2
                                     break
@@ -1172,8 +1171,8 @@ cdef class Txn:
                                 r.n = out.len
                                 out.len += vlen + 8
                             else:
-                                # a kept leaf, a memtable or this transaction's write set:
-                                # unchanged while the transaction lives
+                                # a kept leaf, or a memtable or this transaction's write set
+                                # (unchanged while the transaction lives)
                                 r.p = v
                                 r.n = vlen
                 if rc == 0:
