@@ -109,6 +109,27 @@ def run_threads_for(threads, seconds, stop):
         th.join()
 
 
+def churn_with_checkpoints(store, table, keys, value, stop, errors, *, seed, per_txn,
+                           every=5):
+    """A writer for the background of a test: until `stop` is set, transactions that put
+    `per_txn` random keys (value(key, generation) each), with a checkpoint after every
+    `every` of them.  An exception is appended to `errors`.  Returns the checkpoints taken."""
+    rnd = random.Random(seed)
+    gen = checkpoints = 0
+    try:
+        while not stop.is_set():
+            gen += 1
+            with store.txn() as t:
+                for k in rnd.sample(keys, per_txn):
+                    t.put(table, k, value(k, gen))
+            if gen % every == 0:
+                store.checkpoint()
+                checkpoints += 1
+    except Exception as exc:  # noqa: BLE001
+        errors.append(exc)
+    return checkpoints
+
+
 def run_alongside(workers, background, stop, timeout=600):
     """Start the background threads, then the workers; once every worker has ended, set
     `stop` (the background threads loop until it is set) and join the background ones.

@@ -2,7 +2,7 @@
 import os
 
 import velocore
-from _helpers import run_threads_for
+from _helpers import churn_with_checkpoints, run_threads_for
 
 
 def test_log_stays_bounded_by_background_checkpoints(tmp_path):
@@ -108,18 +108,7 @@ def test_tiny_cache_under_concurrent_readers_writer_and_checkpoints(tmp_path):
             errors.append(exc)
 
     def writer():
-        rnd = random.Random(99)
-        gen = 0
-        try:
-            while not stop.is_set():
-                gen += 1
-                with store.txn() as t:
-                    for k in rnd.sample(keys, 300):
-                        t.put(tab, k, value(k, gen))
-                if gen % 5 == 0:
-                    store.checkpoint()
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
+        churn_with_checkpoints(store, tab, keys, value, stop, errors, seed=99, per_txn=300)
 
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
     threads.append(threading.Thread(target=writer))

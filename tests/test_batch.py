@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import velocore
-from _helpers import run_alongside
+from _helpers import churn_with_checkpoints, run_alongside
 from velocore._store import _PUT_CHUNK
 
 
@@ -523,19 +523,8 @@ def test_get_many_pins_from_threads_beside_checkpoints(tmp_path):
     checkpoints = [0]
 
     def writer():
-        rnd = random.Random(5)
-        gen = 0
-        try:
-            while not stop.is_set():
-                gen += 1
-                with store.txn() as t:
-                    for k in rnd.sample(keys, 200):
-                        t.put(table, k, b"%d:" % gen + k)
-                if gen % 5 == 0:
-                    store.checkpoint()
-                    checkpoints[0] += 1
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        checkpoints[0] = churn_with_checkpoints(
+            store, table, keys, lambda k, gen: b"%d:" % gen + k, stop, errors, seed=5, per_txn=200)
 
     def reader(me):
         rnd = random.Random(me)
