@@ -537,6 +537,15 @@ cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen
     cdef vc_node* nx
     cdef int level = vc_load_int_relaxed(&m.height) - 1
     cdef uint64_t kp = key_prefix(key, klen) if key != NULL else 0
+    cdef vc_mindex* ix = <vc_mindex*>vc_load_ptr(<void* const*>&m.index)
+    cdef Py_ssize_t j
+    if ix != NULL and ix.n > 0:
+        # as sl_find_ge: from level MINDEX_LEVEL at the last entry before the key (or the
+        # last entry of all), each step of a reverse scan a short walk instead of a descent
+        j = <Py_ssize_t>ix.n - 1 if key == NULL else mindex_find(ix, kp)
+        if j >= 0:
+            x = ix.node[j]
+            level = MINDEX_LEVEL
     while level >= 0:
         nx = sl_next(x, level)
         while nx != NULL and (key == NULL or node_lt(nx, key, klen, kp)):

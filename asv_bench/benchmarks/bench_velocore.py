@@ -407,7 +407,8 @@ class BigMemtable:
     checkpointed yet: every search walks the memtable (its index, then its skip list).
     `get` / `get_many` look up all n keys in random order; `put_many` writes n // 4 new
     scattered keys in transactions of 1,000 (the grouped searches) and `put` n // 8 of
-    them one call per key (the plain search)."""
+    them one call per key (the plain search); `range` scans all n keys forward and
+    `range_reverse` backward (each step back is a search for the key before)."""
     params = ([300_000],)
     param_names = ["n"]
     number = 1                    # the writes change the memtable: a fresh one per sample
@@ -446,6 +447,14 @@ class BigMemtable:
         for first in range(0, len(new), 1_000):
             with self.store.txn() as t:
                 t.put_many(self.table, new[first:first + 1_000])
+
+    def time_range(self, n):
+        with self.store.snapshot() as s:
+            assert sum(1 for _ in s.range(self.table)) == n
+
+    def time_range_reverse(self, n):
+        with self.store.snapshot() as s:
+            assert sum(1 for _ in s.range(self.table, reverse=True)) == n
 
     def time_put(self, n):
         new = self.new[:len(self.new) // 2]
