@@ -474,7 +474,7 @@ def test_get_many_keeps_leaves_pinned_within_budget(tmp_path):
     """get_many reads every value first (in key order) and makes the bytes objects after,
     in the caller's order: the leaves it read stay pinned until then, up to half the
     cache's frames, and values past that budget are copied aside.  Here the batch reads
-    about four times as many leaves as the budget allows; afterwards every pin is given
+    several times as many leaves as the budget allows; afterwards every pin is given
     back, and a second batch, a scan and a checkpoint find the cache whole."""
     rnd = random.Random(21)
     store = velocore.open(str(tmp_path / "db"), sync="off", cache_mb=1)
