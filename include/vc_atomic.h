@@ -58,6 +58,18 @@ static inline uint64_t vc_fetch_add_u64(uint64_t *p, uint64_t v) { return __atom
 /* Counters that also go down (versions held by a memtable as the GC prunes them): RELAXED. */
 static inline uint64_t vc_sub_u64_relaxed(uint64_t *p, uint64_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_RELAXED); }
 
+/* A shared budget (page-cache pins that readers keep past a lookup): take one unit unless
+ * `limit` are out; given back with vc_sub_u64_relaxed.  RELAXED: only the count matters,
+ * nothing is published by it, and a brief overshoot between the add and the undo is
+ * harmless. */
+static inline int vc_budget_take(uint64_t *p, uint64_t limit)
+{
+    if (__atomic_add_fetch(p, 1, __ATOMIC_RELAXED) <= limit)
+        return 1;
+    __atomic_sub_fetch(p, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
 /* Seqlock around the published view: a publisher makes the sequence odd, writes, makes
  * it even again; a reader copies the fields between two equal, even readings.  All
  * SEQ_CST: the begin path pairs the second reading with its slot store (Dekker style)

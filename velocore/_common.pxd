@@ -60,6 +60,7 @@ cdef extern from "vc_atomic.h" nogil:
     void vc_max_u64_relaxed(uint64_t* p, uint64_t v)
     uint64_t vc_fetch_add_u64(uint64_t* p, uint64_t v)
     uint64_t vc_sub_u64_relaxed(uint64_t* p, uint64_t v)
+    bint vc_budget_take(uint64_t* p, uint64_t limit)
     void vc_fence_acquire()
     void vc_fence_sc()
     void vc_fence_release()

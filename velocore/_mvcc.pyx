@@ -16,7 +16,7 @@ from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_A
                          MAP_POPULATE, MAP_FAILED)
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
-                               vc_crc32c, vc_prefetch, vc_add_u64_relaxed,
+                               vc_crc32c, vc_prefetch, vc_add_u64_relaxed, vc_budget_take,
                                VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
                                VC_E_CONFLICT, VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID,
                                VC_E_NOFILE, VC_E_NONE,
@@ -2893,8 +2893,7 @@ cdef void vc_iter_close(vc_iter* it) noexcept nogil:
 cdef inline bint iter_pin_leaf(vc_iter* it, uint32_t h) noexcept nogil:
     """Pin the cursor's leaf (frame h) for the block, within the store-wide cap."""
     cdef vc_db* db = it.txn.db
-    if vc_add_u64_relaxed(&db.iter_pins, 1) > db.pager.nframes // 4:
-        vc_sub_u64_relaxed(&db.iter_pins, 1)
+    if not vc_budget_take(&db.iter_pins, db.pager.nframes // 4):
         return False
     vc_page_repin(db.pager, h)
     it.pins[it.npins] = h
