@@ -501,24 +501,33 @@ cdef inline vc_node* mindex_start(mindex_chain* c, vc_node* x, vc_node* head, in
     return x
 
 
-cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
-    """First node with key >= key (key NULL: the first node)."""
-    cdef vc_node* x = m.head
-    cdef vc_node* nx
-    cdef int level = vc_load_int_relaxed(&m.height) - 1
-    cdef uint64_t kp
+cdef inline int read_start(vc_memtable* m, const unsigned char* key, uint64_t kp,
+                           vc_node** x) noexcept nogil:
+    """Where a read's search starts (*x, and the level returned).  A read needs no path
+    above: with an index it starts at level MINDEX_LEVEL from the last entry before its
+    key, or from the last entry of all when key is NULL (the entry is linked there, so at
+    every level below); without one, at the head's top level."""
     cdef vc_mindex* ix = <vc_mindex*>vc_load_ptr(<void* const*>&m.index)
     cdef Py_ssize_t j
-    if key == NULL:
-        return sl_next(x, 0)
-    kp = key_prefix(key, klen)
-    if ix != NULL:
-        # a read needs no path above: it starts at level MINDEX_LEVEL from the last entry
-        # before its key (linked there, so at every level below)
-        j = mindex_find(ix, kp)
+    x[0] = m.head
+    if ix != NULL and ix.n > 0:
+        j = <Py_ssize_t>ix.n - 1 if key == NULL else mindex_find(ix, kp)
         if j >= 0:
-            x = ix.node[j]
-            level = MINDEX_LEVEL
+            x[0] = ix.node[j]
+            return MINDEX_LEVEL
+    return vc_load_int_relaxed(&m.height) - 1
+
+
+cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """First node with key >= key (key NULL: the first node)."""
+    cdef vc_node* x
+    cdef vc_node* nx
+    cdef int level
+    cdef uint64_t kp
+    if key == NULL:
+        return sl_next(m.head, 0)
+    kp = key_prefix(key, klen)
+    level = read_start(m, key, kp, &x)
     nx = NULL
     while level >= 0:
         nx = sl_next(x, level)
@@ -532,20 +541,12 @@ cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen
 
 
 cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
-    """Last node with key < key (key NULL: the last node); NULL if none."""
-    cdef vc_node* x = m.head
+    """Last node with key < key (key NULL: the last node); NULL if none.  A reverse scan
+    calls it at every step (no backward links): from the index, a short walk each."""
+    cdef vc_node* x
     cdef vc_node* nx
-    cdef int level = vc_load_int_relaxed(&m.height) - 1
     cdef uint64_t kp = key_prefix(key, klen) if key != NULL else 0
-    cdef vc_mindex* ix = <vc_mindex*>vc_load_ptr(<void* const*>&m.index)
-    cdef Py_ssize_t j
-    if ix != NULL and ix.n > 0:
-        # as sl_find_ge: from level MINDEX_LEVEL at the last entry before the key (or the
-        # last entry of all), each step of a reverse scan a short walk instead of a descent
-        j = <Py_ssize_t>ix.n - 1 if key == NULL else mindex_find(ix, kp)
-        if j >= 0:
-            x = ix.node[j]
-            level = MINDEX_LEVEL
+    cdef int level = read_start(m, key, kp, &x)
     while level >= 0:
         nx = sl_next(x, level)
         while nx != NULL and (key == NULL or node_lt(nx, key, klen, kp)):
