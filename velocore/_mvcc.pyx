@@ -12,11 +12,10 @@ from posix.unistd cimport close
 from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, stat as c_stat
 from posix.stdlib cimport posix_memalign
-from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS,
-                         MAP_POPULATE, MAP_FAILED)
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
                                vc_crc32c, vc_prefetch, vc_add_u64_relaxed, vc_budget_take,
+                               vc_huge_alloc_backed, vc_huge_free,
                                VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
                                VC_E_CONFLICT, VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID,
                                VC_E_NOFILE, VC_E_NONE,
@@ -83,7 +82,8 @@ cdef extern from "vc_bloom.h" nogil:
 cdef enum:
     TXN_GET_TREE = 2        # txn_get_mem: not decided by the memtables
     LOG_CHUNK = 1 << 20     # a commit's log record is encoded and written in pieces this big
-    ARENA_CHUNK = 1 << 20
+    ARENA_CHUNK = 1 << 20   # an arena's first chunk (malloc)
+    ARENA_HUGE = 2 << 20    # each later chunk: one huge page
     MINDEX_LEVEL = 2        # a memtable index holds the nodes linked at this level (1 in 16)
     MINDEX_FIRST = 4096     # nodes in a shared memtable before its first index
     ARENA_BIG = 1 << 18
@@ -103,24 +103,22 @@ cdef uint32_t MINDEX_NONE = 0xFFFFFFFF
 cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept nogil:
     """A chunk for n bytes (caller holds a.lock for shared arenas); returns n bytes of it.
 
-    A whole chunk after an arena's first is mapped with MAP_POPULATE: an arena that
-    outgrows one chunk (a shared memtable, a large transaction's write set) fills it, and
-    one system call then backs all its pages instead of a page fault for each 4 KiB as
-    the bump pointer reaches it.  The first chunk comes from malloc: most write sets
-    (small transactions) touch a few hundred bytes of it."""
+    An arena's first chunk comes from malloc: most write sets (small transactions) touch
+    a few hundred bytes of it.  Each chunk after it is one 2 MiB huge page, backed when it
+    is mapped (vc_huge_alloc_backed): an arena that outgrows one chunk (a shared memtable,
+    a large transaction's write set) fills it, so one system call backs it instead of a
+    page fault for each 4 KiB as the bump pointer reaches it, and the skip list's random
+    walks over a large memtable miss the TLB once per 2 MiB instead of once per 4 KiB.
+    Where the kernel gives no huge pages, the chunk is 512 pages backed the same way."""
     cdef size_t size = n if n > ARENA_BIG else ARENA_CHUNK
     cdef size_t mapped = 0
     cdef vc_arena_chunk* c = NULL
     cdef vc_arena_chunk* head
-    cdef void* m
     if size == ARENA_CHUNK and vc_load_ptr(<void* const*>&a.head) != NULL:
-        mapped = (sizeof(vc_arena_chunk) + size + 4095) & ~(<size_t>4095)
-        m = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
-                 -1, 0)
-        if m != MAP_FAILED:
-            c = <vc_arena_chunk*>m
-        else:
-            mapped = 0
+        c = <vc_arena_chunk*>vc_huge_alloc_backed(ARENA_HUGE)
+        if c != NULL:
+            mapped = ARENA_HUGE
+            size = ARENA_HUGE - sizeof(vc_arena_chunk)
     if c == NULL:
         c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
         if c == NULL:
@@ -183,7 +181,7 @@ cdef void arena_free(vc_arena* a) noexcept nogil:
     while c != NULL:
         nx = c.next
         if c.mapped:
-            munmap(c, c.mapped)
+            vc_huge_free(c, c.mapped)
         else:
             free(c)
         c = nx
