@@ -12,7 +12,11 @@ median per build, and in how many pairs B was faster.
 
 On a noisy machine (a VM whose speed drifts by 10-20% over minutes) this says more than
 two full compare.py runs: the two builds take turns a few seconds apart, and a pair's two
-runs see nearly the same machine.
+runs see nearly the same machine.  A second table splits each workload's CPU time into
+user and system time (getrusage, the whole process): the kernel's share (zeroing fresh
+memory, on this VM anywhere from a tenth to a half of a load's time) swings far more
+than the user part does, so a change to the engine's own code shows in the user column
+when the wall-clock one cannot tell.
 
 The workloads are compare.py's: W1, W1b and W2 load an empty store; W3 and W3b read the
 store W2 built, brought to rest by a checkpoint (W3 then runs on the cache the
@@ -21,6 +25,7 @@ checkpoint left, as in compare.py), and W3 runs before W3b.
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,9 +55,13 @@ def child(workloads, n, seed, workdir):
         return compare.Velocore(path, False, 256)
 
     def timed(key, fn, count):
+        before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         fn()
         out[key] = (time.perf_counter() - started) / count * 1e9
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        out[key + " user"] = (after.ru_utime - before.ru_utime) / count * 1e9
+        out[key + " sys"] = (after.ru_stime - before.ru_stime) / count * 1e9
 
     for name in ("W1", "W1b"):
         if name in workloads:
@@ -73,7 +82,7 @@ def child(workloads, n, seed, workdir):
         timed("W3", lambda: engine.get_each(lookups), n)
         timed("W3b", lambda: engine.get_many(lookups), n)
         engine.close()
-    print(json.dumps({k: v for k, v in out.items() if k in workloads}))
+    print(json.dumps({k: v for k, v in out.items() if k.split()[0] in workloads}))
 
 
 def build(rev, root):
@@ -83,6 +92,18 @@ def build(rev, root):
     subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return tree
+
+
+def summary(results, keys):
+    print("| workload | A | B | B/A | B faster in |")
+    print("|---|---:|---:|---:|---:|")
+    for w in keys:
+        a = [r[w] for r in results["A"]]
+        b = [r[w] for r in results["B"]]
+        wins = sum(1 for x, y in zip(a, b) if y < x)
+        print("| %s | %.0f | %.0f | %.2f | %d of %d |" % (
+            w, statistics.median(a), statistics.median(b),
+            statistics.median(b) / max(statistics.median(a), 1e-9), wins, len(a)))
 
 
 def main(argv=None):
@@ -127,15 +148,10 @@ def main(argv=None):
                                           "  ".join("%s %.0f" % (w, got[w]) for w in workloads)),
                       flush=True)
         print("\nns per operation, median of %d (A = %s, B = %s)\n" % (args.pairs, args.a, args.b))
-        print("| workload | A | B | B/A | B faster in |")
-        print("|---|---:|---:|---:|---:|")
-        for w in workloads:
-            a = [r[w] for r in results["A"]]
-            b = [r[w] for r in results["B"]]
-            wins = sum(1 for x, y in zip(a, b) if y < x)
-            print("| %s | %.0f | %.0f | %.2f | %d of %d |" % (
-                w, statistics.median(a), statistics.median(b),
-                statistics.median(b) / statistics.median(a), wins, len(a)))
+        summary(results, workloads)
+        print("\nCPU time per operation (the process's, its background threads included), "
+              "user and system apart:\n")
+        summary(results, [w + kind for w in workloads for kind in (" user", " sys")])
     finally:
         for tree in trees.values():
             subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree],
