@@ -8,7 +8,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_buf, vc_buf_reserve, vc_buf_f
                                VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch,
                                vc_load_u64_relaxed, vc_budget_take, vc_sub_u64_relaxed)
 from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release, vc_page_peek,
-                              vc_page_try, vc_page_still,
+                              vc_page_try, vc_page_still, vc_kept_pins_max,
                               vc_page_read_into, vc_page_alloc, vc_page_write, vc_page_free,
                               vc_hints, vc_page_hints,
                               VC_PAGE_SIZE, VC_HDR_SIZE, VC_PAGE_LEAF, VC_PAGE_BRANCH,
@@ -547,9 +547,7 @@ cdef bint lookup_keep(vc_lookup* lk) noexcept nogil:
             return False
         lk.kept = grown
         lk.kept_cap = cap
-    # at most half the frames: the rest serve the other reads (iterator blocks may keep a
-    # quarter), the writers and the checkpoints
-    if not vc_budget_take(&p.kept_pins, p.nframes // 2):
+    if not vc_budget_take(&p.kept_pins, vc_kept_pins_max(p)):
         lk.keep_refused = True
         return False
     lk.kept[lk.nkept] = lk.leaf_handle

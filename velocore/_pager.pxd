@@ -99,7 +99,7 @@ cdef struct vc_pager:
                              # across a miss's read (hits take no lock)
     uint64_t misses          # lookups that read from disk (cache lock)
     uint64_t kept_pins       # leaf pins get_many holds past its lookups (vc_lookup_hold), atomic;
-                             # kept at most half the frames (iterator blocks may hold a quarter)
+                             # at most vc_kept_pins_max
     uint64_t unpinned_hits   # pages read through vc_page_try, added by each transaction as
                              # it ends (relaxed): those reads write nothing shared
     # free space (touched by the checkpointer, and reclaim under the store's lock)
@@ -139,6 +139,12 @@ cdef const unsigned char* vc_page_peek(vc_pager* p, uint32_t page_id) noexcept n
 # (unpinned_hits).
 cdef const unsigned char* vc_page_try(vc_pager* p, uint32_t page_id, uint32_t* frame,
                                       uint64_t* gen) noexcept nogil
+
+cdef inline uint64_t vc_kept_pins_max(vc_pager* p) noexcept nogil:
+    """The most leaf pins get_many may hold past its lookups, all calls together: half
+    the frames (iterator blocks may keep a quarter; the rest serve the other reads, the
+    writers and the checkpoints)."""
+    return p.nframes // 2
 
 cdef inline bint vc_page_still(vc_pager* p, uint32_t frame, uint64_t gen) noexcept nogil:
     """True if the frame vc_page_try returned has held its page since then, so every read

@@ -25,7 +25,7 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport (VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_lookup_hold,
                               vc_page_search, vc_key_cmp)
-from velocore._pager cimport vc_hints, vc_page_try, vc_page_still, VC_NO_FRAME
+from velocore._pager cimport vc_hints, vc_page_try, vc_page_still, vc_kept_pins_max, VC_NO_FRAME
 
 cdef extern from "Python.h":
     # the raw item pointer (NULL in a list fresh from PyList_New)
@@ -551,7 +551,7 @@ cdef class Store:
         the leaves it reads pinned until its values are made), and the most they may hold."""
         self.check_open()
         return (int(vc_load_u64_relaxed(&self.db.pager.kept_pins)),
-                int(self.db.pager.nframes // 2))
+                int(vc_kept_pins_max(self.db.pager)))
 
     def _page_still(self, uint32_t frame, uint64_t gen):
         """Test support: whether the frame _page_try returned still holds that page."""
