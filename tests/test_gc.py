@@ -163,6 +163,53 @@ def test_aborted_transactions_do_not_grow_memory(tmp_path, where):
 
 
 @pytest.mark.parametrize("where", ["disk", "memory"])
+def test_retired_memtable_memory_is_reused_within_bounds(tmp_path, where):
+    """A checkpoint retires a memtable; its arena's 2 MiB chunks stay backed for the
+    memtables after it (info()["memtable_chunks_reused"]) instead of being unmapped and
+    mapped (and zeroed) again.  What is spare stays bounded: never more than four times
+    checkpoint_mb (plus a chunk), even after a transaction that made a memtable far
+    larger, and what is read back is what was written."""
+    mb = 2
+    cap = 4 * (mb << 20) + (2 << 20)
+    store = velocore.open(tmp_path / "db" if where == "disk" else None, sync="off",
+                          checkpoint_mb=mb)
+    try:
+        tbl = store.table("t")
+        rng = random.Random(11)
+        model = {}
+        for _ in range(60):
+            batch = {rng.randbytes(12): rng.randbytes(rng.randrange(0, 300))
+                     for _ in range(2_000)}
+            with store.txn() as t:
+                t.put_many(tbl, batch.items())
+            model.update(batch)
+            assert store.info()["memtable_spare_bytes"] <= cap, store.info()
+        info = store.info()
+        assert info["checkpoints"] >= 5, info
+        assert info["memtable_chunks_reused"] > 0, info
+        # one transaction whose memtable grows far past 4 x checkpoint_mb
+        with store.txn() as t:
+            t.put_many(tbl, ((b"big%07d" % i, b"v" * 200) for i in range(200_000)))
+            assert store.info()["memtable_bytes"] > 4 * cap, store.info()
+        store.checkpoint()
+        wait_for(lambda: memtable_bytes(store) < cap)
+        assert store.info()["memtable_bytes"] < cap, store.info()
+        assert store.info()["memtable_spare_bytes"] <= cap, store.info()
+        with store.txn() as t:
+            t.put_many(tbl, ((b"big%07d" % i, b"w" * 10) for i in range(0, 200_000, 7)))
+        assert dict(tbl.range(b"a", b"big")) == {k: v for k, v in model.items()
+                                                  if b"a" <= k < b"big"}
+        for k in rng.sample(sorted(model), 2_000):
+            assert tbl.get(k) == model[k]
+        got = dict(tbl.range(b"big", b"bih"))
+        assert len(got) == 200_000
+        assert all(v == (b"w" * 10 if int(k[3:]) % 7 == 0 else b"v" * 200)
+                   for k, v in got.items())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("where", ["disk", "memory"])
 def test_aborted_bulk_insert_is_checkpointed_away(tmp_path, where):
     """An aborted transaction that inserted many new keys leaves nodes holding nothing
     live, and every scan through them walks them all: once they are a quarter of the

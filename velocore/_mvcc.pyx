@@ -109,13 +109,21 @@ cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept no
     a large transaction's write set) fills it, so one system call backs it instead of a
     page fault for each 4 KiB as the bump pointer reaches it, and the skip list's random
     walks over a large memtable miss the TLB once per 2 MiB instead of once per 4 KiB.
-    Where the kernel gives no huge pages, the chunk is 512 pages backed the same way."""
+    Where the kernel gives no huge pages, the chunk is 512 pages backed the same way.
+    A memtable's arena first takes a spare chunk of its store's pool (see arena_free):
+    memory already backed, which the kernel need not zero again."""
     cdef size_t size = n if n > ARENA_BIG else ARENA_CHUNK
     cdef size_t mapped = 0
     cdef vc_arena_chunk* c = NULL
     cdef vc_arena_chunk* head
     if size == ARENA_CHUNK and vc_load_ptr(<void* const*>&a.head) != NULL:
-        c = <vc_arena_chunk*>vc_huge_alloc_backed(ARENA_HUGE)
+        c = pool_take(a.pool)
+        if c == NULL:
+            c = <vc_arena_chunk*>vc_huge_alloc_backed(ARENA_HUGE)
+            if c != NULL and a.pool != NULL:
+                pthread_mutex_lock(&a.pool.lock)
+                a.pool.inuse += 1
+                pthread_mutex_unlock(&a.pool.lock)
         if c != NULL:
             mapped = ARENA_HUGE
             size = ARENA_HUGE - sizeof(vc_arena_chunk)
@@ -175,16 +183,91 @@ cdef void* arena_alloc_mt(vc_arena* a, size_t n) noexcept nogil:
         pthread_mutex_unlock(&a.lock)    # someone else added a chunk: try it
 
 
-cdef void arena_free(vc_arena* a) noexcept nogil:
-    cdef vc_arena_chunk* c = a.head
+cdef vc_arena_chunk* pool_take(vc_chunk_pool* p) noexcept nogil:
+    """A spare huge chunk of the pool (NULL: none, or no pool)."""
+    cdef vc_arena_chunk* c = NULL
+    if p == NULL:
+        return NULL
+    pthread_mutex_lock(&p.lock)
+    c = p.head
+    if c != NULL:
+        p.head = c.next
+        p.count -= 1
+        p.inuse += 1
+        p.reused += 1
+    pthread_mutex_unlock(&p.lock)
+    if c != NULL:
+        VC_UNPOISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+    return c
+
+
+cdef void pool_drain(vc_chunk_pool* p) noexcept nogil:
+    """Unmap every spare chunk (the store is closing)."""
+    cdef vc_arena_chunk* c = p.head
     cdef vc_arena_chunk* nx
     while c != NULL:
         nx = c.next
-        if c.mapped:
+        VC_UNPOISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+        vc_huge_free(c, c.mapped)
+        c = nx
+    p.head = NULL
+    p.count = 0
+
+
+cdef void arena_free(vc_arena* a) noexcept nogil:
+    """Free every chunk.  With a pool (a shared memtable's arena), the huge chunks go to
+    it instead, backed as they are, for the memtables that follow: a store writing steadily
+    retires a memtable at each checkpoint and fills a new one of about the same size, and
+    zeroing fresh memory is much of a write's cost (see docs/performance.md, W2).  The
+    pool keeps only what the live memtables would need to grow as large as this one was
+    (its chunks less the ones they hold already, at most `cap`), and unmaps the rest: the
+    store never holds more arena memory than it did while this memtable was alive."""
+    cdef vc_arena_chunk* c = a.head
+    cdef vc_arena_chunk* nx
+    cdef vc_arena_chunk* spare = NULL
+    cdef vc_arena_chunk* drop = NULL
+    cdef vc_chunk_pool* p = a.pool
+    cdef size_t nspare = 0, keep
+    while c != NULL:
+        nx = c.next
+        if p != NULL and c.mapped == ARENA_HUGE:
+            c.next = spare
+            spare = c
+            nspare += 1
+        elif c.mapped:
             vc_huge_free(c, c.mapped)
         else:
             free(c)
         c = nx
+    if p != NULL:
+        pthread_mutex_lock(&p.lock)
+        p.inuse -= nspare
+        keep = nspare - p.inuse if nspare > p.inuse else 0
+        if keep > p.cap:
+            keep = p.cap
+        while spare != NULL:
+            c = spare
+            spare = c.next
+            if p.count < keep:
+                VC_POISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+                c.next = p.head
+                p.head = c
+                p.count += 1
+            else:
+                c.next = drop
+                drop = c
+        while p.count > keep:            # older spares beyond the new bound
+            c = p.head
+            p.head = c.next
+            p.count -= 1
+            VC_UNPOISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+            c.next = drop
+            drop = c
+        pthread_mutex_unlock(&p.lock)
+        while drop != NULL:             # unmapped outside the lock
+            c = drop
+            drop = c.next
+            vc_huge_free(c, c.mapped)
     a.head = NULL
     a.bytes = 0
 
@@ -202,7 +285,8 @@ cdef size_t bloom_bytes_for(uint64_t checkpoint_bytes) noexcept nogil:
     return <size_t>b
 
 
-cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexcept nogil:
+cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0,
+                          vc_chunk_pool* pool=NULL) noexcept nogil:
     cdef vc_memtable* m = NULL
     cdef vc_node* h
     # aligned so that the read-mostly first cache line is a cache line of its own
@@ -219,6 +303,7 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0) noexc
             return NULL
     pthread_mutex_init(&m.arena.lock, NULL)
     pthread_mutex_init(&m.free_lock, NULL)
+    m.arena.pool = pool
     h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_node*))
     if h == NULL:
         pthread_mutex_destroy(&m.arena.lock)
@@ -1198,6 +1283,8 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     pthread_mutex_init(&db.reg_lock, NULL)
     pthread_mutex_init(&db.ckpt_lock, NULL)
     pthread_mutex_init(&db.gc_lock, NULL)
+    pthread_mutex_init(&db.chunks.lock, NULL)
+    db.chunks.cap = <size_t>((checkpoint_bytes * 4) // ARENA_HUGE) + 1
     if path != NULL:
         snprintf(lock_path, sizeof(lock_path), "%s/LOCK", path)
         db.lock_fd = c_open(lock_path, O_RDWR | O_CREAT, 0o644)
@@ -1222,7 +1309,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     db.pub_ring = <vc_pub*>calloc(VC_PUB_RING, sizeof(vc_pub))
     if db.pub_ring == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
-    db.view.active = mem_new(db.next_gen, True, bloom_bytes_for(db.checkpoint_bytes))
+    db.view.active = mem_new(db.next_gen, True, bloom_bytes_for(db.checkpoint_bytes), &db.chunks)
     if db.view.active == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
     db.next_gen += 1
@@ -1323,6 +1410,7 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
         mn = m.older
         mem_free(m)
         m = mn
+    pool_drain(&db.chunks)
     if db.lock_fd >= 0:
         flock(db.lock_fd, LOCK_UN)
         close(db.lock_fd)
@@ -1330,6 +1418,7 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     pthread_mutex_destroy(&db.reg_lock)
     pthread_mutex_destroy(&db.ckpt_lock)
     pthread_mutex_destroy(&db.gc_lock)
+    pthread_mutex_destroy(&db.chunks.lock)
     pthread_rwlock_destroy(&db.mems_lock)
     pthread_mutex_destroy(&db.ckpt_sig_lock)
     pthread_cond_destroy(&db.ckpt_sig_cond)
@@ -2438,7 +2527,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
         pthread_mutex_unlock(&db.commit_lock)
         pthread_mutex_unlock(&db.ckpt_lock)
         return 0
-    fresh = mem_new(db.next_gen, True, bloom_bytes_for(db.checkpoint_bytes))
+    fresh = mem_new(db.next_gen, True, bloom_bytes_for(db.checkpoint_bytes), &db.chunks)
     if fresh == NULL:
         pthread_mutex_unlock(&db.commit_lock)
         pthread_mutex_unlock(&db.ckpt_lock)
@@ -2661,7 +2750,7 @@ cdef long vc_db_check(vc_db* db, vc_buf* report, uint64_t* nkeys, vc_err* err) n
 
 
 cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
-    """out[0..20]: see _store.pyx Store.info for the meaning of each slot."""
+    """out[0..22]: see _store.pyx Store.info for the meaning of each slot."""
     cdef vc_txn* t
     cdef uint64_t live, snap
     cdef uint32_t i
@@ -2710,6 +2799,10 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     out[19] = db.wal.commit_flushes if db.wal != NULL else 0
     out[20] = db.wal.zeroed_bytes if db.wal != NULL else 0
     pthread_mutex_unlock(&db.reg_lock)
+    pthread_mutex_lock(&db.chunks.lock)
+    out[21] = db.chunks.count * ARENA_HUGE
+    out[22] = db.chunks.reused
+    pthread_mutex_unlock(&db.chunks.lock)
 
 
 # ---------------------------------------------------------------- iterators

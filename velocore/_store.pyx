@@ -707,7 +707,7 @@ cdef class Store:
 
     def info(self):
         """info() -> dict: sizes, counters and settings of the store."""
-        cdef uint64_t s[21]
+        cdef uint64_t s[23]
         self.check_open()
         vc_db_stats(self.db, s)
         data_bytes = None
@@ -742,6 +742,8 @@ cdef class Store:
             "last_commit_ts": s[9],
             "visible_ts": s[10],
             "memtable_bytes": s[11],
+            "memtable_spare_bytes": s[21],   # retired memtables' memory kept for the next ones
+            "memtable_chunks_reused": s[22],
             "versions_retained": s[12],
             "versions_pruned": s[16],
             "versions_deferred": s[17],
