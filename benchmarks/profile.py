@@ -12,7 +12,8 @@ workload alone.  The report groups samples by where they fall:
   libc       memcpy/memcmp/malloc called by either
   kernel     system calls, page faults, I/O
 
-and lists the hottest symbols.  Needs `perf` (linux-tools) and permission to profile
+and lists the hottest symbols, then the store's memtable figures from `info()` (size,
+arena chunks reused, spare memory).  Needs `perf` (linux-tools) and permission to profile
 (perf_event_paranoid <= 1 or root).  The raw data stays in --out for `perf report -i`.
 """
 import argparse
@@ -119,11 +120,17 @@ def profile(name, args):
         took = time.perf_counter() - started
         perf.send_signal(signal.SIGINT)
         perf.wait(timeout=120)
+        info = engine.store.info()
         engine.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("## %s: %s (n=%d), %.2f s under perf\n" % (name, compare.LABELS[name], args.n, took))
     print(summarize(data, args.top))
+    print()
+    print("After the workload: %d checkpoints; memtables hold %.1f MiB, %d arena chunks "
+          "were reused from retired memtables, %.1f MiB are spare." % (
+              info["checkpoints"], info["memtable_bytes"] / 2**20,
+              info.get("memtable_chunks_reused", 0), info.get("memtable_spare_bytes", 0) / 2**20))
     print()
 
 

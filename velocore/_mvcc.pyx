@@ -1555,6 +1555,7 @@ cdef void reclaim(vc_db* db) noexcept nogil:
     cdef uint64_t min_version
     cdef vc_memtable** link
     cdef vc_memtable* m
+    cdef vc_memtable* dead = NULL
     cdef bint still = False
     pthread_mutex_lock(&db.commit_lock)
     pthread_mutex_lock(&db.reg_lock)
@@ -1566,7 +1567,8 @@ cdef void reclaim(vc_db* db) noexcept nogil:
         if m.retired_version != 0:
             if m.retired_version <= min_version:
                 vc_store_ptr(<void**>link, m.older)
-                mem_free(m)
+                m.older = dead
+                dead = m
                 continue
             still = True
         link = &m.older
@@ -1577,6 +1579,12 @@ cdef void reclaim(vc_db* db) noexcept nogil:
     db.reclaim_pending = still
     pthread_mutex_unlock(&db.reg_lock)
     pthread_mutex_unlock(&db.commit_lock)
+    # freed outside the locks (unmapping a big arena takes a while): nothing can reach
+    # them any more, neither a view (min_version) nor a writer (unlinked under mems_lock)
+    while dead != NULL:
+        m = dead
+        dead = m.older
+        mem_free(m)
 
 
 cdef void txn_unregister(vc_txn* t) noexcept nogil:
