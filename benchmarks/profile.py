@@ -130,7 +130,7 @@ def profile(name, args):
     print("After the workload: %d checkpoints; memtables hold %.1f MiB, %d arena chunks "
           "were reused from retired memtables, %.1f MiB are spare." % (
               info["checkpoints"], info["memtable_bytes"] / 2**20,
-              info.get("memtable_chunks_reused", 0), info.get("memtable_spare_bytes", 0) / 2**20))
+              info["memtable_chunks_reused"], info["memtable_spare_bytes"] / 2**20))
     print()
 
 

@@ -183,35 +183,37 @@ cdef void* arena_alloc_mt(vc_arena* a, size_t n) noexcept nogil:
         pthread_mutex_unlock(&a.lock)    # someone else added a chunk: try it
 
 
-cdef vc_arena_chunk* pool_take(vc_chunk_pool* p) noexcept nogil:
-    """A spare huge chunk of the pool (NULL: none, or no pool)."""
-    cdef vc_arena_chunk* c = NULL
-    if p == NULL:
-        return NULL
-    pthread_mutex_lock(&p.lock)
-    c = p.head
+cdef vc_arena_chunk* pool_pop(vc_chunk_pool* p) noexcept nogil:
+    """Unlink the newest spare chunk, readable again (p.lock held, or the store closing);
+    NULL if there is none."""
+    cdef vc_arena_chunk* c = p.head
     if c != NULL:
         p.head = c.next
         p.count -= 1
+        VC_UNPOISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+    return c
+
+
+cdef vc_arena_chunk* pool_take(vc_chunk_pool* p) noexcept nogil:
+    """A spare huge chunk of the pool for an arena (NULL: none, or no pool)."""
+    cdef vc_arena_chunk* c
+    if p == NULL:
+        return NULL
+    pthread_mutex_lock(&p.lock)
+    c = pool_pop(p)
+    if c != NULL:
         p.inuse += 1
         p.reused += 1
     pthread_mutex_unlock(&p.lock)
-    if c != NULL:
-        VC_UNPOISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
     return c
 
 
 cdef void pool_drain(vc_chunk_pool* p) noexcept nogil:
     """Unmap every spare chunk (the store is closing)."""
-    cdef vc_arena_chunk* c = p.head
-    cdef vc_arena_chunk* nx
+    cdef vc_arena_chunk* c = pool_pop(p)
     while c != NULL:
-        nx = c.next
-        VC_UNPOISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
         vc_huge_free(c, c.mapped)
-        c = nx
-    p.head = NULL
-    p.count = 0
+        c = pool_pop(p)
 
 
 cdef void arena_free(vc_arena* a) noexcept nogil:
@@ -257,10 +259,7 @@ cdef void arena_free(vc_arena* a) noexcept nogil:
                 c.next = drop
                 drop = c
         while p.count > keep:            # older spares beyond the new bound
-            c = p.head
-            p.head = c.next
-            p.count -= 1
-            VC_UNPOISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+            c = pool_pop(p)
             c.next = drop
             drop = c
         pthread_mutex_unlock(&p.lock)
