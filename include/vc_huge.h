@@ -89,6 +89,24 @@ static inline void *vc_huge_alloc_backed(size_t n)
     return m;
 }
 
+/* n zeroed bytes (n a multiple of 4 KiB), page aligned, in 4 KiB pages backed now
+ * (MAP_POPULATE): one system call instead of a fault per page. */
+static inline void *vc_pages_alloc_backed(size_t n)
+{
+    void *m;
+#if defined(__SANITIZE_ADDRESS__)
+    m = NULL;
+    if (posix_memalign(&m, 4096, n) != 0)
+        return NULL;
+    memset(m, 0, n);
+    return m;
+#else
+    m = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+             -1, 0);
+    return m == MAP_FAILED ? NULL : m;
+#endif
+}
+
 static inline void vc_huge_free(void *m, size_t n)
 {
 #if defined(__SANITIZE_ADDRESS__)

@@ -15,7 +15,7 @@ from posix.stdlib cimport posix_memalign
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
                                vc_crc32c, vc_prefetch, vc_add_u64_relaxed, vc_budget_take,
-                               vc_huge_alloc_backed, vc_huge_free,
+                               vc_pages_alloc_backed, vc_huge_free,
                                VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
                                VC_E_CONFLICT, VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID,
                                VC_E_NOFILE, VC_E_NONE,
@@ -119,7 +119,7 @@ cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept no
     if size == ARENA_CHUNK and vc_load_ptr(<void* const*>&a.head) != NULL:
         c = pool_take(a.pool)
         if c == NULL:
-            c = <vc_arena_chunk*>vc_huge_alloc_backed(ARENA_HUGE)
+            c = <vc_arena_chunk*>vc_pages_alloc_backed(ARENA_HUGE)
             if c != NULL and a.pool != NULL:
                 pthread_mutex_lock(&a.pool.lock)
                 a.pool.inuse += 1
