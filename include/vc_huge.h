@@ -73,24 +73,11 @@ static inline void *vc_huge_alloc(size_t n)
     return m;
 }
 
-/* vc_huge_alloc, with its pages backed now, in one system call, rather than by a fault
- * for each page as they are first touched (MADV_POPULATE_WRITE, Linux 5.14; where it is
- * missing the pages are faulted in lazily as before). */
-static inline void *vc_huge_alloc_backed(size_t n)
-{
-    void *m = vc_huge_alloc(n);
-#if !defined(__SANITIZE_ADDRESS__)
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-    if (m != NULL)
-        (void)madvise(m, vc_huge_len(n), MADV_POPULATE_WRITE);
-#endif
-    return m;
-}
-
-/* n zeroed bytes (n a multiple of 4 KiB), page aligned, in 4 KiB pages backed now
- * (MAP_POPULATE): one system call instead of a fault per page. */
+/* n zeroed bytes (n a multiple of 4 KiB), page aligned, backed now (MAP_POPULATE): one
+ * system call instead of a fault per page.  No huge-page advice: where guest memory is
+ * backed lazily by a hypervisor, a fresh huge page can cost ten times what 512 small
+ * ones do (benchmarks/fresh_memory.py); the kernel's own THP policy still applies.
+ * Freed with vc_huge_free (n >= 2 MiB must then be a multiple of 2 MiB). */
 static inline void *vc_pages_alloc_backed(size_t n)
 {
     void *m;

@@ -36,7 +36,6 @@ cdef extern from "vc_poison.h" nogil:
 
 cdef extern from "vc_huge.h" nogil:
     void* vc_huge_alloc(size_t n)
-    void* vc_huge_alloc_backed(size_t n)
     void* vc_pages_alloc_backed(size_t n)
     void vc_huge_free(void* m, size_t n)
 

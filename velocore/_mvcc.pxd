@@ -37,11 +37,11 @@ cdef struct vc_arena_chunk:
     size_t used
     size_t mapped           # bytes mmap'ed (0: from malloc)
 
-cdef struct vc_chunk_pool:  # a store's spare arena chunks: huge pages still backed
+cdef struct vc_chunk_pool:  # a store's spare arena chunks: 2 MiB mappings, still backed
     pthread_mutex_t lock
     vc_arena_chunk* head    # the spare chunks, poisoned under ASan past their header (lock)
     size_t count            # chunks in the list (lock)
-    size_t inuse            # huge chunks held by live arenas that use the pool (lock)
+    size_t inuse            # mapped chunks held by live arenas that use the pool (lock)
     size_t cap              # most ever kept: a memtable's chunks at 4x checkpoint_bytes
     uint64_t reused         # chunks taken from the list instead of mapped (lock)
 
@@ -49,7 +49,7 @@ cdef struct vc_arena:
     vc_arena_chunk* head    # chunk being filled (atomic); freed all at once
     size_t bytes            # total bytes obtained from malloc
     pthread_mutex_t lock    # taken only to add a chunk (shared memtables)
-    vc_chunk_pool* pool     # where its huge chunks come from and go back to (NULL: none)
+    vc_chunk_pool* pool     # where its mapped chunks come from and go back to (NULL: none)
 
 cdef struct vc_version:
     uint64_t commit_ts      # VC_TS_PENDING until its txn commits, then the commit ts;

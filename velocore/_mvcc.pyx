@@ -8,6 +8,7 @@ from libc.errno cimport errno, ENOENT
 cdef extern from "<errno.h>" nogil:
     enum:
         EWOULDBLOCK
+        ETIMEDOUT
 from posix.unistd cimport close
 from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, stat as c_stat
@@ -72,6 +73,9 @@ cdef extern from "<time.h>" nogil:
     enum:
         CLOCK_REALTIME
 
+cdef extern from "<pthread.h>" nogil:
+    int pthread_cond_timedwait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* t)
+
 cdef extern from "vc_bloom.h" nogil:
     uint64_t vc_key_hash(const unsigned char* k, uint32_t n)
     int vc_bloom_init(vc_bloom* b, size_t nbytes)
@@ -83,12 +87,13 @@ cdef enum:
     TXN_GET_TREE = 2        # txn_get_mem: not decided by the memtables
     LOG_CHUNK = 1 << 20     # a commit's log record is encoded and written in pieces this big
     ARENA_CHUNK = 1 << 20   # an arena's first chunk (malloc)
-    ARENA_HUGE = 2 << 20    # each later chunk: one huge page
+    ARENA_MAPPED = 2 << 20    # each later chunk: a mapping backed at once (vc_pages_alloc_backed)
     MINDEX_LEVEL = 2        # a memtable index holds the nodes linked at this level (1 in 16)
     MINDEX_FIRST = 4096     # nodes in a shared memtable before its first index
     ARENA_BIG = 1 << 18
     GC_EVERY = 64           # commits between GC rounds (recomputing the horizon)
     CKPT_DEAD_MIN = 4096    # aborted nodes that can make a checkpoint due (checkpoint_due)
+    POOL_IDLE_NS = 1000000000   # spare arena chunks none took for this long are unmapped
 
 # An aborted version that counted its node in its memtable's `dead` (mark_shared); no
 # transaction id comes near it.
@@ -104,13 +109,13 @@ cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept no
     """A chunk for n bytes (caller holds a.lock for shared arenas); returns n bytes of it.
 
     An arena's first chunk comes from malloc: most write sets (small transactions) touch
-    a few hundred bytes of it.  Each chunk after it is one 2 MiB huge page, backed when it
-    is mapped (vc_huge_alloc_backed): an arena that outgrows one chunk (a shared memtable,
+    a few hundred bytes of it.  Each chunk after it is a 2 MiB mapping backed when it is
+    mapped (vc_pages_alloc_backed): an arena that outgrows one chunk (a shared memtable,
     a large transaction's write set) fills it, so one system call backs it instead of a
-    page fault for each 4 KiB as the bump pointer reaches it, and the skip list's random
-    walks over a large memtable miss the TLB once per 2 MiB instead of once per 4 KiB.
-    Where the kernel gives no huge pages, the chunk is 512 pages backed the same way.
-    A memtable's arena first takes a spare chunk of its store's pool (see arena_free):
+    page fault for each 4 KiB as the bump pointer reaches it.  Its pages are the
+    kernel's default size, not huge pages: under a hypervisor that backs guest memory
+    lazily, fresh huge pages cost far more to back (docs/performance.md, W1b).  A
+    memtable's arena first takes a spare chunk of its store's pool (see arena_free):
     memory already backed, which the kernel need not zero again."""
     cdef size_t size = n if n > ARENA_BIG else ARENA_CHUNK
     cdef size_t mapped = 0
@@ -119,14 +124,14 @@ cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept no
     if size == ARENA_CHUNK and vc_load_ptr(<void* const*>&a.head) != NULL:
         c = pool_take(a.pool)
         if c == NULL:
-            c = <vc_arena_chunk*>vc_pages_alloc_backed(ARENA_HUGE)
+            c = <vc_arena_chunk*>vc_pages_alloc_backed(ARENA_MAPPED)
             if c != NULL and a.pool != NULL:
                 pthread_mutex_lock(&a.pool.lock)
                 a.pool.inuse += 1
                 pthread_mutex_unlock(&a.pool.lock)
         if c != NULL:
-            mapped = ARENA_HUGE
-            size = ARENA_HUGE - sizeof(vc_arena_chunk)
+            mapped = ARENA_MAPPED
+            size = ARENA_MAPPED - sizeof(vc_arena_chunk)
     if c == NULL:
         c = <vc_arena_chunk*>malloc(sizeof(vc_arena_chunk) + size)
         if c == NULL:
@@ -195,7 +200,7 @@ cdef vc_arena_chunk* pool_pop(vc_chunk_pool* p) noexcept nogil:
 
 
 cdef vc_arena_chunk* pool_take(vc_chunk_pool* p) noexcept nogil:
-    """A spare huge chunk of the pool for an arena (NULL: none, or no pool)."""
+    """A spare 2 MiB chunk of the pool for an arena (NULL: none, or no pool)."""
     cdef vc_arena_chunk* c
     if p == NULL:
         return NULL
@@ -216,8 +221,38 @@ cdef void pool_drain(vc_chunk_pool* p) noexcept nogil:
         c = pool_pop(p)
 
 
+cdef uint64_t pool_peek(vc_chunk_pool* p, size_t* count) noexcept nogil:
+    """The pool's take count (`reused`), and in count the chunks spare now."""
+    cdef uint64_t reused
+    pthread_mutex_lock(&p.lock)
+    count[0] = p.count
+    reused = p.reused
+    pthread_mutex_unlock(&p.lock)
+    return reused
+
+
+cdef void pool_release_idle(vc_chunk_pool* p, uint64_t seen) noexcept nogil:
+    """Unmap every spare chunk, unless one was taken since the take count was `seen`
+    (pool_peek): the store's writers have gone quiet, so what a checkpoint left spare
+    goes back to the system instead of waiting for the next retire or close()."""
+    cdef vc_arena_chunk* drop = NULL
+    cdef vc_arena_chunk* c
+    pthread_mutex_lock(&p.lock)
+    if p.reused == seen:
+        c = pool_pop(p)
+        while c != NULL:
+            c.next = drop
+            drop = c
+            c = pool_pop(p)
+    pthread_mutex_unlock(&p.lock)
+    while drop != NULL:                 # unmapped outside the lock
+        c = drop
+        drop = c.next
+        vc_huge_free(c, c.mapped)
+
+
 cdef void arena_free(vc_arena* a) noexcept nogil:
-    """Free every chunk.  With a pool (a shared memtable's arena), the huge chunks go to
+    """Free every chunk.  With a pool (a shared memtable's arena), the mapped chunks go to
     it instead, backed as they are, for the memtables that follow: a store writing steadily
     retires a memtable at each checkpoint and fills a new one of about the same size, and
     zeroing fresh memory is much of a write's cost (see docs/performance.md, W2).  The
@@ -232,7 +267,7 @@ cdef void arena_free(vc_arena* a) noexcept nogil:
     cdef size_t nspare = 0, keep
     while c != NULL:
         nx = c.next
-        if p != NULL and c.mapped == ARENA_HUGE:
+        if p != NULL and c.mapped == ARENA_MAPPED:
             c.next = spare
             spare = c
             nspare += 1
@@ -1283,7 +1318,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     pthread_mutex_init(&db.ckpt_lock, NULL)
     pthread_mutex_init(&db.gc_lock, NULL)
     pthread_mutex_init(&db.chunks.lock, NULL)
-    db.chunks.cap = <size_t>((checkpoint_bytes * 4) // ARENA_HUGE) + 1
+    db.chunks.cap = <size_t>((checkpoint_bytes * 4) // ARENA_MAPPED) + 1
     if path != NULL:
         snprintf(lock_path, sizeof(lock_path), "%s/LOCK", path)
         db.lock_fd = c_open(lock_path, O_RDWR | O_CREAT, 0o644)
@@ -1580,10 +1615,17 @@ cdef void reclaim(vc_db* db) noexcept nogil:
     pthread_mutex_unlock(&db.commit_lock)
     # freed outside the locks (unmapping a big arena takes a while): nothing can reach
     # them any more, neither a view (min_version) nor a writer (unlinked under mems_lock)
+    if dead == NULL:
+        return
     while dead != NULL:
         m = dead
         dead = m.older
         mem_free(m)
+    if db.ckpt_thread_running:
+        # their chunks may be spare now: the checkpointer times how long none is taken
+        pthread_mutex_lock(&db.ckpt_sig_lock)
+        pthread_cond_broadcast(&db.ckpt_sig_cond)
+        pthread_mutex_unlock(&db.ckpt_sig_lock)
 
 
 cdef void txn_unregister(vc_txn* t) noexcept nogil:
@@ -2684,14 +2726,37 @@ cdef bint checkpoint_due(vc_db* db, bint aborted) noexcept nogil:
     return dead >= CKPT_DEAD_MIN and <uint64_t>dead * 4 >= nkeys
 
 
+cdef inline uint64_t realtime_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
 cdef void* checkpointer_main(void* arg) noexcept nogil:
-    """Background checkpoints, each run when a committer reports the log is due."""
+    """Background checkpoints, each run when a committer reports the log is due.  While
+    the store's chunk pool holds spare arena chunks, it waits at most POOL_IDLE_NS at a
+    time, and unmaps them when none was taken meanwhile (pool_release_idle)."""
     cdef vc_db* db = <vc_db*>arg
     cdef vc_err err
+    cdef size_t spare
+    cdef uint64_t seen, deadline
+    cdef timespec ts
     while True:
         pthread_mutex_lock(&db.ckpt_sig_lock)
         while not db.ckpt_requested and not db.ckpt_stop:
-            pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
+            seen = pool_peek(&db.chunks, &spare)
+            if spare == 0:
+                pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
+                continue
+            # spare arena chunks: if no memtable takes one for POOL_IDLE_NS, return them
+            deadline = realtime_ns() + POOL_IDLE_NS
+            ts.tv_sec = <long>(deadline // 1000000000)
+            ts.tv_nsec = <long>(deadline % 1000000000)
+            if (pthread_cond_timedwait(&db.ckpt_sig_cond, &db.ckpt_sig_lock, &ts) == ETIMEDOUT
+                    and not db.ckpt_requested and not db.ckpt_stop):
+                pthread_mutex_unlock(&db.ckpt_sig_lock)
+                pool_release_idle(&db.chunks, seen)
+                pthread_mutex_lock(&db.ckpt_sig_lock)
         if db.ckpt_stop:
             pthread_mutex_unlock(&db.ckpt_sig_lock)
             break
@@ -2807,7 +2872,7 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     out[20] = db.wal.zeroed_bytes if db.wal != NULL else 0
     pthread_mutex_unlock(&db.reg_lock)
     pthread_mutex_lock(&db.chunks.lock)
-    out[21] = db.chunks.count * ARENA_HUGE
+    out[21] = db.chunks.count * ARENA_MAPPED
     out[22] = db.chunks.reused
     pthread_mutex_unlock(&db.chunks.lock)
 
