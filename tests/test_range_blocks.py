@@ -168,3 +168,48 @@ def test_resume_after_a_longest_key(tmp_path):
             rest = list(it)
         assert first == long_keys[0]
         assert rest == [between] + long_keys[1:]
+
+
+def test_pairs_are_refilled_only_when_the_caller_dropped_them(tmp_path):
+    """A range iterator hands back its last (key, value) tuple refilled when nothing but
+    the iterator holds it; a pair the caller keeps is never changed, and the collector
+    (which untracks tuples holding only bytes) keeps track of a refilled one."""
+    import gc
+    import sys
+    n = 3000
+    with velocore.open(str(tmp_path / "db"), sync="off") as store:
+        table = store.table("t")
+        _fill(store, table, n)
+        with store.txn() as t:                       # memtable entries among tree ones
+            t.put_many(table, [(b"k%07d" % i, b"m%d" % i) for i in range(0, n, 7)])
+        want = [(b"k%07d" % i, b"m%d" % i if i % 7 == 0 else _value(i)) for i in range(n)]
+        with store.snapshot() as s:
+            kept = list(s.range(table))              # every pair held: all distinct
+            assert kept == want
+            assert len({id(p) for p in kept}) == n
+            assert dict(s.range(table)) == dict(want)
+            assert [k + v for k, v in s.range(table)] == [k + v for k, v in want]
+            it = s.range(table)
+            first = next(it)
+            second = next(it)                        # `first` is still held
+            assert (first, second) == (want[0], want[1])
+            del second
+            got = []
+            ids = set()
+            while True:
+                pair = next(it, None)
+                if pair is None:
+                    break
+                # this name, the call's argument, and the iterator's own reference
+                assert sys.getrefcount(pair) == 3
+                assert gc.is_tracked(pair)
+                ids.add(id(pair))
+                got.append((pair[0], pair[1]))
+                del pair                             # the next call may refill it
+                if len(got) % 500 == 0:
+                    gc.collect()                     # untracks the tuple it holds
+            assert got == want[2:]
+            assert first == want[0]
+            # one tuple, refilled: a new one would be made while the iterator still held
+            # the old one, so two in a row could not share an address
+            assert len(ids) == 1

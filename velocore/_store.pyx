@@ -33,6 +33,13 @@ cdef extern from "Python.h":
     void* PyTuple_GET_ITEM_PTR "PyTuple_GET_ITEM" (void* tup, Py_ssize_t i)
     bint PyTuple_CheckExact_PTR "PyTuple_CheckExact" (void* o)
     Py_ssize_t Py_SIZE_PTR "Py_SIZE" (void* o)
+    # a range iterator's reused pair (RangeIterator.pair): raw references, counted by hand
+    Py_ssize_t Py_REFCNT_PTR "Py_REFCNT" (void* o)
+    void PyTuple_SET_ITEM_PTR "PyTuple_SET_ITEM" (void* tup, Py_ssize_t i, void* o)
+    void Py_INCREF_PTR "Py_INCREF" (void* o)
+    void Py_DECREF_PTR "Py_DECREF" (void* o)
+    int PyObject_GC_IsTracked(object o)
+    void PyObject_GC_Track(object o)
 
 
 cdef inline void prefetch_object(const void* o) noexcept:
@@ -71,9 +78,23 @@ DEF MAX_KEY = 1024
 DEF TID_LEN = 4
 DEF PUT_CHUNK = 4096         # put_many items read, then written, at a time while keys ascend
 
+cdef extern from *:
+    """
+    /* a range iterator refills the pair it returned last only where a reference count
+       of 1 means nobody else holds it: not on free-threaded builds */
+    #ifdef Py_GIL_DISABLED
+    #define VC_PAIR_REUSE 0
+    #else
+    #define VC_PAIR_REUSE 1
+    #endif
+    """
+    const bint VC_PAIR_REUSE
+
 cdef enum:
     RANGE_BLOCK_FIRST = 16       # entries in an iterator's first block (short scans stay cheap)
     RANGE_BLOCK_MAX = 512        # ... doubling per refill up to this
+    PAIR_MISSES_MAX = 64         # a range iterator's pairs found still held before it
+                                 # stops keeping them for reuse (RangeIterator.pair)
     GET_MANY_YIELD = 4096        # get_many: objects made between offers of the GIL (a power of 2)
 MAX_VALUE = VC_MAX_VALUE
 _PUT_CHUNK = PUT_CHUNK          # for the tests: calls of more items take the chunked path
@@ -1595,6 +1616,8 @@ cdef class RangeIterator:
     cdef Py_ssize_t last_pos     # index in refs of the entry returned last, -1 if none
     cdef size_t batch            # entries per refill, grows up to RANGE_BLOCK_MAX
     cdef uint64_t wgen           # txn.t.wgen when the block was fetched
+    cdef tuple result            # the (key, value) returned last, refilled if only this holds it
+    cdef int result_misses       # returned pairs the caller still held at the next step
 
     def __cinit__(self):
         self.it = NULL
@@ -1764,4 +1787,36 @@ cdef class RangeIterator:
         key = PyBytes_FromStringAndSize(k + self.strip, r.klen - self.strip)
         if self.keys_only:
             return key
-        return (key, PyBytes_FromStringAndSize(v, r.vlen))
+        return self.pair(key, PyBytes_FromStringAndSize(v, r.vlen))
+
+    cdef inline tuple pair(self, object key, object value):
+        """(key, value), in the tuple returned last when nothing but this iterator holds
+        it any more (a loop that dropped it, as CPython's dict items iterator does): a
+        scan then makes two objects per entry instead of three.  A caller that still
+        holds each pair when it asks for the next (`for pair in it`, a list) gets new
+        ones, and after PAIR_MISSES_MAX such steps the iterator stops keeping them."""
+        cdef void* t
+        cdef void* old_key
+        cdef void* old_value
+        if not VC_PAIR_REUSE or self.result_misses >= PAIR_MISSES_MAX:
+            return (key, value)                         # (this caller keeps its pairs)
+        if self.result is None or Py_REFCNT_PTR(<void*>self.result) != 1:
+            if self.result is not None:
+                self.result_misses += 1
+                if self.result_misses >= PAIR_MISSES_MAX:   # (or holds each until it has
+                    self.result = None                      # the next): stop holding them
+                    return (key, value)
+            self.result = (key, value)
+            return self.result
+        t = <void*>self.result
+        old_key = PyTuple_GET_ITEM_PTR(t, 0)
+        old_value = PyTuple_GET_ITEM_PTR(t, 1)
+        Py_INCREF_PTR(<void*>key)               # the tuple's references
+        Py_INCREF_PTR(<void*>value)
+        PyTuple_SET_ITEM_PTR(t, 0, <void*>key)
+        PyTuple_SET_ITEM_PTR(t, 1, <void*>value)
+        Py_DECREF_PTR(old_key)
+        Py_DECREF_PTR(old_value)
+        if not PyObject_GC_IsTracked(self.result):   # the collector untracks tuples of bytes
+            PyObject_GC_Track(self.result)
+        return self.result
