@@ -134,6 +134,17 @@ def wait_for(cond, seconds=30):
     return cond()
 
 
+def rewrite_every(store, tbl, prefix, n, step, old, new):
+    """Overwrite every step-th of the n keys prefix + "%07d" (all holding `old`) with
+    `new` in one transaction, and check that the whole range reads back so."""
+    with store.txn() as t:
+        t.put_many(tbl, ((prefix + b"%07d" % i, new) for i in range(0, n, step)))
+    got = dict(tbl.range(prefix, prefix[:-1] + bytes([prefix[-1] + 1])))
+    assert len(got) == n
+    assert all(v == (new if int(k[len(prefix):]) % step == 0 else old)
+               for k, v in got.items())
+
+
 def memtable_bytes(store):
     with store.snapshot():            # ending a transaction frees retired memtables
         pass
@@ -197,16 +208,11 @@ def test_retired_memtable_memory_is_reused_within_bounds(tmp_path, where):
         wait_for(lambda: memtable_bytes(store) < cap)
         assert store.info()["memtable_bytes"] < cap, store.info()
         assert store.info()["memtable_spare_bytes"] <= cap, store.info()
-        with store.txn() as t:
-            t.put_many(tbl, ((b"big%07d" % i, b"w" * 10) for i in range(0, 200_000, 7)))
+        rewrite_every(store, tbl, b"big", 200_000, 7, b"v" * 200, b"w" * 10)
         assert dict(tbl.range(b"a", b"big")) == {k: v for k, v in model.items()
                                                   if b"a" <= k < b"big"}
         for k in rng.sample(sorted(model), 2_000):
             assert tbl.get(k) == model[k]
-        got = dict(tbl.range(b"big", b"bih"))
-        assert len(got) == 200_000
-        assert all(v == (b"w" * 10 if int(k[3:]) % 7 == 0 else b"v" * 200)
-                   for k, v in got.items())
     finally:
         store.close()
 
@@ -228,12 +234,7 @@ def test_spare_memtable_memory_is_returned_when_idle(tmp_path, where):
         spare = store.info()["memtable_spare_bytes"]
         assert spare > 0, store.info()
         assert wait_for(lambda: store.info()["memtable_spare_bytes"] == 0, 10), store.info()
-        with store.txn() as t:
-            t.put_many(tbl, ((b"k%07d" % i, b"w" * 300) for i in range(0, 100_000, 3)))
-        got = dict(tbl.range(b"k", b"l"))
-        assert len(got) == 100_000
-        assert all(v == (b"w" * 300 if int(k[1:]) % 3 == 0 else b"v" * 200)
-                   for k, v in got.items())
+        rewrite_every(store, tbl, b"k", 100_000, 3, b"v" * 200, b"w" * 300)
     finally:
         store.close()
 
