@@ -43,7 +43,7 @@ from posix.unistd cimport close, pread, ftruncate, fsync, fdatasync, unlink
 from posix.fcntl cimport open as c_open, O_RDONLY, O_RDWR, O_CREAT, O_EXCL, O_CLOEXEC, O_DIRECTORY
 from posix.stat cimport struct_stat, fstat, stat as c_stat, mkdir
 from posix.uio cimport iovec, pwritev
-from posix.time cimport timespec, clock_gettime, CLOCK_REALTIME
+from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, VC_OK, VC_FAIL, VC_E_NONE,
                                VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_INVALID,
@@ -70,6 +70,9 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_timedwait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* t)
     int pthread_cond_broadcast(pthread_cond_t* c)
     int pthread_cond_signal(pthread_cond_t* c)
+    int pthread_condattr_init(pthread_condattr_t* a)
+    int pthread_condattr_setclock(pthread_condattr_t* a, int clk)
+    int pthread_condattr_destroy(pthread_condattr_t* a)
     int pthread_create(pthread_t* t, const pthread_attr_t* a,
                        void* (*start)(void*) noexcept nogil, void* arg)
     int pthread_join(pthread_t t, void** ret)
@@ -676,7 +679,7 @@ cdef int fail_sticky(vc_wal* w, int failed, vc_err* err) noexcept nogil:
 
 cdef inline uint64_t now_ns() noexcept nogil:
     cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
+    clock_gettime(CLOCK_MONOTONIC, &ts)     # the clock of the log's timed waits
     return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
 
 
@@ -794,7 +797,7 @@ cdef void* flusher_main(void* arg) noexcept nogil:
     cdef vc_err local_err
     pthread_mutex_lock(&w.lock)
     while not w.stopping:
-        clock_gettime(CLOCK_REALTIME, &ts)
+        clock_gettime(CLOCK_MONOTONIC, &ts)
         ts.tv_nsec += FLUSH_INTERVAL_NS
         if ts.tv_nsec >= 1000000000:
             ts.tv_sec += 1
@@ -857,6 +860,7 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
     cdef bint created_dir = False
     cdef char path[SEG_PATH_MAX]
     cdef struct_stat sb
+    cdef pthread_condattr_t cattr
 
     out[0] = NULL
     if last_ts != NULL:
@@ -873,10 +877,17 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
     w.seg_fd = -1
     w.sync_mode = sync_mode
     w.readonly = readonly
+    # the conditions' timed waits (flusher_main, gather_group) count on CLOCK_MONOTONIC:
+    # a step of the wall clock must not stretch them
+    pthread_condattr_init(&cattr)
+    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC)
     if (pthread_mutex_init(&w.lock, NULL) != 0 or pthread_mutex_init(&w.append_lock, NULL) != 0
-            or pthread_cond_init(&w.cond, NULL) != 0 or pthread_cond_init(&w.gather_cond, NULL) != 0):
-        free(w)   # init of these cannot fail on Linux with default attributes
+            or pthread_cond_init(&w.cond, &cattr) != 0
+            or pthread_cond_init(&w.gather_cond, &cattr) != 0):
+        pthread_condattr_destroy(&cattr)
+        free(w)   # init of these cannot fail on Linux
         return vc_fail(err, VC_E_NOMEM, "cannot initialise log locks")
+    pthread_condattr_destroy(&cattr)
     n = snprintf(w.path, sizeof(w.path), "%s/wal", store_dir)
     if n < 0 or <size_t>n >= sizeof(w.path):
         vc_wal_close(w, NULL)
