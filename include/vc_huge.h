@@ -1,5 +1,6 @@
 /* vc_huge.h: large zeroed mappings on 2 MiB boundaries, advised for transparent huge
- * pages.
+ * pages (the page cache's arrays), and mappings backed at once in the kernel's default
+ * pages (memtable arena chunks, vc_pages_alloc_backed).
  *
  * The page cache's arrays (page frames, hint blocks, frame descriptors, page table) are
  * read at random over up to cache_mb.  With 4 KiB pages nearly every such read also

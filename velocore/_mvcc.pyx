@@ -91,7 +91,7 @@ cdef enum:
     TXN_GET_TREE = 2        # txn_get_mem: not decided by the memtables
     LOG_CHUNK = 1 << 20     # a commit's log record is encoded and written in pieces this big
     ARENA_CHUNK = 1 << 20   # an arena's first chunk (malloc)
-    ARENA_MAPPED = 2 << 20    # each later chunk: a mapping backed at once (vc_pages_alloc_backed)
+    ARENA_MAPPED = 2 << 20  # each later chunk: a mapping backed at once (vc_pages_alloc_backed)
     MINDEX_LEVEL = 2        # a memtable index holds the nodes linked at this level (1 in 16)
     MINDEX_FIRST = 4096     # nodes in a shared memtable before its first index
     ARENA_BIG = 1 << 18
