@@ -6,8 +6,9 @@ fresh processes.
 A and B are git revisions of this repository.  Each is checked out into a temporary
 worktree and built in place (`setup.py build_ext --inplace`); then, `--pairs` times,
 the velocore workloads run once with A's build and once with B's (the order alternates
-from pair to pair), each in a fresh store, the way compare.py's workloads run: W1 and
-W1b each in a child process of its own, W2 and the reads after it in a third.  It prints each workload's nanoseconds per operation, the
+from pair to pair), each in a fresh store, the way compare.py's workloads run: W1 in a
+child process of its own, then W2 and the reads after it in a second, then W1b in a
+third.  It prints each workload's nanoseconds per operation, the
 median per build, and in how many pairs B was faster.
 
 On a noisy machine (a VM whose speed drifts by 10-20% over minutes) this says more than
@@ -86,13 +87,15 @@ def child(workloads, n, seed, workdir):
 
 
 def child_groups(workloads):
-    """The child processes a build's run takes: W1 and W1b each in one of its own, and
-    W2 with the reads of the store it builds in a third, as compare.py starts its loads
-    (a load that followed another in one process would get the memory it just freed,
-    which on a VM is far cheaper than fresh memory; see benchmarks/fresh_memory.py)."""
-    groups = [[w] for w in ("W1", "W1b") if w in workloads]
-    rest = [w for w in workloads if w not in ("W1", "W1b")]
-    return groups + ([rest] if rest else [])
+    """The child processes a build's run takes, in compare.py's order: W1 in one of its
+    own, then W2 with the reads of the store it builds, then W1b.  Where a load starts
+    matters: memory freed moments before (by an earlier load in the same process, or by
+    the process before) can be far cheaper than fresh memory on a VM, huge pages above
+    all (benchmarks/fresh_memory.py)."""
+    reads = [w for w in workloads if w not in ("W1", "W1b")]
+    groups = [["W1"]] if "W1" in workloads else []
+    groups += [reads] if reads else []
+    return groups + ([["W1b"]] if "W1b" in workloads else [])
 
 
 def build(rev, root):
