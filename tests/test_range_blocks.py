@@ -213,3 +213,10 @@ def test_pairs_are_refilled_only_when_the_caller_dropped_them(tmp_path):
             # one tuple, refilled: a new one would be made while the iterator still held
             # the old one, so two in a row could not share an address
             assert len(ids) == 1
+            # an exhausted iterator (still alive here) lets go of the last pair
+            last = None
+            tail = s.range(table, b"k%07d" % (n - 5))
+            for last in tail:
+                pass
+            assert last == want[-1]
+            assert sys.getrefcount(last) == 2        # this name and the call's argument

@@ -1669,6 +1669,7 @@ cdef class RangeIterator:
             return
         self.finished = True
         self.left = 0
+        self.result = None               # the last pair (a value may be large) is not kept
         if self.it != NULL and self.store_open():
             vc_iter_close(self.it)       # also drops the block's pins
         if self.owns_txn:
