@@ -220,3 +220,41 @@ def test_pairs_are_refilled_only_when_the_caller_dropped_them(tmp_path):
                 pass
             assert last == want[-1]
             assert sys.getrefcount(last) == 2        # this name and the call's argument
+
+
+def test_pairs_held_until_the_next_one_are_refilled_two_steps_later(tmp_path):
+    """A loop that holds each pair until it has the next (`for pair in it`, a generator
+    expression) gets the pair before the last refilled, so the scan alternates between
+    two tuples; a caller that holds the last two or more never sees one of them change."""
+    n = 2000
+    with velocore.open(str(tmp_path / "db"), sync="off") as store:
+        table = store.table("t")
+        _fill(store, table, n)
+        want = [(b"k%07d" % i, _value(i)) for i in range(n)]
+        with store.snapshot() as s:
+            got = []
+            ids = set()
+            for pair in s.range(table):              # `pair` holds one until the next
+                ids.add(id(pair))
+                got.append((pair[0], pair[1]))
+            assert got == want
+            assert len(ids) == 2
+            assert sum(1 for _ in s.range(table)) == n
+            # a window of the last three pairs: each must still read as it was made
+            window = []
+            for i, pair in enumerate(s.range(table)):
+                window.append(pair)
+                del pair
+                if len(window) > 3:
+                    window.pop(0)
+                assert window == want[max(0, i - len(window) + 1):i + 1]
+            # held two steps, then dropped: refilled with the misses counted, not stopped
+            it = s.range(table)
+            a, b = next(it), next(it)
+            rest = []
+            for pair in it:
+                assert (a, b) == (want[len(rest)], want[len(rest) + 1])
+                a, b = b, pair
+                rest.append(pair)
+                rest[-1] = (pair[0], pair[1])        # a copy; the list keeps no pair
+            assert rest == want[2:]

@@ -1616,8 +1616,10 @@ cdef class RangeIterator:
     cdef Py_ssize_t last_pos     # index in refs of the entry returned last, -1 if none
     cdef size_t batch            # entries per refill, grows up to RANGE_BLOCK_MAX
     cdef uint64_t wgen           # txn.t.wgen when the block was fetched
-    cdef tuple result            # the (key, value) returned last, refilled if only this holds it
-    cdef int result_misses       # returned pairs the caller still held at the next step
+    cdef tuple result            # the (key, value) returned last
+    cdef tuple result_prev       # the one returned before it: either is refilled when only
+                                 # this iterator holds it
+    cdef int result_misses       # steps at which the caller still held both
 
     def __cinit__(self):
         self.it = NULL
@@ -1669,7 +1671,8 @@ cdef class RangeIterator:
             return
         self.finished = True
         self.left = 0
-        self.result = None               # the last pair (a value may be large) is not kept
+        self.result = None               # the last pairs (a value may be large) are not kept
+        self.result_prev = None
         if self.it != NULL and self.store_open():
             vc_iter_close(self.it)       # also drops the block's pins
         if self.owns_txn:
@@ -1791,24 +1794,47 @@ cdef class RangeIterator:
         return self.pair(key, PyBytes_FromStringAndSize(v, r.vlen))
 
     cdef inline tuple pair(self, object key, object value):
-        """(key, value), in the tuple returned last when nothing but this iterator holds
-        it any more (a loop that dropped it, as CPython's dict items iterator does): a
-        scan then makes two objects per entry instead of three.  A caller that still
-        holds each pair when it asks for the next (`for pair in it`, a list) gets new
-        ones, and after PAIR_MISSES_MAX such steps the iterator stops keeping them."""
-        cdef void* t
+        """(key, value), in a tuple returned before when nothing but this iterator holds it
+        any more: a scan then makes two objects per entry instead of three.  The last two
+        are kept, so that a loop that holds each pair until it has the next (`for pair in
+        it`, a generator expression) finds the one before free, as well as one that drops
+        each at once (`for k, v in it`, as CPython's dict items iterator expects).  A
+        caller that keeps its pairs (a list) gets new ones, and after PAIR_MISSES_MAX such
+        steps the iterator stops keeping them."""
+        cdef tuple t
         cdef void* old_key
         cdef void* old_value
         if not VC_PAIR_REUSE or self.result_misses >= PAIR_MISSES_MAX:
             return (key, value)                         # (this caller keeps its pairs)
-        if self.result is None or Py_REFCNT_PTR(<void*>self.result) != 1:
+        if self.result_prev is not None and Py_REFCNT_PTR(<void*>self.result_prev) == 1:
+            t = self.result_prev
+        elif self.result is not None and Py_REFCNT_PTR(<void*>self.result) == 1:
+            t = self.result
+            self.result = self.result_prev              # (t becomes the last again below)
+        else:
             if self.result is not None:
                 self.result_misses += 1
                 if self.result_misses >= PAIR_MISSES_MAX:   # (or holds each until it has
-                    self.result = None                      # the next): stop holding them
+                    self.result = None                      # the next two): stop holding
+                    self.result_prev = None
                     return (key, value)
+            self.result_prev = self.result
             self.result = (key, value)
             return self.result
+        # t: one reference here and one in result_prev or result, which moves on now
+        self.result_prev = self.result
+        self.result = t
+        old_key = PyTuple_GET_ITEM_PTR(<void*>t, 0)
+        old_value = PyTuple_GET_ITEM_PTR(<void*>t, 1)
+        Py_INCREF_PTR(<void*>key)               # the tuple's references
+        Py_INCREF_PTR(<void*>value)
+        PyTuple_SET_ITEM_PTR(<void*>t, 0, <void*>key)
+        PyTuple_SET_ITEM_PTR(<void*>t, 1, <void*>value)
+        Py_DECREF_PTR(old_key)
+        Py_DECREF_PTR(old_value)
+        if not PyObject_GC_IsTracked(t):        # the collector untracks tuples of bytes
+            PyObject_GC_Track(t)
+        return t
         t = <void*>self.result
         old_key = PyTuple_GET_ITEM_PTR(t, 0)
         old_value = PyTuple_GET_ITEM_PTR(t, 1)
