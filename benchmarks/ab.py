@@ -1,7 +1,7 @@
 """Two commits of velocore, A against B, on compare.py's workloads, in alternating
 fresh processes.
 
-    python benchmarks/ab.py A B [--workloads W1,W1b,W2,W3,W3b] [--pairs 4] [--n 1000000]
+    python benchmarks/ab.py A B [--workloads W1,W1b,W2,W3,W3b,W4,W5] [--pairs 4] [--n 1000000]
 
 A and B are git revisions of this repository.  Each is checked out into a temporary
 worktree and built in place (`setup.py build_ext --inplace`); then, `--pairs` times,
@@ -19,9 +19,9 @@ memory, on this VM anywhere from a tenth to a half of a load's time) swings far 
 than the user part does, so a change to the engine's own code shows in the user column
 when the wall-clock one cannot tell.
 
-The workloads are compare.py's: W1, W1b and W2 load an empty store; W3 and W3b read the
-store W2 built, brought to rest by a checkpoint (W3 then runs on the cache the
-checkpoint left, as in compare.py), and W3 runs before W3b.
+The workloads are compare.py's: W1, W1b and W2 load an empty store; W3, W3b, W4 and W5
+read the store W2 built, brought to rest by a checkpoint (W3 then runs on the cache the
+checkpoint left, as in compare.py), in that order (W5 is timed per scan of 100 keys).
 """
 import argparse
 import json
@@ -36,7 +36,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-ALL = ("W1", "W1b", "W2", "W3", "W3b")
+ALL = ("W1", "W1b", "W2", "W3", "W3b", "W4", "W5")
 
 
 def child(workloads, n, seed, workdir):
@@ -47,7 +47,7 @@ def child(workloads, n, seed, workdir):
     tree = os.environ.get("PYTHONPATH", "")
     if not os.path.abspath(velocore.__file__).startswith(os.path.abspath(tree) + os.sep):
         sys.exit("ab.py: imported %s, not the build in %s" % (velocore.__file__, tree))
-    sorted_items, insert_order, lookups, _ = compare.make_data(n, seed)
+    sorted_items, insert_order, lookups, starts = compare.make_data(n, seed)
     out = {}
 
     def fresh(name):
@@ -72,7 +72,7 @@ def child(workloads, n, seed, workdir):
             else:
                 timed(name, lambda: engine.put_batch(sorted_items, sorted_input=True), n)
             engine.close()
-    if {"W2", "W3", "W3b"} & set(workloads):
+    if {"W2", "W3", "W3b", "W4", "W5"} & set(workloads):
         engine = fresh("W2")
 
         def w2():
@@ -82,6 +82,8 @@ def child(workloads, n, seed, workdir):
         engine.settle()
         timed("W3", lambda: engine.get_each(lookups), n)
         timed("W3b", lambda: engine.get_many(lookups), n)
+        timed("W4", engine.scan_all, n)
+        timed("W5", lambda: engine.scan_short(starts, compare.SHORT_LENGTH), len(starts))
         engine.close()
     print(json.dumps({k: v for k, v in out.items() if k.split()[0] in workloads}))
 
