@@ -80,15 +80,28 @@ static inline void vc_bloom_free(vc_bloom *b)
     b->words = NULL;
 }
 
+/* Set one bit unless it is set already.  A locked OR waits until the stores before it
+ * (a writer's fresh node and version lines, which miss) have left the store buffer; a
+ * filter that has filled up (the small one, soon after a memtable starts) has most bits
+ * set, and a plain load then saves that wait.  A bit seen set is seen by every reader that
+ * synchronises with this writer later (read-read coherence: bits are only ever added), so
+ * skipping the OR keeps the guarantee above. */
+static inline void vc_bloom_set_bit(uint64_t *w, unsigned bit)
+{
+    uint64_t m = 1ULL << (bit & 63);
+    if (!(__atomic_load_n(w, __ATOMIC_RELAXED) & m))
+        __atomic_fetch_or(w, m, __ATOMIC_RELAXED);
+}
+
 static inline void vc_bloom_add(vc_bloom *b, uint64_t h)
 {
     uint64_t *blk = b->words + ((h & b->block_mask) << 3);
     unsigned b1 = (unsigned)(h >> 37) & 511, b2 = (unsigned)(h >> 46) & 511,
              b3 = (unsigned)(h >> 55) & 511;
     /* relaxed: ordered before the node's publication by that release CAS (see above) */
-    __atomic_fetch_or(&blk[b1 >> 6], 1ULL << (b1 & 63), __ATOMIC_RELAXED);
-    __atomic_fetch_or(&blk[b2 >> 6], 1ULL << (b2 & 63), __ATOMIC_RELAXED);
-    __atomic_fetch_or(&blk[b3 >> 6], 1ULL << (b3 & 63), __ATOMIC_RELAXED);
+    vc_bloom_set_bit(&blk[b1 >> 6], b1);
+    vc_bloom_set_bit(&blk[b2 >> 6], b2);
+    vc_bloom_set_bit(&blk[b3 >> 6], b3);
 }
 
 /* 0: the key was certainly never added.  1: it may have been. */
