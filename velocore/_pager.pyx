@@ -334,6 +334,18 @@ cdef inline bint try_pin(vc_frame* fr, uint32_t page_id) noexcept nogil:
             return True
 
 
+cdef inline void prefetch_hints(vc_pager* p, uint32_t f) noexcept nogil:
+    """A page lookup found frame f in the page table: its caller searches the page's hint
+    block next, so start loading the block's four lines now, while the frame's own line
+    (which says whether it holds the page) is still on its way; their misses then
+    overlap.  A frame that turns out to hold another page only wastes the hint."""
+    cdef const unsigned char* hb = <const unsigned char*>&p.hints[f]
+    vc_prefetch(hb)
+    vc_prefetch(hb + 64)
+    vc_prefetch(hb + 128)
+    vc_prefetch(hb + 192)
+
+
 cdef inline int lookup_pin(vc_pager* p, uint32_t page_id) noexcept nogil:
     """Frame index holding page_id, pinned; -1 if none found (maybe falsely, while a
     concurrent slot change is under way: the caller then retries under the lock)."""
@@ -345,6 +357,7 @@ cdef inline int lookup_pin(vc_pager* p, uint32_t page_id) noexcept nogil:
         if f == 0:
             return -1
         fr = &p.frames[f - 1]
+        prefetch_hints(p, f - 1)
         if try_pin(fr, page_id):
             # a statistic: a plain increment (two threads hitting the frame at once may
             # count one hit), no locked instruction on the hit path
@@ -535,6 +548,7 @@ cdef const unsigned char* vc_page_try(vc_pager* p, uint32_t page_id, uint32_t* f
         if f == 0:
             return NULL
         fr = &p.frames[f - 1]
+        prefetch_hints(p, f - 1)
         # gen before state: a claim that comes between them leaves gen changed for the
         # caller's vc_page_still; state (ACQUIRE) shows the page published, not loading
         g = vc_frame_load(&fr.gen)
