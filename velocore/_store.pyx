@@ -1821,7 +1821,7 @@ cdef class RangeIterator:
             self.result_prev = self.result
             self.result = (key, value)
             return self.result
-        # t: one reference here and one in result_prev or result, which moves on now
+        # t (held here, and by result_prev or result until now) becomes the last
         self.result_prev = self.result
         self.result = t
         old_key = PyTuple_GET_ITEM_PTR(<void*>t, 0)
@@ -1835,15 +1835,3 @@ cdef class RangeIterator:
         if not PyObject_GC_IsTracked(t):        # the collector untracks tuples of bytes
             PyObject_GC_Track(t)
         return t
-        t = <void*>self.result
-        old_key = PyTuple_GET_ITEM_PTR(t, 0)
-        old_value = PyTuple_GET_ITEM_PTR(t, 1)
-        Py_INCREF_PTR(<void*>key)               # the tuple's references
-        Py_INCREF_PTR(<void*>value)
-        PyTuple_SET_ITEM_PTR(t, 0, <void*>key)
-        PyTuple_SET_ITEM_PTR(t, 1, <void*>value)
-        Py_DECREF_PTR(old_key)
-        Py_DECREF_PTR(old_value)
-        if not PyObject_GC_IsTracked(self.result):   # the collector untracks tuples of bytes
-            PyObject_GC_Track(self.result)
-        return self.result
