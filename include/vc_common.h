@@ -13,6 +13,8 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <pthread.h>
+#include <time.h>
 
 #define VC_OK        0
 #define VC_NOTFOUND  1
@@ -26,6 +28,30 @@
 #define vc_prefetch(p) ((void)0)
 #define vc_prefetch_w(p) ((void)0)
 #endif
+
+/* Timed waits.  The store's condition variables that are waited on with a deadline (the
+ * checkpointer's, the log's) count on CLOCK_MONOTONIC, so that a step of the wall clock
+ * neither stretches nor cuts a wait; vc_now_ns reads that clock, for deadlines and
+ * durations alike. */
+static inline uint64_t vc_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline int vc_cond_init_monotonic(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    int rc = pthread_condattr_init(&a);
+    if (rc != 0)
+        return rc;
+    rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    if (rc == 0)
+        rc = pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+    return rc;
+}
 
 /* commit_ts of a version whose transaction ended without committing it */
 #define VC_TS_ABORTED UINT64_MAX

@@ -122,6 +122,10 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_rwlock_wrlock(pthread_rwlock_t*)
     int pthread_rwlock_unlock(pthread_rwlock_t*)
 
+cdef extern from "vc_common.h" nogil:
+    uint64_t vc_now_ns()                                # CLOCK_MONOTONIC, in ns
+    int vc_cond_init_monotonic(pthread_cond_t* c)       # timed waits on that clock
+
 # Growable array of page ids (free lists, checkpoint bookkeeping).
 cdef struct vc_u32vec:
     uint32_t* items     # malloc'ed, capacity cap

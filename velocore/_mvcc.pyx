@@ -24,7 +24,8 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                vc_load_int_relaxed, vc_store_int_relaxed, vc_cas_ptr,
                                vc_fetch_add_size, vc_add_int_sc, vc_load_int_sc, vc_store_int_sc,
                                vc_max_u64_relaxed, vc_fetch_add_u64, vc_cas_int, sched_yield,
-                               VC_TS_ABORTED, pthread_cond_init, pthread_cond_destroy, pthread_condattr_t,
+                               VC_TS_ABORTED, pthread_cond_init, pthread_cond_destroy, vc_now_ns,
+                               vc_cond_init_monotonic,
                                pthread_cond_wait, pthread_cond_broadcast, pthread_rwlock_init,
                                pthread_rwlock_destroy, pthread_rwlock_rdlock, pthread_rwlock_wrlock,
                                pthread_rwlock_unlock, pthread_create, pthread_join,
@@ -72,13 +73,9 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk, timespec* ts)
     enum:
         CLOCK_REALTIME
-        CLOCK_MONOTONIC
 
 cdef extern from "<pthread.h>" nogil:
     int pthread_cond_timedwait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* t)
-    int pthread_condattr_init(pthread_condattr_t* a)
-    int pthread_condattr_setclock(pthread_condattr_t* a, int clk)
-    int pthread_condattr_destroy(pthread_condattr_t* a)
 
 cdef extern from "vc_bloom.h" nogil:
     uint64_t vc_key_hash(const unsigned char* k, uint32_t n)
@@ -1299,7 +1296,6 @@ cdef int replay_record(void* ctx, uint64_t commit_ts, const unsigned char* paylo
 cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode, size_t cache_bytes,
                     uint64_t checkpoint_bytes, vc_err* err) noexcept nogil:
     cdef vc_db* db = <vc_db*>calloc(1, sizeof(vc_db))
-    cdef pthread_condattr_t cattr
     cdef char lock_path[4200]
     cdef char seg_path[4200]
     cdef vc_meta meta
@@ -1317,10 +1313,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
         return vc_fail(err, VC_E_NOMEM, "out of memory opening the store")
     memset(db.slots, 0, VC_NSLOTS * sizeof(vc_slot))
     pthread_mutex_init(&db.ckpt_sig_lock, NULL)
-    pthread_condattr_init(&cattr)
-    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC)   # the checkpointer's timed waits
-    pthread_cond_init(&db.ckpt_sig_cond, &cattr)
-    pthread_condattr_destroy(&cattr)
+    vc_cond_init_monotonic(&db.ckpt_sig_cond)    # the checkpointer's timed waits
     pthread_mutex_init(&db.commit_lock, NULL)
     pthread_mutex_init(&db.reg_lock, NULL)
     pthread_mutex_init(&db.ckpt_lock, NULL)
@@ -2734,12 +2727,6 @@ cdef bint checkpoint_due(vc_db* db, bint aborted) noexcept nogil:
     return dead >= CKPT_DEAD_MIN and <uint64_t>dead * 4 >= nkeys
 
 
-cdef inline uint64_t monotonic_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
-
-
 cdef void* checkpointer_main(void* arg) noexcept nogil:
     """Background checkpoints, each run when a committer reports the log is due.  While
     the store's chunk pool holds spare arena chunks, it waits at most POOL_IDLE_NS at a
@@ -2757,7 +2744,7 @@ cdef void* checkpointer_main(void* arg) noexcept nogil:
                 pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
                 continue
             # spare arena chunks: if no memtable takes one for POOL_IDLE_NS, return them
-            deadline = monotonic_ns() + POOL_IDLE_NS     # ckpt_sig_cond's clock
+            deadline = vc_now_ns() + POOL_IDLE_NS        # ckpt_sig_cond's clock
             ts.tv_sec = <long>(deadline // 1000000000)
             ts.tv_nsec = <long>(deadline % 1000000000)
             if (pthread_cond_timedwait(&db.ckpt_sig_cond, &db.ckpt_sig_lock, &ts) == ETIMEDOUT

@@ -48,7 +48,8 @@ from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, VC_OK, VC_FAIL, VC_E_NONE,
                                VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_INVALID,
                                VC_E_READONLY, vc_load_u64, vc_store_u64, vc_wait_u32,
-                               vc_wake_all_u32, vc_store_u32_release)
+                               vc_wake_all_u32, vc_store_u32_release, vc_now_ns,
+                               vc_cond_init_monotonic)
 
 cdef extern from "vc_crc32c.h" nogil:
     uint32_t vc_crc32c(uint32_t crc, const void* buf, size_t len)
@@ -70,9 +71,6 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_timedwait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* t)
     int pthread_cond_broadcast(pthread_cond_t* c)
     int pthread_cond_signal(pthread_cond_t* c)
-    int pthread_condattr_init(pthread_condattr_t* a)
-    int pthread_condattr_setclock(pthread_condattr_t* a, int clk)
-    int pthread_condattr_destroy(pthread_condattr_t* a)
     int pthread_create(pthread_t* t, const pthread_attr_t* a,
                        void* (*start)(void*) noexcept nogil, void* arg)
     int pthread_join(pthread_t t, void** ret)
@@ -677,12 +675,6 @@ cdef int fail_sticky(vc_wal* w, int failed, vc_err* err) noexcept nogil:
     return vc_fail_errno(err, VC_E_IO, failed, "%s: log unusable after an earlier write or flush error",
                          w.path)
 
-cdef inline uint64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)     # the clock of the log's timed waits
-    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
-
-
 cdef void gather_group(vc_wal* w) noexcept nogil:
     """A commit leader, with w.lock held and `syncing` set: when the last flush covered
     several commits, wait (at most half that flush's time, capped at GROUP_WAIT_MAX_NS)
@@ -696,10 +688,10 @@ cdef void gather_group(vc_wal* w) noexcept nogil:
     limit = w.last_flush_ns // 2
     if limit > GROUP_WAIT_MAX_NS:
         limit = GROUP_WAIT_MAX_NS
-    deadline = now_ns() + limit
+    deadline = vc_now_ns() + limit
     w.leader_waiting = True
     while w.appends - w.synced_appends < want and not w.failed:
-        t = now_ns()
+        t = vc_now_ns()
         if t >= deadline:
             break
         ts.tv_sec = <long>(deadline // 1000000000)
@@ -738,7 +730,7 @@ cdef int flush_locked(vc_wal* w, uint64_t lsn, vc_err* err, bint commit=False) n
             gather_group(w)
         target = w.written_lsn
         covered = w.appends
-        t0 = now_ns()
+        t0 = vc_now_ns()
         fd = w.seg_fd
         old_from = w.unsynced_seg
         old_to = w.seg_no
@@ -783,7 +775,7 @@ cdef int flush_locked(vc_wal* w, uint64_t lsn, vc_err* err, bint commit=False) n
         end_syncing(w)           # after durable_lsn: the commits it wakes return at once
         if commit:
             w.last_group = covered - w.synced_appends
-            w.last_flush_ns = now_ns() - t0
+            w.last_flush_ns = vc_now_ns() - t0
             w.commit_flushes += 1
         if covered > w.synced_appends:
             w.synced_appends = covered
@@ -860,7 +852,6 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
     cdef bint created_dir = False
     cdef char path[SEG_PATH_MAX]
     cdef struct_stat sb
-    cdef pthread_condattr_t cattr
 
     out[0] = NULL
     if last_ts != NULL:
@@ -877,17 +868,12 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
     w.seg_fd = -1
     w.sync_mode = sync_mode
     w.readonly = readonly
-    # the conditions' timed waits (flusher_main, gather_group) count on CLOCK_MONOTONIC:
-    # a step of the wall clock must not stretch them
-    pthread_condattr_init(&cattr)
-    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC)
+    # the conditions' timed waits (flusher_main, gather_group) count on CLOCK_MONOTONIC
     if (pthread_mutex_init(&w.lock, NULL) != 0 or pthread_mutex_init(&w.append_lock, NULL) != 0
-            or pthread_cond_init(&w.cond, &cattr) != 0
-            or pthread_cond_init(&w.gather_cond, &cattr) != 0):
-        pthread_condattr_destroy(&cattr)
+            or vc_cond_init_monotonic(&w.cond) != 0
+            or vc_cond_init_monotonic(&w.gather_cond) != 0):
         free(w)   # init of these cannot fail on Linux
         return vc_fail(err, VC_E_NOMEM, "cannot initialise log locks")
-    pthread_condattr_destroy(&cattr)
     n = snprintf(w.path, sizeof(w.path), "%s/wal", store_dir)
     if n < 0 or <size_t>n >= sizeof(w.path):
         vc_wal_close(w, NULL)
