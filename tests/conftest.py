@@ -62,3 +62,29 @@ def mem_store():
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def no_bulk():
+    """Large ascending put_many calls into empty key ranges go through the memtable, as
+    any other does, instead of being written as bulk loads (leaves spliced in at commit):
+    for tests of what the memtable and the log do with them."""
+    import velocore._store
+
+    before = velocore._store._set_bulk_loads(False)
+    try:
+        yield
+    finally:
+        velocore._store._set_bulk_loads(before)
+
+
+@pytest.fixture(params=["bulk", "memtable"])
+def bulk_mode(request):
+    """Runs a test with bulk loads allowed, then with large put_many calls through the memtable."""
+    import velocore._store
+
+    before = velocore._store._set_bulk_loads(request.param == "bulk")
+    try:
+        yield request.param
+    finally:
+        velocore._store._set_bulk_loads(before)

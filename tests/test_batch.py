@@ -256,7 +256,8 @@ def test_put_many_groups_with_concurrent_writers_and_checkpoints(tmp_path):
 
 # A large put_many whose keys ascend is read and written chunk by chunk (4,096 items at a
 # time) while they ascend; the rest of the call is sorted and written as one batch.  A bad
-# item anywhere still leaves the call without effect.
+# item anywhere still leaves the call without effect.  Into an empty key range such a call
+# is a bulk load (leaves written at once, spliced in at commit): each test runs both ways.
 
 CHUNK = _PUT_CHUNK     # the engine's own chunk size, so these calls span several chunks
 
@@ -265,6 +266,7 @@ def ascending_items(n, start=0, tag=b""):
     return [(b"k%07d" % i, b"v%d" % i + tag) for i in range(start, start + n)]
 
 
+@pytest.mark.usefixtures("bulk_mode")
 @pytest.mark.parametrize("shape", ["ascending", "ascending-then-not", "repeats", "buffers"])
 def test_large_put_many_matches_a_model(tmp_path, shape):
     rnd = random.Random(5)
@@ -298,6 +300,7 @@ def test_large_put_many_matches_a_model(tmp_path, shape):
     store.close()
 
 
+@pytest.mark.usefixtures("bulk_mode")
 @pytest.mark.parametrize("where", [CHUNK // 2, 2 * CHUNK + 7, 3 * CHUNK - 1])
 @pytest.mark.parametrize("bad", [5, "str", b""])
 def test_bad_item_late_in_a_large_put_many_changes_nothing(tmp_path, where, bad):
@@ -331,6 +334,7 @@ def test_bad_item_late_in_a_large_put_many_changes_nothing(tmp_path, where, bad)
     store.close()
 
 
+@pytest.mark.usefixtures("bulk_mode")
 def test_bad_item_in_the_unsorted_rest_withdraws_the_ascending_part(tmp_path):
     store = velocore.open(str(tmp_path / "db"), sync="off")
     table = store.table("t")
@@ -347,6 +351,7 @@ def test_bad_item_in_the_unsorted_rest_withdraws_the_ascending_part(tmp_path):
     store.close()
 
 
+@pytest.mark.usefixtures("bulk_mode")
 def test_large_put_many_after_larger_keys_takes_the_sorted_path(tmp_path):
     """Earlier writes that sort after the batch: its writes could not be withdrawn one by
     one, so the whole call is read first; a bad item still changes nothing."""
@@ -364,6 +369,7 @@ def test_large_put_many_after_larger_keys_takes_the_sorted_path(tmp_path):
     store.close()
 
 
+@pytest.mark.usefixtures("bulk_mode")
 def test_put_many_items_that_touch_the_list_or_the_transaction(tmp_path):
     """A pair that is not a tuple is unpacked by running its own code, which may change
     the caller's list or call the transaction: either is refused, the writes made so far
@@ -398,6 +404,7 @@ def test_put_many_items_that_touch_the_list_or_the_transaction(tmp_path):
     store.close()
 
 
+@pytest.mark.usefixtures("bulk_mode")
 def test_conflict_in_a_later_chunk_dooms_the_transaction(tmp_path):
     store = velocore.open(str(tmp_path / "db"), sync="off")
     table = store.table("t")
@@ -414,6 +421,7 @@ def test_conflict_in_a_later_chunk_dooms_the_transaction(tmp_path):
     store.close()
 
 
+@pytest.mark.usefixtures("bulk_mode")
 def test_large_ascending_put_many_beside_checkpoints_and_writers(tmp_path):
     """Checkpoints freeze the memtable between (and during) a call's chunks, so one call's
     writes and their withdrawal span several memtables; another thread commits keys of

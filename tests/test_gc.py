@@ -151,6 +151,7 @@ def memtable_bytes(store):
     return store.info()["memtable_bytes"]
 
 
+@pytest.mark.usefixtures("no_bulk")
 @pytest.mark.parametrize("where", ["disk", "memory"])
 def test_aborted_transactions_do_not_grow_memory(tmp_path, where):
     """Large write transactions that abort log nothing, yet their nodes and versions stay
@@ -173,6 +174,7 @@ def test_aborted_transactions_do_not_grow_memory(tmp_path, where):
         store.close()
 
 
+@pytest.mark.usefixtures("no_bulk")
 @pytest.mark.parametrize("where", ["disk", "memory"])
 def test_retired_memtable_memory_is_reused_within_bounds(tmp_path, where):
     """A checkpoint retires a memtable; its arena's 2 MiB chunks stay backed for the
@@ -223,6 +225,7 @@ def test_retired_memtable_memory_is_reused_within_bounds(tmp_path, where):
         store.close()
 
 
+@pytest.mark.usefixtures("no_bulk")
 @pytest.mark.parametrize("where", ["disk", "memory"])
 def test_spare_memtable_memory_is_returned_when_idle(tmp_path, where):
     """What a checkpoint leaves spare in the chunk pool goes back to the system once no
@@ -269,6 +272,7 @@ def test_aborted_bulk_insert_is_checkpointed_away(tmp_path, where):
         store.close()
 
 
+@pytest.mark.usefixtures("no_bulk")
 def test_rewrites_do_not_hide_an_aborted_bulk_insert(tmp_path):
     """A transaction rewriting new keys unlinks its own superseded versions, which never
     counted their nodes dead: that must not take anything off the count, or a later

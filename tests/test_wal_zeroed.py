@@ -126,6 +126,7 @@ def test_checkpoint_trigger_counts_log_records_not_zeros(store_path):
         assert s.info()["checkpoints"] >= 1
 
 
+@pytest.mark.usefixtures("no_bulk")
 @pytest.mark.parametrize("sync", ["full", "normal"])
 def test_rotation_cuts_the_old_segment_to_its_last_record(store_path, sync):
     """While a checkpoint merges, the segment it rotated away from is already cut to its
@@ -219,7 +220,8 @@ def test_recovery_through_a_long_zero_tail_is_quick(store_path):
 # A small commit, then one whose record passes 1 MiB (streamed: its pieces first, its
 # header last), then exit without closing.
 STREAMED_EXIT = r"""
-import os, sys, velocore
+import os, sys, velocore, velocore._store
+velocore._store._set_bulk_loads(False)     # the load is logged key by key: one big record
 s = velocore.open(sys.argv[1], sync=sys.argv[2], checkpoint_mb=1000)
 t = s.table("t")
 t[b"small"] = b"before"

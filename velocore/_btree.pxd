@@ -9,7 +9,7 @@
 #   entry:     uint16 klen | uint32 child | key      (every key in child >= this separator)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp
-from velocore._common cimport vc_err, vc_buf
+from velocore._common cimport vc_err, vc_buf, vc_u32vec
 from velocore._pager cimport vc_pager, vc_hints
 
 cdef enum:
@@ -110,6 +110,48 @@ cdef int vc_cursor_entry(vc_cursor* c, const unsigned char** key, uint32_t* klen
 cdef int vc_tree_merge(vc_pager* p, uint32_t root, uint32_t height, const vc_op* ops, size_t nops,
                        const uint32_t* dropped, size_t ndropped, uint32_t* new_root,
                        uint32_t* new_height, vc_err* err) noexcept nogil
+
+# A bulk load's leaves, built outside the tree from keys in ascending order, for a key
+# range the tree has no key in, and spliced into the tree whole (vc_tree_splice) when its
+# transaction commits.  Its pages are taken from the end of the file and held in the pager
+# (vc_pager_hold) until then.
+cdef struct vc_run:
+    void* impl                   # builder state (_btree.pyx)
+    vc_pager* pager
+    vc_u32vec pages              # every page it holds: leaves and overflow pages
+    vc_u32vec leaves             # its leaves written so far, in key order (vc_run_finish
+    vc_u32vec crcs               # writes the rest), and their checksums: the log names both
+    uint64_t nkeys
+    uint32_t lolen               # its first key
+    uint32_t lastlen             # the last one added
+    unsigned char lo[1028]
+    unsigned char last[1028]
+    unsigned char limit[1028]    # keys must stay below this one (the snapshot's next key)
+    uint32_t limitlen            # 0: no limit
+
+ctypedef int (*vc_run_entry_fn)(void* ctx, const unsigned char* key, uint32_t klen,
+                                const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil
+
+cdef vc_run* vc_run_new(vc_pager* p, vc_err* err) noexcept nogil
+# Keys ascending, each at or above the last one added (the caller checks); the same key
+# again replaces it, or (1) cannot when its value went to overflow pages.  0, 1 or -1.
+cdef int vc_run_add(vc_run* run, const unsigned char* key, uint32_t klen,
+                    const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil
+# Write what is still being packed; run.leaves is then complete.
+cdef int vc_run_finish(vc_run* run, vc_err* err) noexcept nogil
+# release: its pages become free (it was not spliced in); else they are the tree's now.
+cdef void vc_run_free(vc_run* run, bint release) noexcept nogil
+# The tree with a finished run's leaves spliced in where its key range lies, copy-on-write;
+# 0, or -1 (VC_E_CONFLICT if the tree holds one of its first or last key).  The pages the
+# new tree replaces are appended to freed (the caller frees them once it is published), the
+# ones it wrote to allocs (to give back if it is not); on failure it gives back its own.
+cdef int vc_tree_splice(vc_pager* p, uint32_t root, uint32_t height, vc_run* run,
+                        uint32_t* new_root, uint32_t* new_height, vc_u32vec* allocs,
+                        vc_u32vec* freed, vc_err* err) noexcept nogil
+# Every entry of the leaves (read from the file wherever they lie, each checked against its
+# logged checksum when crcs is given), in order, to fn.
+cdef int vc_run_scan(vc_pager* p, const uint32_t* leaves, const uint32_t* crcs, size_t n,
+                     vc_run_entry_fn fn, void* ctx, vc_err* err) noexcept nogil
 
 # Verify every reachable page (checksum, layout, key order, separators, overflow chains)
 # and that reachable + free pages account for the whole file.  Problems are appended to

@@ -5,12 +5,15 @@ from libc.string cimport memcpy, memmove, memset, memcmp
 from libc.stdio cimport snprintf
 
 from velocore._common cimport (vc_err, vc_fail, vc_buf, vc_buf_reserve, vc_buf_free,
-                               VC_E_CORRUPT, VC_E_NOMEM, VC_OK, VC_NOTFOUND, vc_prefetch,
+                               vc_u32vec, vc_u32vec_push, vc_u32vec_free,
+                               VC_E_CORRUPT, VC_E_NOMEM, VC_E_CONFLICT, VC_OK, VC_NOTFOUND, vc_prefetch,
                                vc_load_u64_relaxed, vc_budget_take, vc_sub_u64_relaxed)
 from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_release, vc_page_peek,
                               vc_page_try, vc_page_still, vc_kept_pins_max,
                               vc_page_read_into, vc_page_alloc, vc_page_write, vc_page_free,
-                              vc_hints, vc_page_hints,
+                              vc_hints, vc_page_hints, vc_pager_hold, vc_pager_alloc_held,
+                              vc_pager_release_held, vc_pager_unhold, vc_pager_write_pages,
+                              vc_page_read_raw,
                               VC_PAGE_SIZE, VC_HDR_SIZE, VC_PAGE_LEAF, VC_PAGE_BRANCH,
                               VC_PAGE_OVERFLOW, VC_PAGE_FREELIST, VC_NO_FRAME, VC_HINT_WORDS,
                               VC_HINT_MAX_PREFIX)
@@ -354,6 +357,12 @@ cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const 
 # ---------------------------------------------------------------- overflow chains
 
 cdef int read_overflow(vc_pager* p, uint32_t first, uint32_t vlen, vc_buf* out, vc_err* err) noexcept nogil:
+    return read_overflow_x(p, first, vlen, out, False, err)
+
+
+cdef int read_overflow_x(vc_pager* p, uint32_t first, uint32_t vlen, vc_buf* out, bint raw,
+                         vc_err* err) noexcept nogil:
+    """A value's overflow chain into out; raw: pages anywhere in the file (vc_page_read_raw)."""
     cdef unsigned char page[VC_PAGE_SIZE]
     cdef uint32_t pid = first
     cdef size_t done = 0, n
@@ -362,7 +371,7 @@ cdef int read_overflow(vc_pager* p, uint32_t first, uint32_t vlen, vc_buf* out, 
     while done < vlen:
         if pid == 0:
             return vc_fail(err, VC_E_CORRUPT, "%s: overflow chain from page %u ends early", p.path, first)
-        if vc_page_read_into(p, pid, page, err) < 0:
+        if (vc_page_read_raw(p, pid, page, err) if raw else vc_page_read_into(p, pid, page, err)) < 0:
             return -1
         if hdr(page).type != VC_PAGE_OVERFLOW:
             return vc_fail(err, VC_E_CORRUPT, "%s: page %u: expected an overflow page", p.path, pid)
@@ -914,6 +923,8 @@ cdef struct kidvec:
     size_t len
     size_t cap
 
+cdef struct runimpl
+
 cdef struct mctx:
     vc_pager* p
     vc_err* err
@@ -931,6 +942,32 @@ cdef struct mctx:
     uint32_t prev_klen
     bint has_prev
     unsigned char page[4096]     # page being built
+    runimpl* run                 # building a bulk-load run: leaves go to its batch, pages
+                                 # come from its held set
+    const vc_run* splice         # splicing this run in: ops[0] marks where (its first key)
+    bint track                   # pages allocated and freed go to allocs / freed (a splice
+    vc_u32vec* allocs            # that fails gives back what it took; one that succeeds
+    vc_u32vec* freed             # frees the replaced pages once published)
+
+
+cdef int m_alloc(mctx* m, uint32_t* pid) noexcept nogil:
+    if m.run != NULL:
+        return vc_pager_alloc_held(m.p, &m.run.pub.pages, 1, pid, m.err)
+    if vc_page_alloc(m.p, pid, m.err) < 0:
+        return -1
+    if m.track and vc_u32vec_push(m.allocs, pid[0]) < 0:
+        return vc_fail(m.err, VC_E_NOMEM, "out of memory in checkpoint")
+    return 0
+
+
+cdef int m_free(mctx* m, uint32_t pid) noexcept nogil:
+    if m.track:
+        if pid < 2 or pid >= m.p.page_count:
+            return vc_fail(m.err, VC_E_CORRUPT, "%s: freeing page %u outside the file", m.p.path, pid)
+        if vc_u32vec_push(m.freed, pid) < 0:
+            return vc_fail(m.err, VC_E_NOMEM, "out of memory in checkpoint")
+        return 0
+    return vc_page_free(m.p, pid, m.err)
 
 
 cdef int kid_push(mctx* m, kidvec* v, const unsigned char* key, uint32_t klen, uint32_t pid) noexcept nogil:
@@ -1012,7 +1049,7 @@ cdef int free_overflow(mctx* m, uint32_t first, uint32_t vlen) noexcept nogil:
             return -1
         if hdr(page).type != VC_PAGE_OVERFLOW:
             return vc_fail(m.err, VC_E_CORRUPT, "%s: page %u: expected an overflow page", m.p.path, pid)
-        if vc_page_free(m.p, pid, m.err) < 0:
+        if m_free(m, pid) < 0:
             return -1
         pid = hdr(page).aux
     return 0
@@ -1023,12 +1060,12 @@ cdef int write_overflow(mctx* m, const unsigned char* value, uint32_t vlen, uint
     cdef uint32_t npages = (vlen + OVF_DATA - 1) // OVF_DATA
     cdef uint32_t k, cur, nxt = 0
     cdef size_t n
-    if vc_page_alloc(m.p, &cur, m.err) < 0:
+    if m_alloc(m, &cur) < 0:
         return -1
     first[0] = cur
     for k in range(npages):
         nxt = 0
-        if k + 1 < npages and vc_page_alloc(m.p, &nxt, m.err) < 0:
+        if k + 1 < npages and m_alloc(m, &nxt) < 0:
             return -1
         memset(page, 0, VC_HDR_SIZE)
         (<vc_page_hdr*>page).type = VC_PAGE_OVERFLOW
@@ -1068,7 +1105,10 @@ cdef int write_leaf(mctx* m, size_t n, kidvec* out) noexcept nogil:
         memcpy(page + off, e, size)
         st16(page + VC_HDR_SIZE + 2 * i, <uint16_t>off)
     memset(page + VC_HDR_SIZE + 2 * n, 0, off - (VC_HDR_SIZE + 2 * n))
-    if vc_page_alloc(m.p, &pid, m.err) < 0 or vc_page_write(m.p, pid, page, m.err) < 0:
+    if m.run != NULL:
+        if run_put_leaf(m.run, page, &pid, m.err) < 0:
+            return -1
+    elif m_alloc(m, &pid) < 0 or vc_page_write(m.p, pid, page, m.err) < 0:
         return -1
     # separator: the shortest prefix of the first key above the previous leaf's last key
     e = m.sbuf + m.soff[0]
@@ -1239,10 +1279,16 @@ cdef int merge_leaf(mctx* m, uint32_t pid, size_t a, size_t b, bint absorb_only,
         else:
             c = -1
         if c < 0:
-            if m.ops[j].value != NULL:
+            if m.splice != NULL:
+                rc = splice_emit(m, j, out)
+            elif m.ops[j].value != NULL:
                 rc = stream_add_op(m, &m.ops[j], out)
             j += 1
         elif c == 0:
+            if m.splice != NULL:
+                rc = vc_fail(m.err, VC_E_CONFLICT, "write conflict: the bulk load's key range "
+                             "is no longer empty")
+                break
             if e.ovf != 0:
                 rc = free_overflow(m, e.ovf, e.vlen)
             if rc == 0 and m.ops[j].value != NULL:
@@ -1259,7 +1305,7 @@ cdef int merge_leaf(mctx* m, uint32_t pid, size_t a, size_t b, bint absorb_only,
     vc_page_release(m.p, handle)
     if rc < 0:
         return -1
-    return vc_page_free(m.p, pid, m.err)
+    return m_free(m, pid)
 
 
 cdef int process_leaves(mctx* m, const uint32_t* pids, const unsigned char** los, const uint32_t* lolens,
@@ -1273,7 +1319,10 @@ cdef int process_leaves(mctx* m, const uint32_t* pids, const unsigned char** los
     m.has_prev = False
     if n == 0:
         while j < b:
-            if m.ops[j].value != NULL and stream_add_op(m, &m.ops[j], out) < 0:
+            if m.splice != NULL:
+                if splice_emit(m, j, out) < 0:
+                    return -1
+            elif m.ops[j].value != NULL and stream_add_op(m, &m.ops[j], out) < 0:
                 return -1
             j += 1
         return stream_flush(m, out)
@@ -1362,7 +1411,7 @@ cdef int pack_branches(mctx* m, kidvec* kids, uint32_t level, kidvec* out) noexc
             st32(page + off + 2, kids.items[i].pid)
             memcpy(page + off + 6, kids.items[i].key, kids.items[i].klen)
             st16(page + VC_HDR_SIZE + 2 * (i - s - 1), <uint16_t>off)
-        if vc_page_alloc(m.p, &pid, m.err) < 0 or vc_page_write(m.p, pid, page, m.err) < 0:
+        if m_alloc(m, &pid) < 0 or vc_page_write(m.p, pid, page, m.err) < 0:
             free(starts)
             return -1
         if kid_push(m, out, kids.items[s].key, kids.items[s].klen, pid) < 0:
@@ -1402,7 +1451,7 @@ cdef int free_subtree(mctx* m, uint32_t pid, uint32_t level) noexcept nogil:
     vc_page_release(m.p, handle)
     if rc < 0:
         return -1
-    return vc_page_free(m.p, pid, m.err)
+    return m_free(m, pid)
 
 
 cdef int merge_branch(mctx* m, uint32_t pid, uint32_t level, const unsigned char* lo, uint32_t lolen,
@@ -1454,7 +1503,7 @@ cdef int merge_branch(mctx* m, uint32_t pid, uint32_t level, const unsigned char
             j = e
     vc_page_release(m.p, handle)
     if rc == 0:
-        rc = vc_page_free(m.p, pid, m.err)
+        rc = m_free(m, pid)
     if rc == 0:
         rc = pack_branches(m, &kids, level, out)
     kidvec_free(&kids)
@@ -1465,21 +1514,35 @@ cdef int vc_tree_merge(vc_pager* p, uint32_t root, uint32_t height, const vc_op*
                        const uint32_t* dropped, size_t ndropped, uint32_t* new_root,
                        uint32_t* new_height, vc_err* err) noexcept nogil:
     cdef mctx* m = <mctx*>calloc(1, sizeof(mctx))
-    cdef kidvec kids, up
-    cdef uint32_t level, handle, child
-    cdef const unsigned char* page
-    cdef const unsigned char* nolo = NULL
-    cdef uint32_t zero = 0
-    cdef int rc = 0
+    cdef int rc
     if m == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory in checkpoint")
-    memset(&kids, 0, sizeof(kids))
-    memset(&up, 0, sizeof(up))
     m.p = p
     m.err = err
     m.ops = ops
     m.dropped = dropped
     m.ndropped = ndropped
+    rc = tree_merge(m, root, height, nops, new_root, new_height)
+    free(m.sbuf)
+    free(m.soff)
+    free(m)
+    return rc
+
+
+cdef int tree_merge(mctx* m, uint32_t root, uint32_t height, size_t nops, uint32_t* new_root,
+                    uint32_t* new_height) noexcept nogil:
+    """The merge's descent from the root, the levels packed above it, and the root
+    collapsed while it has a single child."""
+    cdef kidvec kids, up
+    cdef uint32_t level, handle, child
+    cdef const unsigned char* page
+    cdef const unsigned char* nolo = NULL
+    cdef uint32_t zero = 0
+    cdef vc_pager* p = m.p
+    cdef vc_err* err = m.err
+    cdef int rc = 0
+    memset(&kids, 0, sizeof(kids))
+    memset(&up, 0, sizeof(up))
     if root == 0:
         rc = process_leaves(m, NULL, NULL, NULL, 0, NULL, 0, 0, nops, &kids)
         level = 0
@@ -1515,14 +1578,243 @@ cdef int vc_tree_merge(vc_pager* p, uint32_t root, uint32_t height, const vc_op*
                     break
                 child = hdr(page).aux
                 vc_page_release(p, handle)
-                rc = vc_page_free(p, new_root[0], err)
+                rc = m_free(m, new_root[0])
                 new_root[0] = child
                 new_height[0] -= 1
     kidvec_free(&kids)
     kidvec_free(&up)
+    return rc
+
+
+# ---------------------------------------------------------------- bulk-load runs
+
+cdef enum:
+    RUN_EXTENT = 64              # pages a run takes from the end of the file at a time,
+                                 # written with one call once filled
+
+cdef struct runimpl:
+    vc_run* pub
+    mctx m                       # the stream its entries are packed from (m.run = this)
+    kidvec kids                  # (separator, page) of each leaf written, in key order
+    unsigned char* batch         # RUN_EXTENT pages: leaves waiting to be written
+    uint32_t batch_first         # page id of batch[0]; the batch's ids are consecutive
+    uint32_t batch_n
+    uint32_t ext_next            # the extent being filled: ids ext_next .. ext_end-1 unused
+    uint32_t ext_end
+    size_t ext_at                # index in pub.pages of the extent's first unused id
+
+
+cdef int run_flush_batch(runimpl* r, vc_err* err) noexcept nogil:
+    cdef uint32_t i
+    if r.batch_n == 0:
+        return 0
+    if vc_pager_write_pages(r.m.p, r.batch_first, r.batch, r.batch_n, err) < 0:
+        return -1
+    for i in range(r.batch_n):
+        if vc_u32vec_push(&r.pub.leaves, r.batch_first + i) < 0 or \
+           vc_u32vec_push(&r.pub.crcs, hdr(r.batch + <size_t>i * VC_PAGE_SIZE).crc) < 0:
+            return vc_fail(err, VC_E_NOMEM, "out of memory in a bulk load")
+    r.batch_n = 0
+    return 0
+
+
+cdef int run_put_leaf(runimpl* r, const unsigned char* page, uint32_t* pid, vc_err* err) noexcept nogil:
+    """A leaf write_leaf packed: into the batch, at the next id of the run's extent."""
+    if r.ext_next == r.ext_end:
+        if run_flush_batch(r, err) < 0:
+            return -1
+        r.ext_at = r.pub.pages.len
+        if vc_pager_alloc_held(r.m.p, &r.pub.pages, RUN_EXTENT, &r.ext_next, err) < 0:
+            return -1
+        r.ext_end = r.ext_next + RUN_EXTENT
+        r.batch_first = r.ext_next
+    pid[0] = r.ext_next
+    memcpy(r.batch + <size_t>r.batch_n * VC_PAGE_SIZE, page, VC_PAGE_SIZE)
+    r.batch_n += 1
+    r.ext_next += 1
+    r.ext_at += 1
+    return 0
+
+
+cdef vc_run* vc_run_new(vc_pager* p, vc_err* err) noexcept nogil:
+    cdef vc_run* run = <vc_run*>calloc(1, sizeof(vc_run))
+    cdef runimpl* r = <runimpl*>calloc(1, sizeof(runimpl))
+    if run != NULL and r != NULL:
+        r.batch = <unsigned char*>malloc(<size_t>RUN_EXTENT * VC_PAGE_SIZE)
+    if run == NULL or r == NULL or r.batch == NULL:
+        if r != NULL:
+            free(r.batch)
+        free(r)
+        free(run)
+        vc_fail(err, VC_E_NOMEM, "out of memory starting a bulk load")
+        return NULL
+    run.impl = r
+    run.pager = p
+    r.pub = run
+    r.m.p = p
+    r.m.err = err
+    r.m.run = r
+    if vc_pager_hold(p, &run.pages, err) < 0:
+        free(r.batch)
+        free(r)
+        free(run)
+        return NULL
+    return run
+
+
+cdef int vc_run_add(vc_run* run, const unsigned char* key, uint32_t klen,
+                    const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil:
+    cdef runimpl* r = <runimpl*>run.impl
+    cdef vc_op op
+    cdef size_t size
+    op.key = key
+    op.klen = klen
+    op.value = value if value != NULL else key      # an empty value is still a put
+    op.vlen = vlen
+    r.m.err = err
+    if run.nkeys and vc_key_cmp(key, klen, run.last, run.lastlen) == 0:
+        # the same key again: the last wins.  Its entry is still waiting in the stream
+        # (a page is written only while more than two pages' worth wait behind it)
+        size = r.m.sbuf_len - r.m.soff[r.m.sn - 1]
+        if ld16(r.m.sbuf + r.m.soff[r.m.sn - 1] + 2) & VC_ENT_OVERFLOW:
+            return 1            # its overflow pages are written: the caller writes it as usual
+        r.m.sn -= 1
+        r.m.sbuf_len = r.m.soff[r.m.sn]
+        r.m.sbytes -= size + 2
+        run.nkeys -= 1
+    if stream_add_op(&r.m, &op, &r.kids) < 0:
+        return -1
+    if run.nkeys == 0:
+        memcpy(run.lo, key, klen)
+        run.lolen = klen
+    memcpy(run.last, key, klen)
+    run.lastlen = klen
+    run.nkeys += 1
+    return 0
+
+
+cdef int vc_run_finish(vc_run* run, vc_err* err) noexcept nogil:
+    cdef runimpl* r = <runimpl*>run.impl
+    r.m.err = err
+    if stream_flush(&r.m, &r.kids) < 0 or run_flush_batch(r, err) < 0:
+        return -1
+    # the extent's unused tail goes back at once
+    if r.ext_next < r.ext_end:
+        vc_pager_release_held(r.m.p, &run.pages, r.ext_at, r.ext_end - r.ext_next)
+    r.ext_next = r.ext_end
+    return 0
+
+
+cdef void vc_run_free(vc_run* run, bint release) noexcept nogil:
+    cdef runimpl* r
+    if run == NULL:
+        return
+    r = <runimpl*>run.impl
+    if release:
+        vc_pager_release_held(run.pager, &run.pages, 0, run.pages.len)
+    vc_pager_unhold(run.pager, &run.pages)
+    kidvec_free(&r.kids)
+    free(r.m.sbuf)
+    free(r.m.soff)
+    free(r.batch)
+    free(r)
+    vc_u32vec_free(&run.pages)
+    vc_u32vec_free(&run.leaves)
+    vc_u32vec_free(&run.crcs)
+    free(run)
+
+
+cdef int splice_emit(mctx* m, size_t j, kidvec* out) noexcept nogil:
+    """ops[0] of a splice (the run's first key) is where the run's leaves go: after what
+    the stream holds.  ops[1] (its last key) adds nothing."""
+    cdef runimpl* r
+    cdef size_t i
+    if j != 0:
+        return 0
+    r = <runimpl*>m.splice.impl
+    if stream_flush(m, out) < 0:
+        return -1
+    for i in range(r.kids.len):
+        if kid_push(m, out, r.kids.items[i].key, r.kids.items[i].klen, r.kids.items[i].pid) < 0:
+            return -1
+    memcpy(m.prev_key, m.splice.last, m.splice.lastlen)
+    m.prev_klen = m.splice.lastlen
+    m.has_prev = True
+    return 0
+
+
+cdef int vc_tree_splice(vc_pager* p, uint32_t root, uint32_t height, vc_run* run,
+                        uint32_t* new_root, uint32_t* new_height, vc_u32vec* allocs,
+                        vc_u32vec* freed, vc_err* err) noexcept nogil:
+    cdef mctx* m = <mctx*>calloc(1, sizeof(mctx))
+    cdef vc_op marks[2]
+    cdef size_t a0 = allocs.len, f0 = freed.len
+    cdef int rc
+    if m == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory in a bulk load")
+    if run.nkeys == 0:
+        free(m)
+        new_root[0] = root
+        new_height[0] = height
+        return 0
+    marks[0].key = run.lo
+    marks[0].klen = run.lolen
+    marks[0].value = run.lo
+    marks[0].vlen = 0
+    marks[1].key = run.last
+    marks[1].klen = run.lastlen
+    marks[1].value = run.last
+    marks[1].vlen = 0
+    m.p = p
+    m.err = err
+    m.ops = marks
+    m.splice = run
+    m.track = True
+    m.allocs = allocs
+    m.freed = freed
+    rc = tree_merge(m, root, height, 2 if run.nkeys > 1 else 1, new_root, new_height)
+    if rc < 0:
+        # nothing was published: the pages it wrote are free again, the ones it would
+        # have replaced stay the tree's
+        vc_pager_release_held(p, allocs, a0, allocs.len - a0)
+        freed.len = f0
     free(m.sbuf)
     free(m.soff)
     free(m)
+    return rc
+
+
+cdef int vc_run_scan(vc_pager* p, const uint32_t* leaves, const uint32_t* crcs, size_t n,
+                     vc_run_entry_fn fn, void* ctx, vc_err* err) noexcept nogil:
+    cdef unsigned char* page = <unsigned char*>malloc(VC_PAGE_SIZE)
+    cdef vc_buf ovf
+    cdef leaf_ent e
+    cdef size_t i
+    cdef uint32_t k
+    cdef int rc = 0
+    memset(&ovf, 0, sizeof(ovf))
+    if page == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory reading a bulk load")
+    for i in range(n):
+        rc = vc_page_read_raw(p, leaves[i], page, err)
+        if rc == 0 and crcs != NULL and p.fd >= 0 and hdr(page).crc != crcs[i]:
+            rc = vc_fail(err, VC_E_CORRUPT, "%s: page %u: not the leaf the log names (checksum "
+                         "%08x, logged %08x)", p.path, leaves[i], hdr(page).crc, crcs[i])
+        if rc == 0:
+            rc = node_check(p, page, leaves[i], VC_PAGE_LEAF, 0, err)
+        k = 0
+        while rc == 0 and k < hdr(page).count:
+            rc = leaf_get(p, page, leaves[i], k, &e, err)
+            if rc == 0 and e.ovf != 0:
+                rc = read_overflow_x(p, e.ovf, e.vlen, &ovf, True, err)
+                e.value = ovf.data
+            if rc == 0:
+                rc = fn(ctx, e.key, e.klen, e.value, e.vlen, err)
+            k += 1
+        if rc < 0:
+            break
+    vc_buf_free(&ovf)
+    free(page)
     return rc
 
 
@@ -1698,6 +1990,9 @@ cdef long vc_tree_check(vc_pager* p, uint32_t root, uint32_t height, vc_buf* rep
     for i in range(p.npending):
         for j in range(p.pending[i].pages.len):
             mark(&c, p.pending[i].pages.items[j], 2)
+    for i in range(p.nheld):
+        for j in range(p.held[i].len):
+            mark(&c, p.held[i].items[j], 2)
     for i in range(p.chain_pages.len):
         mark(&c, p.chain_pages.items[i], 2)
     for pid in range(2, p.page_count):

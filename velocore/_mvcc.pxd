@@ -7,13 +7,14 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from velocore._common cimport vc_err, vc_buf, pthread_mutex_t, pthread_cond_t, pthread_rwlock_t, pthread_t
 from velocore._pager cimport vc_pager
-from velocore._btree cimport vc_cursor, vc_lookup
+from velocore._btree cimport vc_cursor, vc_lookup, vc_run
 from velocore._wal cimport vc_wal
 
 cdef enum:
     VC_PUT = 1              # version kinds
     VC_DEL = 2
     VC_CHECK = 3            # write set only: validate at commit, write nothing
+    VC_INGEST = 4           # log only: a bulk load's leaves, by page id and checksum
     VC_SL_MAX = 20          # skip-list levels
     VC_GROUP = 16           # keys of a batch searched together (vc_txn_group_fingers)
     VC_FINGER_NEAR = 3      # a finger within this level's reach needs no group search
@@ -145,6 +146,8 @@ cdef struct vc_view:        # what a transaction reads besides its own writes
     uint64_t tree_version   # bumps with every checkpoint
     vc_memtable* active     # receives new commits
     vc_memtable* frozen     # being folded into the tree by a checkpoint, or NULL
+    uint64_t min_snap       # the tree holds a bulk load committed at this ts: a snapshot
+                            # that takes this view must be at least as new
 
 cdef struct vc_db
 
@@ -190,6 +193,9 @@ cdef struct vc_txn:
     uint64_t page_hits      # pages its gets read without a pin; added to the pager's count
                             # when it ends
     vc_buf payload          # log record being built at commit
+    vc_run** runs           # bulk loads (put_many into empty key ranges), ascending and
+    size_t nruns            # disjoint, each above every other write; spliced into the
+    size_t runs_cap         # tree at commit (vc_txn_bulk_*)
 
 cdef enum:
     VC_PUB_RING = 4096      # commits that may wait at once to become visible (a power of 2)
@@ -197,6 +203,14 @@ cdef enum:
 cdef struct vc_pub:         # commit `ts` is stamped (and copied forward) and may become
     uint64_t ts             # visible once its log record up to `lsn` is durable (0: at once)
     uint64_t lsn
+
+cdef struct vc_runrec:      # a bulk load's key range, for the writers' conflict check
+    uint64_t ts             # its commit_ts; 0 while its transaction commits
+    uint64_t owner          # the committing transaction's id
+    unsigned char* lo       # first and last key (malloc'ed)
+    unsigned char* hi
+    uint32_t lolen
+    uint32_t hilen
 
 cdef struct vc_db:
     vc_pager* pager
@@ -253,6 +267,16 @@ cdef struct vc_db:
     uint64_t gc_snaps[VC_GC_SNAPS]
     uint64_t versions_pruned    # freed by the GC (atomic)
     vc_chunk_pool chunks    # spare memtable arena chunks (see arena_free)
+    # bulk loads: key ranges committed (or committing) outside the memtables, which a
+    # writer whose snapshot is older must still conflict with
+    pthread_mutex_t run_lock
+    vc_runrec* runrecs      # (run_lock)
+    int nrunrecs            # (run_lock to change; read seq_cst by writers after installing)
+    int runrec_cap
+    bint tree_unsaved       # a bulk load changed the tree since the last meta (ckpt_lock)
+    uint64_t bulk_loads     # runs spliced in (ckpt_lock)
+    uint64_t bulk_bytes     # their pages' bytes since the last checkpoint (written under
+                            # ckpt_lock, read relaxed: a trigger like the log size)
 
 cdef enum:
     VC_ITER_PINS = 8        # leaves a block of entry references may keep pinned (one more
@@ -337,3 +361,19 @@ cdef int vc_iter_fill_refs(vc_iter* it, vc_iref* out, size_t max_entries, vc_buf
 cdef void vc_iter_unpin(vc_iter* it) noexcept nogil
 
 cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil
+
+# Bulk loads.  vc_txn_bulk_begin: 1 if t can load keys from key on as a run of leaves built
+# outside the tree (the write set holds only smaller keys, and key is absent from the
+# snapshot, which is then searched for the next key it holds: the run must stay below it),
+# and a run is started; 0 if not (write normally).  vc_txn_bulk_add: 0, or 1 if key cannot
+# join the run (not above its last key, or not below that limit): write it normally.
+# last (or NULL): the call's last key, if known; 0 when it is not above key or the range
+# ends before it.  vc_txn_bulk_drop: withdraw the last run (a bad item in its call).  The transaction's
+# reads of keys inside a run, and its writes into one, first turn its runs into ordinary
+# writes (vc_txn_bulk_settle); commit splices them into the tree.
+cdef int vc_txn_bulk_begin(vc_txn* t, const unsigned char* key, uint32_t klen,
+                           const unsigned char* last, uint32_t lastlen, vc_err* err) noexcept nogil
+cdef int vc_txn_bulk_add(vc_txn* t, const unsigned char* key, uint32_t klen,
+                         const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil
+cdef void vc_txn_bulk_drop(vc_txn* t) noexcept nogil
+cdef int vc_txn_bulk_settle(vc_txn* t, vc_err* err) noexcept nogil

@@ -15,6 +15,7 @@ from posix.stat cimport struct_stat, stat as c_stat
 from posix.stdlib cimport posix_memalign
 
 from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_reserve, vc_buf_free,
+                               vc_u32vec, vc_u32vec_push, vc_u32vec_free,
                                vc_crc32c, vc_prefetch, vc_add_u64_relaxed, vc_budget_take,
                                vc_pages_alloc_backed, vc_huge_free,
                                VC_OK, VC_NOTFOUND, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM,
@@ -37,8 +38,11 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                pthread_mutex_trylock, pthread_mutex_unlock, vc_sub_u64_relaxed,
                                vc_fence_acquire, VC_POISON, VC_UNPOISON, vc_prefetch_w)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta, vc_pager_hits,
-                              vc_pager_reclaim, vc_page_release, vc_page_repin, VC_NO_FRAME)
+                              vc_pager_reclaim, vc_page_release, vc_page_repin, VC_NO_FRAME,
+                              vc_page_free, vc_pager_release_held, vc_pager_sync, VC_PAGE_SIZE)
 from velocore._btree cimport (vc_op, vc_key_cmp, vc_load_be64, vc_tree_get, vc_tree_merge,
+                              vc_run, vc_run_new, vc_run_add, vc_run_finish, vc_run_free,
+                              vc_tree_splice, vc_run_scan, vc_cursor,
                               vc_tree_check, vc_hints_derive,
                               vc_lookup, vc_lookup_init, vc_lookup_get,
                               vc_cursor_init, vc_cursor_close, vc_cursor_seek_ge, vc_cursor_seek_lt,
@@ -1251,6 +1255,54 @@ cdef int encode_put(vc_buf* b, int kind, const unsigned char* key, uint32_t klen
     return 0
 
 
+cdef struct replay_ctx:
+    vc_db* db
+    uint64_t ts
+
+
+cdef int replay_entry(void* ctx, const unsigned char* key, uint32_t klen,
+                      const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil:
+    cdef replay_ctx* rc = <replay_ctx*>ctx
+    cdef vc_memtable* m = rc.db.view.active
+    cdef vc_node* n = sl_upsert(m, key, klen)
+    if n == NULL or mem_add_version(m, n, rc.ts, VC_PUT, value, vlen) < 0:
+        return vc_fail(err, VC_E_NOMEM, "out of memory replaying the log")
+    chain_cut_replayed(rc.db, m, n)
+    return 0
+
+
+cdef int replay_ingest(vc_db* db, uint64_t commit_ts, const unsigned char* payload,
+                       size_t payload_len, size_t* off, vc_err* err) noexcept nogil:
+    """A logged bulk load: `VC_INGEST | n u32 | n page ids u32 | n checksums u32`.  Its
+    leaves are read back (the durable meta may list them as free or not count them yet:
+    nothing reuses a page before recovery ends) into the memtable, as if logged key by key."""
+    cdef uint32_t n
+    cdef uint32_t* ids
+    cdef replay_ctx ctx
+    cdef int rc
+    if off[0] + 5 > payload_len:
+        return vc_fail(err, VC_E_CORRUPT, "log record ts=%llu: truncated bulk load",
+                       <unsigned long long>commit_ts)
+    memcpy(&n, payload + off[0] + 1, 4)
+    if <size_t>n * 8 > payload_len - off[0] - 5:
+        return vc_fail(err, VC_E_CORRUPT, "log record ts=%llu: bad bulk load length",
+                       <unsigned long long>commit_ts)
+    ids = <uint32_t*>malloc(<size_t>n * 8 + 8)
+    if ids == NULL:
+        return vc_fail(err, VC_E_NOMEM, "out of memory replaying the log")
+    memcpy(ids, payload + off[0] + 5, <size_t>n * 8)     # aligned copies of both arrays
+    ctx.db = db
+    ctx.ts = commit_ts
+    rc = vc_run_scan(db.pager, ids, ids + n, n, replay_entry, &ctx, err)
+    free(ids)
+    off[0] += 5 + <size_t>n * 8
+    if rc < 0:
+        return -1
+    if commit_ts > db.view.active.max_ts:
+        db.view.active.max_ts = commit_ts
+    return 0
+
+
 cdef int replay_record(void* ctx, uint64_t commit_ts, const unsigned char* payload,
                        size_t payload_len, vc_err* err) noexcept nogil:
     """Install one logged transaction into the active memtable."""
@@ -1262,6 +1314,10 @@ cdef int replay_record(void* ctx, uint64_t commit_ts, const unsigned char* paylo
     cdef vc_node* n
     while off < payload_len:
         kind = payload[off]
+        if kind == VC_INGEST:
+            if replay_ingest(db, commit_ts, payload, payload_len, &off, err) < 0:
+                return -1
+            continue
         if (kind != VC_PUT and kind != VC_DEL) or off + 5 > payload_len:
             return vc_fail(err, VC_E_CORRUPT, "log record ts=%llu: bad operation at byte %llu",
                            <unsigned long long>commit_ts, <unsigned long long>off)
@@ -1315,6 +1371,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     pthread_mutex_init(&db.ckpt_sig_lock, NULL)
     vc_cond_init_monotonic(&db.ckpt_sig_cond)    # the checkpointer's timed waits
     pthread_mutex_init(&db.commit_lock, NULL)
+    pthread_mutex_init(&db.run_lock, NULL)
     pthread_mutex_init(&db.reg_lock, NULL)
     pthread_mutex_init(&db.ckpt_lock, NULL)
     pthread_mutex_init(&db.gc_lock, NULL)
@@ -1450,6 +1507,11 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
         flock(db.lock_fd, LOCK_UN)
         close(db.lock_fd)
     pthread_mutex_destroy(&db.commit_lock)
+    pthread_mutex_destroy(&db.run_lock)
+    for i in range(<uint32_t>db.nrunrecs):
+        free(db.runrecs[i].lo)
+        free(db.runrecs[i].hi)
+    free(db.runrecs)
     pthread_mutex_destroy(&db.reg_lock)
     pthread_mutex_destroy(&db.ckpt_lock)
     pthread_mutex_destroy(&db.gc_lock)
@@ -1480,6 +1542,12 @@ cdef int db_fail(vc_db* db, vc_err* err) noexcept nogil:
 # ---------------------------------------------------------------- transactions
 
 cdef void txn_release(vc_txn* t) noexcept nogil:
+    cdef size_t i
+    for i in range(t.nruns):
+        vc_run_free(t.runs[i], True)
+    free(t.runs)
+    t.runs = NULL
+    t.nruns = t.runs_cap = 0
     if t.ws != NULL:
         mem_free(t.ws)
         t.ws = NULL
@@ -1510,6 +1578,7 @@ cdef inline void view_read(vc_db* db, vc_view* v) noexcept nogil:
     v.tree_version = vc_load_u64_relaxed(&db.view.tree_version)
     v.active = <vc_memtable*>vc_load_ptr_relaxed(<void* const*>&db.view.active)
     v.frozen = <vc_memtable*>vc_load_ptr_relaxed(<void* const*>&db.view.frozen)
+    v.min_snap = vc_load_u64_relaxed(&db.view.min_snap)
 
 
 cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexcept nogil:
@@ -1539,8 +1608,15 @@ cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexc
     if slot == NULL:
         # every slot is taken: the locked list
         pthread_mutex_lock(&db.reg_lock)
-        view_read(db, &t.view)
-        t.snapshot_ts = vc_load_u64(&db.visible_ts)
+        while True:
+            view_read(db, &t.view)
+            t.snapshot_ts = vc_load_u64(&db.visible_ts)
+            if t.snapshot_ts >= t.view.min_snap:
+                break
+            # the view's tree holds a bulk load not visible yet: wait until it is
+            pthread_mutex_unlock(&db.reg_lock)
+            await_visible(db, t.view.min_snap)
+            pthread_mutex_lock(&db.reg_lock)
         t.next = db.txns
         if db.txns != NULL:
             db.txns.prev = t
@@ -1559,6 +1635,11 @@ cdef int vc_txn_begin(vc_db* db, bint readonly, vc_txn** out, vc_err* err) noexc
         vc_store_u64_sc(&slot.tree_version, t.view.tree_version)
         vc_store_u64_sc(&slot.snapshot_ts, snap + 1)
         s2 = vc_load_u64_sc(&db.view_seq)
+        if s1 == s2 and snap < t.view.min_snap:
+            # the view's tree holds a bulk load committed after snap that is not visible
+            # yet (its committer publishes the tree just before it): wait until it is
+            await_visible(db, t.view.min_snap)
+            continue
         if s1 == s2 and vc_load_u64_sc(&db.gc_target) <= snap:
             break
     t.snapshot_ts = snap
@@ -1650,6 +1731,8 @@ cdef void txn_unregister(vc_txn* t) noexcept nogil:
         db.ntxns -= 1
         pthread_mutex_unlock(&db.reg_lock)
     txn_release(t)
+    if vc_load_int_sc(&db.nrunrecs) != 0:
+        runrecs_expire(db)
     if db.reclaim_pending:
         reclaim(db)
     if vc_load_u64(&db.visible_ts) >= vc_load_u64_relaxed(&db.gc_target) + GC_EVERY:
@@ -1834,7 +1917,10 @@ cdef int txn_get_mem(vc_txn* t, const unsigned char* key, uint32_t klen, const u
 
 cdef int vc_txn_get(vc_txn* t, const unsigned char* key, uint32_t klen, const unsigned char** value,
                     size_t* vlen, vc_err* err) noexcept nogil:
-    cdef int rc = txn_get_mem(t, key, klen, value, vlen)
+    cdef int rc
+    if t.nruns and in_runs(t, key, klen) and vc_txn_bulk_settle(t, err) < 0:
+        return -1
+    rc = txn_get_mem(t, key, klen, value, vlen)
     if rc != TXN_GET_TREE:
         return rc
     rc = vc_tree_get(t.db.pager, t.view.root, t.view.height, key, klen, &t.scratch,
@@ -1851,7 +1937,10 @@ cdef void vc_txn_lookup_init(vc_txn* t, vc_lookup* lk) noexcept nogil:
 
 cdef int vc_txn_get_lk(vc_txn* t, vc_lookup* lk, const unsigned char* key, uint32_t klen,
                        const unsigned char** value, size_t* vlen, vc_err* err) noexcept nogil:
-    cdef int rc = txn_get_mem(t, key, klen, value, vlen)
+    cdef int rc
+    if t.nruns and in_runs(t, key, klen) and vc_txn_bulk_settle(t, err) < 0:
+        return -1
+    rc = txn_get_mem(t, key, klen, value, vlen)
     if rc != TXN_GET_TREE:
         return rc
     return vc_lookup_get(lk, key, klen, value, vlen, err)
@@ -1979,6 +2068,17 @@ cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int
         if vc_cas_ptr(<void**>&n.versions, head, v):
             break
     vc_fetch_add_u64(&m.nversions, 1)
+    # a bulk load committed after this snapshot, or committing now, may cover the key:
+    # checked after the install (both sides sequentially consistent: its committer
+    # publishes its range, then looks for versions in it), so one of the two sees the other
+    if vc_load_int_sc(&db.nrunrecs) != 0 and runrec_conflict(db, t, key, klen):
+        if mark_if_dead(v):
+            vc_fetch_add_u64(&m.dead, 1)
+        vc_store_u64(&v.commit_ts, VC_TS_ABORTED)
+        vc_add_int_sc(&m.inflight, -1)
+        t.doomed = True
+        return vc_fail(err, VC_E_CONFLICT, "write conflict: a bulk load that covers this key "
+                       "committed after this transaction began (or is committing now)")
     chain_prune(db, m, v)            # this pending head makes us the chain's one pruner
     vc_add_int_sc(&m.inflight, -1)
     out_v[0] = v
@@ -2247,6 +2347,8 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         return vc_fail(err, VC_E_READONLY, "this transaction is read-only")
     if t.doomed:
         return vc_fail(err, VC_E_CONFLICT, "the transaction had a write conflict and cannot commit")
+    if t.nruns and in_runs(t, key, klen) and vc_txn_bulk_settle(t, err) < 0:
+        return -1
     if t.ws == NULL:
         t.ws = mem_new(0, False)
         if t.ws == NULL:
@@ -2415,6 +2517,28 @@ cdef struct log_producer:
     vc_wcur c               # the transaction's writes
     vc_wref r               # the next one to encode, when `have`
     bint have
+    vc_txn* t
+    size_t run_i            # its bulk loads, encoded after the writes
+
+
+cdef inline bint lp_more(log_producer* lp) noexcept nogil:
+    return lp.have or lp.run_i < lp.t.nruns
+
+
+cdef int encode_ingest(vc_buf* b, vc_run* run) noexcept nogil:
+    """`VC_INGEST | n u32 | n leaf page ids u32 | n leaf checksums u32`"""
+    cdef uint32_t n = <uint32_t>run.leaves.len
+    cdef size_t need = b.len + 5 + <size_t>n * 8
+    cdef unsigned char* p
+    if vc_buf_reserve(b, need) < 0:
+        return -1
+    p = b.data + b.len
+    p[0] = <unsigned char>VC_INGEST
+    memcpy(p + 1, &n, 4)
+    memcpy(p + 5, run.leaves.items, <size_t>n * 4)
+    memcpy(p + 5 + <size_t>n * 4, run.crcs.items, <size_t>n * 4)
+    b.len = need
+    return 0
 
 
 cdef int log_fill(void* ctx, vc_buf* chunk) noexcept nogil:
@@ -2426,6 +2550,10 @@ cdef int log_fill(void* ctx, vc_buf* chunk) noexcept nogil:
             if encode_put(chunk, lp.r.kind, lp.r.key, lp.r.klen, lp.r.value, lp.r.vlen) < 0:
                 return -1
         lp.have = wcur_next(&lp.c, &lp.r)
+    while not lp.have and lp.run_i < lp.t.nruns and chunk.len < LOG_CHUNK:
+        if encode_ingest(chunk, lp.t.runs[lp.run_i]) < 0:
+            return -1
+        lp.run_i += 1
     return 0
 
 
@@ -2440,12 +2568,17 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     cdef bint any_frozen
     cdef uint64_t ts, lsn = 0
     cdef int rc = 0
+    cdef bint bulk = t.nruns > 0
+    cdef uint32_t broot = 0, bheight = 0
+    cdef vc_u32vec ballocs, bfreed
+    memset(&ballocs, 0, sizeof(ballocs))
+    memset(&bfreed, 0, sizeof(bfreed))
     if t.state != VC_TXN_ACTIVE:
         return vc_fail(err, VC_E_CLOSED, "the transaction has ended")
     if t.doomed:
         vc_txn_abort(t)
         return vc_fail(err, VC_E_CONFLICT, "the transaction had a write conflict and cannot commit")
-    if t.ws == NULL or t.nwrites == 0:
+    if (t.ws == NULL or t.nwrites == 0) and not bulk:
         if t.ws != NULL:
             pthread_mutex_lock(&db.commit_lock)
             rc = checks_conflict(db, t)
@@ -2459,6 +2592,13 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     if db.readonly:
         vc_txn_abort(t)
         return vc_fail(err, VC_E_READONLY, "the store is read-only")
+    # bulk loads: their new tree is built now (ckpt_lock held from here until it is
+    # published; their leaves are written, and flushed unless sync="off")
+    if bulk and runs_prepare(t, &broot, &bheight, &ballocs, &bfreed, err) < 0:
+        vc_u32vec_free(&ballocs)
+        vc_u32vec_free(&bfreed)
+        vc_txn_abort(t)
+        return -1
     # the redo record's first piece (all of a small transaction's) and its CRC, outside
     # the lock; a large one's rest is encoded piece by piece as it is written (the record
     # never exists whole in memory)
@@ -2467,7 +2607,11 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
         t.payload.len = 0
         wcur_init(&lp.c, t)
         lp.have = wcur_next(&lp.c, &lp.r)
+        lp.t = t
+        lp.run_i = 0
         if log_fill(&lp, &t.payload) < 0:
+            if bulk:
+                runs_undo(t, &ballocs, &bfreed)
             vc_txn_abort(t)
             return vc_fail(err, VC_E_NOMEM, "out of memory building the log record")
         crc = vc_crc32c(0, t.payload.data, t.payload.len)
@@ -2475,19 +2619,23 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
     pthread_mutex_lock(&db.commit_lock)
     if db.failed:
         pthread_mutex_unlock(&db.commit_lock)
+        if bulk:
+            runs_undo(t, &ballocs, &bfreed)
         vc_txn_abort(t)
         return vc_fail(err, VC_E_IO, "the store stopped accepting writes after an error: %s",
                        db.failed_msg)
     if checks_conflict(db, t):
         db.conflicts += 1
         pthread_mutex_unlock(&db.commit_lock)
+        if bulk:
+            runs_undo(t, &ballocs, &bfreed)
         vc_txn_abort(t)
         return vc_fail(err, VC_E_CONFLICT, "write conflict: a table this transaction used was "
                        "dropped or created concurrently")
     ts = db.last_ts + 1
     if db.wal != NULL:
         rc = vc_wal_append_stream(db.wal, ts, t.payload.data, t.payload.len, crc,
-                                  log_fill if lp.have else <vc_wal_fill_fn>NULL, &lp, &rest,
+                                  log_fill if lp_more(&lp) else <vc_wal_fill_fn>NULL, &lp, &rest,
                                   &lsn, err)
         vc_buf_free(&rest)
         if rc < 0:
@@ -2496,6 +2644,8 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
             if err.code != VC_E_NOMEM and err.code != VC_E_INVALID:
                 db_fail(db, err)
             pthread_mutex_unlock(&db.commit_lock)
+            if bulk:
+                runs_undo(t, &ballocs, &bfreed)
             vc_txn_abort(t)
             return -1
     db.last_ts = ts
@@ -2517,6 +2667,8 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
         rc = copy_forward(t, ts, err)
     if rc < 0:
         db_fail(db, err)
+    if bulk:
+        runs_publish(t, ts, broot, bheight, &ballocs, &bfreed)
     if rc == 0 and db.wal != NULL and db.sync_mode == VC_SYNC_FULL:
         mark_ready(db, ts, lsn)
         rc = vc_wal_sync_to(db.wal, lsn, err)
@@ -2532,6 +2684,392 @@ cdef int vc_txn_commit(vc_txn* t, vc_err* err) noexcept nogil:
         return -1
     checkpoint_if_due(db)
     return 0
+
+
+# ---------------------------------------------------------------- bulk loads
+#
+# A put_many whose keys ascend into a key range the snapshot holds nothing in is written
+# as a run of leaves outside the tree (vc_run, _btree.pyx): no memtable node, no version,
+# no value copied into the log.  Commit writes the leaves, flushes them (unless sync=
+# "off"), and under ckpt_lock checks that no other transaction wrote into the range,
+# splices the leaves into the tree copy-on-write, logs their page ids and checksums, and
+# publishes the new tree just before the commit becomes visible.  Writers of a key in the
+# range whose snapshot is older conflict through the store's list of run ranges
+# (runrec_conflict); recovery reads logged leaves back into the memtable.
+
+cdef bint in_runs(vc_txn* t, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """Whether key lies within one of t's bulk loads."""
+    cdef size_t i
+    cdef vc_run* r
+    for i in range(t.nruns):
+        r = t.runs[i]
+        if r.nkeys and vc_key_cmp(key, klen, r.lo, r.lolen) >= 0 and \
+                vc_key_cmp(key, klen, r.last, r.lastlen) <= 0:
+            return True
+    return False
+
+
+cdef int run_limit(vc_txn* t, vc_run* run, const unsigned char* key, uint32_t klen,
+                   vc_err* err) noexcept nogil:
+    """The snapshot's first key >= key into run.limit: 0, 1 if key itself is there (a
+    node in a memtable counts, whatever its versions), -1 on error."""
+    cdef vc_memtable* m
+    cdef vc_node* n
+    cdef vc_cursor c
+    cdef const unsigned char* k
+    cdef uint32_t kl
+    cdef int i, rc
+    run.limitlen = 0
+    for i in range(2):
+        m = t.view.active if i == 0 else t.view.frozen
+        if m == NULL:
+            continue
+        n = sl_find_ge(m, key, klen)
+        if n == NULL:
+            continue
+        if vc_key_cmp(n.key, n.klen, key, klen) == 0:
+            return 1
+        if run.limitlen == 0 or vc_key_cmp(n.key, n.klen, run.limit, run.limitlen) < 0:
+            memcpy(run.limit, n.key, n.klen)
+            run.limitlen = n.klen
+    vc_cursor_init(&c, t.db.pager, t.view.root, t.view.height)
+    rc = vc_cursor_seek_ge(&c, key, klen, err)
+    if rc == 0 and c.valid:
+        vc_cursor_key(&c, &k, &kl)
+        if vc_key_cmp(k, kl, key, klen) == 0:
+            rc = 1
+        elif run.limitlen == 0 or vc_key_cmp(k, kl, run.limit, run.limitlen) < 0:
+            memcpy(run.limit, k, kl)
+            run.limitlen = kl
+    vc_cursor_close(&c)
+    return rc
+
+
+cdef int vc_txn_bulk_begin(vc_txn* t, const unsigned char* key, uint32_t klen,
+                           const unsigned char* last, uint32_t lastlen, vc_err* err) noexcept nogil:
+    cdef vc_db* db = t.db
+    cdef vc_run* run
+    cdef vc_run** nr
+    cdef size_t ncap
+    cdef int rc
+    cdef vc_node* wl
+    if t.state != VC_TXN_ACTIVE or t.readonly or t.doomed or db.readonly or db.failed:
+        return 0
+    if t.ws != NULL and not t.wa_mode:
+        wl = sl_find_lt(t.ws, NULL, 0)          # its last write
+        if wl != NULL and vc_key_cmp(key, klen, wl.key, wl.klen) <= 0:
+            return 0
+    elif t.wa_len > 0 and vc_key_cmp(key, klen, t.wa[t.wa_len - 1].key, t.wa[t.wa_len - 1].klen) <= 0:
+        return 0
+    if t.nruns > 0 and vc_key_cmp(key, klen, t.runs[t.nruns - 1].last,
+                                  t.runs[t.nruns - 1].lastlen) <= 0:
+        return 0
+    if last != NULL and vc_key_cmp(last, lastlen, key, klen) <= 0:
+        return 0
+    run = vc_run_new(db.pager, err)
+    if run == NULL:
+        return -1
+    rc = run_limit(t, run, key, klen, err)
+    if rc == 0 and last != NULL and run.limitlen and vc_key_cmp(last, lastlen, run.limit,
+                                                                run.limitlen) >= 0:
+        rc = 1          # the call's last key is past the range: a run would stop short
+    if rc == 0 and t.nruns == t.runs_cap:
+        ncap = t.runs_cap * 2 if t.runs_cap else 4
+        nr = <vc_run**>realloc(t.runs, ncap * sizeof(vc_run*))
+        if nr == NULL:
+            rc = vc_fail(err, VC_E_NOMEM, "out of memory")
+        else:
+            t.runs = nr
+            t.runs_cap = ncap
+    if rc != 0:
+        vc_run_free(run, True)
+        return -1 if rc < 0 else 0
+    t.runs[t.nruns] = run
+    t.nruns += 1
+    return 1
+
+
+cdef int vc_txn_bulk_add(vc_txn* t, const unsigned char* key, uint32_t klen,
+                         const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil:
+    cdef vc_run* run = t.runs[t.nruns - 1]
+    cdef int rc
+    if run.nkeys and vc_key_cmp(key, klen, run.last, run.lastlen) < 0:
+        return 1
+    if run.limitlen and vc_key_cmp(key, klen, run.limit, run.limitlen) >= 0:
+        return 1
+    rc = vc_run_add(run, key, klen, value, vlen, err)
+    if rc < 0:
+        t.doomed = True
+        return -1
+    t.wgen += 1
+    return rc
+
+
+cdef void vc_txn_bulk_drop(vc_txn* t) noexcept nogil:
+    if t.nruns > 0:
+        t.nruns -= 1
+        vc_run_free(t.runs[t.nruns], True)
+        t.wgen += 1
+
+
+cdef int settle_entry(void* ctx, const unsigned char* key, uint32_t klen,
+                      const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil:
+    return vc_txn_write(<vc_txn*>ctx, key, klen, value, vlen, VC_PUT, err)
+
+
+cdef int vc_txn_bulk_settle(vc_txn* t, vc_err* err) noexcept nogil:
+    cdef vc_run** runs = t.runs
+    cdef size_t n = t.nruns, i
+    cdef int rc = 0
+    t.runs = NULL                   # detached: the writes below see no run
+    t.nruns = t.runs_cap = 0
+    for i in range(n):
+        if rc == 0:
+            rc = vc_run_finish(runs[i], err)
+        if rc == 0:
+            rc = vc_run_scan(t.db.pager, runs[i].leaves.items, NULL, runs[i].leaves.len,
+                             settle_entry, t, err)
+        vc_run_free(runs[i], True)
+    free(runs)
+    if rc < 0:
+        t.doomed = True             # some of its writes are missing: it cannot commit
+    return rc
+
+
+cdef bint runrec_conflict(vc_db* db, vc_txn* t, const unsigned char* key, uint32_t klen) noexcept nogil:
+    cdef int i
+    cdef vc_runrec* r
+    cdef bint hit = False
+    pthread_mutex_lock(&db.run_lock)
+    for i in range(db.nrunrecs):
+        r = &db.runrecs[i]
+        if r.owner == t.id or (r.ts != 0 and r.ts <= t.snapshot_ts):
+            continue
+        if vc_key_cmp(key, klen, r.lo, r.lolen) >= 0 and vc_key_cmp(key, klen, r.hi, r.hilen) <= 0:
+            hit = True
+            break
+    pthread_mutex_unlock(&db.run_lock)
+    return hit
+
+
+cdef int runrecs_add(vc_db* db, vc_txn* t, vc_err* err) noexcept nogil:
+    """Publish t's runs' key ranges (ts 0: committing)."""
+    cdef size_t i
+    cdef int ncap
+    cdef vc_runrec* nr
+    cdef vc_runrec* r
+    cdef vc_run* run
+    pthread_mutex_lock(&db.run_lock)
+    for i in range(t.nruns):
+        run = t.runs[i]
+        if run.nkeys == 0:
+            continue
+        if db.nrunrecs == db.runrec_cap:
+            ncap = db.runrec_cap * 2 if db.runrec_cap else 8
+            nr = <vc_runrec*>realloc(db.runrecs, <size_t>ncap * sizeof(vc_runrec))
+            if nr == NULL:
+                pthread_mutex_unlock(&db.run_lock)
+                runrecs_remove(db, t)
+                return vc_fail(err, VC_E_NOMEM, "out of memory")
+            db.runrecs = nr
+            db.runrec_cap = ncap
+        r = &db.runrecs[db.nrunrecs]
+        r.ts = 0
+        r.owner = t.id
+        r.lo = <unsigned char*>malloc(run.lolen)
+        r.hi = <unsigned char*>malloc(run.lastlen)
+        if r.lo == NULL or r.hi == NULL:
+            free(r.lo)
+            free(r.hi)
+            pthread_mutex_unlock(&db.run_lock)
+            runrecs_remove(db, t)
+            return vc_fail(err, VC_E_NOMEM, "out of memory")
+        memcpy(r.lo, run.lo, run.lolen)
+        memcpy(r.hi, run.last, run.lastlen)
+        r.lolen = run.lolen
+        r.hilen = run.lastlen
+        vc_store_int_sc(&db.nrunrecs, db.nrunrecs + 1)
+    pthread_mutex_unlock(&db.run_lock)
+    return 0
+
+
+cdef void runrecs_keep_if(vc_db* db, vc_txn* t, uint64_t horizon) noexcept nogil:
+    """Drop t's committing records (t not NULL), or (t NULL) committed ones no snapshot
+    older than them can still see: ts <= horizon (run_lock held)."""
+    cdef int i, k = 0
+    cdef vc_runrec* r
+    for i in range(db.nrunrecs):
+        r = &db.runrecs[i]
+        if (t != NULL and r.owner == t.id and r.ts == 0) or \
+                (t == NULL and r.ts != 0 and r.ts <= horizon):
+            free(r.lo)
+            free(r.hi)
+            continue
+        db.runrecs[k] = r[0]
+        k += 1
+    vc_store_int_sc(&db.nrunrecs, k)
+
+
+cdef void runrecs_remove(vc_db* db, vc_txn* t) noexcept nogil:
+    pthread_mutex_lock(&db.run_lock)
+    runrecs_keep_if(db, t, 0)
+    pthread_mutex_unlock(&db.run_lock)
+
+
+cdef void runrecs_expire(vc_db* db) noexcept nogil:
+    """Records every live and future snapshot is at least as new as leave the list (the
+    GC's published horizon: no transaction can begin older than it)."""
+    cdef uint64_t horizon = vc_load_u64_sc(&db.gc_horizon)
+    if horizon == 0:
+        return
+    pthread_mutex_lock(&db.run_lock)
+    runrecs_keep_if(db, NULL, horizon)
+    pthread_mutex_unlock(&db.run_lock)
+
+
+cdef void runrecs_stamp(vc_db* db, vc_txn* t, uint64_t ts) noexcept nogil:
+    cdef int i
+    pthread_mutex_lock(&db.run_lock)
+    for i in range(db.nrunrecs):
+        if db.runrecs[i].owner == t.id and db.runrecs[i].ts == 0:
+            db.runrecs[i].ts = ts
+    pthread_mutex_unlock(&db.run_lock)
+
+
+cdef bint runs_conflict(vc_db* db, vc_txn* t, vc_err* err) noexcept nogil:
+    """Whether another transaction wrote into one of t's runs' ranges: a version that is
+    not aborted in a live memtable (whoever wrote it after t's snapshot), or a key in the
+    current tree (folded in by a checkpoint since).  Caller holds ckpt_lock."""
+    cdef size_t i
+    cdef vc_run* run
+    cdef vc_memtable* m
+    cdef vc_node* n
+    cdef vc_version* v
+    cdef uint64_t ts
+    cdef vc_cursor c
+    cdef const unsigned char* k
+    cdef uint32_t kl
+    cdef bint hit = False
+    pthread_rwlock_rdlock(&db.mems_lock)
+    for i in range(t.nruns):
+        run = t.runs[i]
+        if run.nkeys == 0:
+            continue
+        m = <vc_memtable*>vc_load_ptr(<void* const*>&db.mems)
+        while m != NULL and not hit:
+            n = sl_find_ge(m, run.lo, run.lolen)
+            while n != NULL and not hit and vc_key_cmp(n.key, n.klen, run.last, run.lastlen) <= 0:
+                v = <vc_version*>vc_load_ptr(<void* const*>&n.versions)
+                while v != NULL:
+                    ts = version_ts(v)
+                    if ts != VC_TS_ABORTED and not (ts == VC_TS_PENDING and v.owner == t.id):
+                        hit = True
+                        break
+                    v = <vc_version*>vc_load_ptr(<void* const*>&v.older)
+                n = sl_next(n, 0)
+            m = <vc_memtable*>vc_load_ptr(<void* const*>&m.older)
+        if hit:
+            break
+    pthread_rwlock_unlock(&db.mems_lock)
+    if hit:
+        return True
+    for i in range(t.nruns):
+        run = t.runs[i]
+        if run.nkeys == 0:
+            continue
+        vc_cursor_init(&c, db.pager, db.view.root, db.view.height)
+        if vc_cursor_seek_ge(&c, run.lo, run.lolen, err) < 0:
+            hit = True          # cannot tell: refuse (the caller reports a conflict)
+        elif c.valid:
+            vc_cursor_key(&c, &k, &kl)
+            hit = vc_key_cmp(k, kl, run.last, run.lastlen) <= 0
+        vc_cursor_close(&c)
+        if hit:
+            break
+    return hit
+
+
+cdef int runs_prepare(vc_txn* t, uint32_t* root, uint32_t* height, vc_u32vec* allocs,
+                      vc_u32vec* freed, vc_err* err) noexcept nogil:
+    """A committing transaction's bulk loads: leaves written (and flushed unless
+    sync="off"), ranges published for writers, checked for conflicts, spliced into a new
+    tree that is not published yet.  0 with ckpt_lock held (runs_publish or runs_undo
+    release it), or -1 with it released and nothing changed."""
+    cdef vc_db* db = t.db
+    cdef size_t i
+    for i in range(t.nruns):
+        if vc_run_finish(t.runs[i], err) < 0:
+            return -1
+    pthread_mutex_lock(&db.ckpt_lock)
+    if db.failed:
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return vc_fail(err, VC_E_IO, "the store stopped accepting writes after an error: %s",
+                       db.failed_msg)
+    if db.sync_mode != VC_SYNC_OFF and vc_pager_sync(db.pager, err) < 0:
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return -1
+    if runrecs_add(db, t, err) < 0:
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return -1
+    vc_fence_sc()       # the ranges are published before the memtables are searched
+    if runs_conflict(db, t, err):
+        runrecs_remove(db, t)
+        db.conflicts += 1
+        pthread_mutex_unlock(&db.ckpt_lock)
+        return vc_fail(err, VC_E_CONFLICT, "write conflict: another transaction wrote into "
+                       "the key range of this transaction's bulk load")
+    root[0] = db.view.root
+    height[0] = db.view.height
+    for i in range(t.nruns):
+        if vc_tree_splice(db.pager, root[0], height[0], t.runs[i], root, height, allocs,
+                          freed, err) < 0:
+            runs_undo(t, allocs, freed)
+            return -1
+    return 0
+
+
+cdef void runs_undo(vc_txn* t, vc_u32vec* allocs, vc_u32vec* freed) noexcept nogil:
+    """runs_prepare's tree is not published: its pages are free again (ckpt_lock released)."""
+    cdef vc_db* db = t.db
+    vc_pager_release_held(db.pager, allocs, 0, allocs.len)
+    vc_u32vec_free(allocs)
+    vc_u32vec_free(freed)
+    runrecs_remove(db, t)
+    pthread_mutex_unlock(&db.ckpt_lock)
+
+
+cdef void runs_publish(vc_txn* t, uint64_t ts, uint32_t root, uint32_t height,
+                       vc_u32vec* allocs, vc_u32vec* freed) noexcept nogil:
+    """Commit ts is logged and its other writes stamped: publish the tree with its runs,
+    once every earlier commit is visible (a snapshot that takes this view waits for ts:
+    min_snap), then release ckpt_lock.  The pages it replaced are freed as a
+    checkpoint's are: reused once a checkpoint's meta no longer names them and no reader
+    holds the older tree."""
+    cdef vc_db* db = t.db
+    cdef vc_err ignored
+    cdef size_t i
+    await_visible(db, ts - 1)
+    pthread_mutex_lock(&db.reg_lock)
+    view_publish_begin(db)
+    vc_store_u32_relaxed(&db.view.root, root)
+    vc_store_u32_relaxed(&db.view.height, height)
+    vc_store_u64_relaxed(&db.view.tree_version, db.view.tree_version + 1)
+    vc_store_u64_relaxed(&db.view.min_snap, ts)
+    view_publish_end(db)
+    db.reclaim_pending = True
+    pthread_mutex_unlock(&db.reg_lock)
+    for i in range(freed.len):
+        vc_page_free(db.pager, freed.items[i], &ignored)
+    vc_u32vec_free(allocs)
+    vc_u32vec_free(freed)
+    runrecs_stamp(db, t, ts)
+    db.tree_unsaved = True
+    db.bulk_loads += t.nruns
+    for i in range(t.nruns):
+        vc_store_u64_relaxed(&db.bulk_bytes, db.bulk_bytes + t.runs[i].pages.len * <uint64_t>VC_PAGE_SIZE)
+        vc_run_free(t.runs[i], False)
+    t.nruns = 0
+    pthread_mutex_unlock(&db.ckpt_lock)
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -2573,7 +3111,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
         pthread_mutex_unlock(&db.ckpt_lock)
         return vc_fail(err, VC_E_IO, "the store stopped accepting writes after an error: %s",
                        db.failed_msg)
-    if db.view.active.nkeys == 0:
+    if db.view.active.nkeys == 0 and not db.tree_unsaved:
         pthread_mutex_unlock(&db.commit_lock)
         pthread_mutex_unlock(&db.ckpt_lock)
         return 0
@@ -2670,6 +3208,8 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     view_publish_end(db)
     frozen.retired_version = tree_version
     db.reclaim_pending = True
+    db.tree_unsaved = False
+    vc_store_u64_relaxed(&db.bulk_bytes, 0)
     db.checkpoint_ts = C
     db.checkpoints += 1
     clock_gettime(CLOCK_REALTIME, &now)
@@ -2684,12 +3224,14 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     return 0
 
 
-cdef uint64_t checkpoint_backlog(vc_db* db) noexcept nogil:
-    """What a checkpoint would fold: the log size, or memtable bytes when there is no log."""
+cdef uint64_t checkpoint_backlog(vc_db* db, bint bulk=True) noexcept nogil:
+    """What a checkpoint would fold: the log size, or memtable bytes when there is no log.
+    bulk: with a log, the bytes of bulk loads spliced in since the last checkpoint count
+    as if they were logged (a crash replays them from their leaves)."""
     cdef vc_memtable* m
     cdef uint64_t b
     if db.wal != NULL:
-        return db.wal.total_bytes
+        return db.wal.total_bytes + (vc_load_u64_relaxed(&db.bulk_bytes) if bulk else 0)
     pthread_rwlock_rdlock(&db.mems_lock)      # see checkpoint_due
     m = <vc_memtable*>vc_load_ptr(<void* const*>&db.view.active)
     b = m.arena.bytes                         # a racy read of a counter: only a trigger
@@ -2779,7 +3321,8 @@ cdef void checkpoint_if_due(vc_db* db, bint aborted=False) noexcept nogil:
     if not db.ckpt_requested:
         db.ckpt_requested = 1
         pthread_cond_broadcast(&db.ckpt_sig_cond)
-    while (not aborted and checkpoint_backlog(db) >= 4 * db.checkpoint_bytes
+    # (bulk loads do not count here: they hold no memory until the checkpoint)
+    while (not aborted and checkpoint_backlog(db, False) >= 4 * db.checkpoint_bytes
            and db.ckpt_requested and not db.ckpt_stop and not db.failed):
         pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
     pthread_mutex_unlock(&db.ckpt_sig_lock)
@@ -2817,7 +3360,7 @@ cdef long vc_db_check(vc_db* db, vc_buf* report, uint64_t* nkeys, vc_err* err) n
 
 
 cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
-    """out[0..22]: see _store.pyx Store.info for the meaning of each slot."""
+    """out[0..23]: see _store.pyx Store.info for the meaning of each slot."""
     cdef vc_txn* t
     cdef uint64_t live, snap
     cdef uint32_t i
@@ -2870,6 +3413,7 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     out[21] = db.chunks.count * ARENA_MAPPED
     out[22] = db.chunks.reused
     pthread_mutex_unlock(&db.chunks.lock)
+    out[23] = db.bulk_loads
 
 
 # ---------------------------------------------------------------- iterators
@@ -2911,6 +3455,9 @@ cdef int vc_iter_init(vc_iter* it, vc_txn* t, const unsigned char* lo, uint32_t 
     memcpy(it.hi, hi, hilen)
     it.hilen = hilen
     vc_cursor_init(&it.tree, t.db.pager, t.view.root, t.view.height)
+    if t.nruns and vc_txn_bulk_settle(t, err) < 0:     # its bulk loads become writes
+        it.done = True
+        return -1
     if t.wa_mode and wa_link_all(t, err) < 0:     # iterators walk the skip list
         it.done = True
         return -1

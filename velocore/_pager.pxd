@@ -110,6 +110,9 @@ cdef struct vc_pager:
     size_t pending_cap
     vc_u32vec chain_pages    # pages of the freelist chain recorded in the durable meta
     pthread_mutex_t free_lock # guards free_now, freed_cur, pending, chain_pages, page_count growth
+    vc_u32vec** held         # page sets of bulk-load runs not in the tree yet (vc_pager_hold):
+    size_t nheld             # every meta written meanwhile lists them as free, and check counts
+    size_t held_cap          # them so (free_lock; the sets themselves change under it too)
     uint32_t freelist_head   # chain currently recorded in the durable meta
     uint64_t meta_seq        # checkpoint_seq of the durable meta
     char path[4096]          # path of data.vc (for messages)
@@ -174,5 +177,28 @@ cdef int vc_page_free(vc_pager* p, uint32_t page_id, vc_err* err) noexcept nogil
 cdef int vc_pager_commit_meta(vc_pager* p, vc_meta* meta, uint64_t tree_version, vc_err* err) noexcept nogil
 cdef void vc_pager_reclaim(vc_pager* p, uint64_t min_tree_version) noexcept nogil
 cdef uint32_t vc_page_crc(const unsigned char* page) noexcept nogil
+
+# Bulk-load runs (see _btree.pxd, vc_run): pages written outside the tree and any
+# checkpoint, spliced into it when their transaction commits.  A run's page set is held
+# from vc_pager_hold to vc_pager_unhold: meanwhile a meta written by a checkpoint lists
+# them as free (after a crash they are), and so does check.
+cdef int vc_pager_hold(vc_pager* p, vc_u32vec* pages, vc_err* err) noexcept nogil
+# n consecutive new pages at the end of the file, appended to a held set; *first is the first.
+cdef int vc_pager_alloc_held(vc_pager* p, vc_u32vec* pages, uint32_t n, uint32_t* first,
+                             vc_err* err) noexcept nogil
+# pages[start:start+count] of a set (a held one, or any the caller owns) become free at
+# once (no reader has seen them) and leave it.
+cdef void vc_pager_release_held(vc_pager* p, vc_u32vec* pages, size_t start, size_t count) noexcept nogil
+# The set is no longer held: its pages belong to the tree now (or were all released).
+cdef void vc_pager_unhold(vc_pager* p, vc_u32vec* pages) noexcept nogil
+# Write n consecutive pages from first (their page ids and checksums are filled in here)
+# in one call; a run's leaves are not put in the cache.
+cdef int vc_pager_write_pages(vc_pager* p, uint32_t first, unsigned char* buf, uint32_t n,
+                              vc_err* err) noexcept nogil
+# fdatasync the data file (a bulk load's leaves before its log record names them).
+cdef int vc_pager_sync(vc_pager* p, vc_err* err) noexcept nogil
+# Read and verify a page anywhere in the file, also past page_count (recovery reads a
+# committed run's leaves, which the durable meta may not count yet).
+cdef int vc_page_read_raw(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil
 
 cdef uint64_t vc_pager_hits(vc_pager* p) noexcept nogil

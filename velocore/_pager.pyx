@@ -1,10 +1,10 @@
 # Page file, page cache (CLOCK), meta slots, free-space bookkeeping.  No Python objects.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memset, memcpy, memcmp, strlen
+from libc.string cimport memset, memcpy, memcmp, memmove, strlen
 from libc.stdio cimport snprintf
 from libc.errno cimport errno, EINTR
-from posix.unistd cimport pread, pwrite, close, fdatasync, fsync
+from posix.unistd cimport pread, pwrite, close, fdatasync, fsync, ftruncate
 from posix.fcntl cimport open as c_open, O_RDWR, O_RDONLY, O_CREAT
 from posix.stat cimport struct_stat, fstat
 
@@ -283,6 +283,7 @@ cdef void vc_pager_close(vc_pager* p) noexcept nogil:
     for i in range(p.npending):
         vc_u32vec_free(&p.pending[i].pages)
     free(p.pending)
+    free(p.held)
     pthread_mutex_destroy(&p.lock)
     pthread_mutex_destroy(&p.free_lock)
     free(p)
@@ -750,8 +751,19 @@ cdef int vc_page_free(vc_pager* p, uint32_t page_id, vc_err* err) noexcept nogil
     return 0
 
 
+cdef size_t free_total(vc_pager* p) noexcept nogil:
+    """Page ids a freelist chain written now lists (caller holds free_lock)."""
+    cdef size_t i, total = p.free_now.len + p.freed_cur.len
+    for i in range(p.npending):
+        total += p.pending[i].pages.len
+    for i in range(p.nheld):
+        total += p.held[i].len
+    return total
+
+
 cdef int write_freelist(vc_pager* p, vc_meta* meta, vc_err* err) noexcept nogil:
-    """Write a new freelist chain listing free_now + pending + freed_cur (caller holds free_lock)."""
+    """Write a new freelist chain listing free_now + freed_cur + pending + the held sets
+    (caller holds free_lock)."""
     cdef unsigned char buf[VC_PAGE_SIZE]
     cdef vc_page_hdr* h = <vc_page_hdr*>buf
     cdef uint32_t* ids = <uint32_t*>(buf + VC_HDR_SIZE)
@@ -767,9 +779,7 @@ cdef int write_freelist(vc_pager* p, vc_meta* meta, vc_err* err) noexcept nogil:
         if vc_u32vec_push(&p.freed_cur, p.chain_pages.items[i]) < 0:
             return vc_fail(err, VC_E_NOMEM, "out of memory")
     p.chain_pages.len = 0
-    total = p.free_now.len + p.freed_cur.len
-    for i in range(p.npending):
-        total += p.pending[i].pages.len
+    total = free_total(p)
     need = (total + FREELIST_PER_PAGE - 1) // FREELIST_PER_PAGE
     for i in range(need):
         if p.free_now.len > 0:
@@ -781,10 +791,7 @@ cdef int write_freelist(vc_pager* p, vc_meta* meta, vc_err* err) noexcept nogil:
         if vc_u32vec_push(&chain, pid) < 0:
             vc_u32vec_free(&chain)
             return vc_fail(err, VC_E_NOMEM, "out of memory")
-    total = p.free_now.len + p.freed_cur.len
-    for i in range(p.npending):
-        total += p.pending[i].pages.len
-    # stream the ids: free_now, then freed_cur, then each pending list
+    # stream the ids: free_now, then freed_cur, then each pending list, then the held sets
     s = 0
     pos = 0
     k = 0
@@ -800,6 +807,8 @@ cdef int write_freelist(vc_pager* p, vc_meta* meta, vc_err* err) noexcept nogil:
                     src = &p.freed_cur
                 elif s - 1 < p.npending:
                     src = &p.pending[s - 1].pages
+                elif s - 1 - p.npending < p.nheld:
+                    src = p.held[s - 1 - p.npending]
                 else:
                     src = NULL
                 s += 1
@@ -827,11 +836,18 @@ cdef int vc_pager_commit_meta(vc_pager* p, vc_meta* meta, uint64_t tree_version,
     cdef vc_meta* m = <vc_meta*>buf
     cdef vc_pending* np
     cdef uint32_t slot
+    cdef struct_stat st
     pthread_mutex_lock(&p.free_lock)
     if p.fd >= 0:
         if write_freelist(p, meta, err) < 0:
             pthread_mutex_unlock(&p.free_lock)
             return -1
+        # pages a bulk load took and gave back unwritten may lie past the file's end:
+        # the file must hold every page the meta counts
+        if fstat(p.fd, &st) < 0 or (st.st_size < <long long>p.page_count * VC_PAGE_SIZE and
+                                    ftruncate(p.fd, <long long>p.page_count * VC_PAGE_SIZE) < 0):
+            pthread_mutex_unlock(&p.free_lock)
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: extending the file", p.path)
         if fdatasync(p.fd) < 0:
             pthread_mutex_unlock(&p.free_lock)
             return vc_fail_errno(err, VC_E_IO, errno, "%s: fdatasync", p.path)
@@ -896,3 +912,113 @@ cdef void vc_pager_reclaim(vc_pager* p, uint64_t min_tree_version) noexcept nogi
             keep += 1
     p.npending = keep
     pthread_mutex_unlock(&p.free_lock)
+
+
+# ---------------------------------------------------------------- bulk-load runs
+
+cdef int vc_pager_hold(vc_pager* p, vc_u32vec* pages, vc_err* err) noexcept nogil:
+    cdef vc_u32vec** nh
+    cdef size_t ncap
+    pthread_mutex_lock(&p.free_lock)
+    if p.nheld == p.held_cap:
+        ncap = p.held_cap * 2 if p.held_cap else 4
+        nh = <vc_u32vec**>realloc(p.held, ncap * sizeof(vc_u32vec*))
+        if nh == NULL:
+            pthread_mutex_unlock(&p.free_lock)
+            return vc_fail(err, VC_E_NOMEM, "out of memory")
+        p.held = nh
+        p.held_cap = ncap
+    p.held[p.nheld] = pages
+    p.nheld += 1
+    pthread_mutex_unlock(&p.free_lock)
+    return 0
+
+
+cdef int vc_pager_alloc_held(vc_pager* p, vc_u32vec* pages, uint32_t n, uint32_t* first,
+                             vc_err* err) noexcept nogil:
+    cdef uint32_t i
+    pthread_mutex_lock(&p.free_lock)
+    if p.page_count >= <uint32_t>0xFFFFFFF0U - n:
+        pthread_mutex_unlock(&p.free_lock)
+        return vc_fail(err, VC_E_IO, "%s: the data file is full (2^32 pages)", p.path)
+    for i in range(n):
+        if vc_u32vec_push(pages, p.page_count + i) < 0:
+            pages.len -= i
+            pthread_mutex_unlock(&p.free_lock)
+            return vc_fail(err, VC_E_NOMEM, "out of memory")
+    first[0] = p.page_count
+    p.page_count += n
+    pthread_mutex_unlock(&p.free_lock)
+    return 0
+
+
+cdef void vc_pager_release_held(vc_pager* p, vc_u32vec* pages, size_t start, size_t count) noexcept nogil:
+    cdef size_t i
+    pthread_mutex_lock(&p.free_lock)
+    if start > pages.len:
+        start = pages.len
+    if count > pages.len - start:
+        count = pages.len - start
+    for i in range(start, start + count):
+        if vc_u32vec_push(&p.free_now, pages.items[i]) < 0:
+            break           # out of memory: the page is simply not reused until a reopen
+    memmove(pages.items + start, pages.items + start + count,
+            (pages.len - start - count) * sizeof(uint32_t))
+    pages.len -= count
+    pthread_mutex_unlock(&p.free_lock)
+
+
+cdef void vc_pager_unhold(vc_pager* p, vc_u32vec* pages) noexcept nogil:
+    cdef size_t i
+    pthread_mutex_lock(&p.free_lock)
+    for i in range(p.nheld):
+        if p.held[i] == pages:
+            p.held[i] = p.held[p.nheld - 1]
+            p.nheld -= 1
+            break
+    pthread_mutex_unlock(&p.free_lock)
+
+
+cdef int vc_pager_write_pages(vc_pager* p, uint32_t first, unsigned char* buf, uint32_t n,
+                              vc_err* err) noexcept nogil:
+    cdef uint32_t i
+    cdef vc_page_hdr* h
+    if p.fd < 0:
+        for i in range(n):
+            if vc_page_write(p, first + i, buf + <size_t>i * VC_PAGE_SIZE, err) < 0:
+                return -1
+        return 0
+    for i in range(n):
+        h = <vc_page_hdr*>(buf + <size_t>i * VC_PAGE_SIZE)
+        h.page_id = first + i
+        h.crc = vc_page_crc(<unsigned char*>h)
+    # new pages at the end of the file: no reader has seen them, none is cached
+    if full_pwrite(p.fd, buf, <size_t>n * VC_PAGE_SIZE, <uint64_t>first * VC_PAGE_SIZE) < 0:
+        return vc_fail_errno(err, VC_E_IO, errno, "%s: writing pages %u-%u", p.path, first,
+                             first + n - 1)
+    return 0
+
+
+cdef int vc_page_read_raw(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil:
+    cdef unsigned char* src
+    cdef int n
+    if page_id < 2:
+        return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u", p.path, page_id)
+    if p.fd < 0:
+        src = mem_page(p, page_id)
+        if src == NULL:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u was never written", p.path, page_id)
+        memcpy(buf, src, VC_PAGE_SIZE)
+        return 0
+    n = full_pread(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE)
+    if n != VC_PAGE_SIZE:
+        if n < 0:
+            return vc_fail_errno(err, VC_E_IO, errno, "%s: reading page %u", p.path, page_id)
+        return vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
+    return check_page(p, buf, page_id, err)
+
+
+cdef int vc_pager_sync(vc_pager* p, vc_err* err) noexcept nogil:
+    if p.fd >= 0 and fdatasync(p.fd) < 0:
+        return vc_fail_errno(err, VC_E_IO, errno, "%s: fdatasync", p.path)
+    return 0

@@ -21,7 +21,8 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_iter_close, vc_iter_fill_refs, vc_iref, vc_txn_lookup_init, vc_txn_get_lk,
                              VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE, VC_GROUP, vc_finger,
                              vc_txn_group_fingers, vc_txn_prefetch_key, vc_txn_savepoint,
-                             vc_txn_rollback)
+                             vc_txn_rollback, vc_txn_bulk_begin, vc_txn_bulk_add,
+                             vc_txn_bulk_drop)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport (VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_lookup_hold,
                               vc_page_search, vc_key_cmp)
@@ -98,6 +99,18 @@ cdef enum:
     GET_MANY_YIELD = 4096        # get_many: objects made between offers of the GIL (a power of 2)
 MAX_VALUE = VC_MAX_VALUE
 _PUT_CHUNK = PUT_CHUNK          # for the tests: calls of more items take the chunked path
+cdef size_t NO_SAVEPOINT = <size_t>-1   # put_ascending's writes so far were all a bulk load's
+cdef bint bulk_loads_on = True
+
+
+def _set_bulk_loads(bint on):
+    """For the tests: whether a large ascending put_many into an empty key range may be
+    written as a bulk load (leaves) instead of through the memtable; returns the setting
+    before."""
+    global bulk_loads_on
+    before = bulk_loads_on
+    bulk_loads_on = on
+    return before
 
 
 # ---------------------------------------------------------------- errors
@@ -381,16 +394,34 @@ cdef Py_ssize_t keyarray_ascending(keyarray* ka, const unsigned char* prev,
     return ka.n
 
 
+cdef int bulk_apply(vc_txn* t, keyarray* ka, const unsigned char** vptrs, const uint32_t* vlens,
+                    Py_ssize_t n, Py_ssize_t* taken, vc_err* err) noexcept nogil:
+    """Add put_many's first n items (ascending) to the transaction's bulk load until one
+    cannot join it: *taken of them joined.  0, or -1 with err set."""
+    cdef Py_ssize_t i
+    cdef int rc
+    for i in range(n):
+        if i + 8 < n:
+            vc_prefetch(vptrs[i + 8])
+            vc_prefetch(vptrs[i + 8] + 64)
+        rc = vc_txn_bulk_add(t, ka.data + ka.offs[i], ka.lens[i], vptrs[i], vlens[i], err)
+        if rc != 0:
+            taken[0] = i
+            return -1 if rc < 0 else 0
+    taken[0] = n
+    return 0
+
+
 cdef int put_apply(vc_txn* t, keyarray* ka, const uint32_t* order, const unsigned char** vptrs,
-                   const uint32_t* vlens, Py_ssize_t n, vc_err* err) noexcept nogil:
-    """Write put_many's n puts: item order[i] i-th, or (order NULL) in the order given, the
-    keys ascending either way.  0, or -1 with err set at the first write refused."""
+                   const uint32_t* vlens, Py_ssize_t n, vc_err* err, Py_ssize_t start=0) noexcept nogil:
+    """Write put_many's puts start..n-1: item order[i] i-th, or (order NULL) in the order
+    given, the keys ascending either way.  0, or -1 with err set at the first write refused."""
     cdef vc_finger fingers[VC_GROUP]
     cdef const unsigned char* gkeys[VC_GROUP]
     cdef uint32_t glens[VC_GROUP]
     cdef Py_ssize_t i, j, g, gi
     cdef int ngroup = 0
-    for i in range(n):
+    for i in range(start, n):
         if i + 8 < n:
             # the values are Python objects strewn over the heap: start fetching the ones
             # a few steps ahead (the copy misses otherwise)
@@ -399,7 +430,7 @@ cdef int put_apply(vc_txn* t, keyarray* ka, const uint32_t* order, const unsigne
             vc_prefetch(vptrs[j] + 64)
             # and the key filter's block its insert will set bits in
             vc_txn_prefetch_key(t, ka.data + ka.offs[j], ka.lens[j], True)
-        if i % VC_GROUP == 0:
+        if (i - start) % VC_GROUP == 0:
             # the memtable searches of the next keys, together
             g = min(<Py_ssize_t>VC_GROUP, n - i)
             for gi in range(g):
@@ -408,7 +439,7 @@ cdef int put_apply(vc_txn* t, keyarray* ka, const uint32_t* order, const unsigne
                 glens[gi] = ka.lens[j]
             ngroup = vc_txn_group_fingers(t, gkeys, glens, <int>g, fingers)
         if ngroup:
-            gi = i % VC_GROUP
+            gi = (i - start) % VC_GROUP
             if fingers[gi].mem != NULL:
                 memcpy(&t.mem_finger, &fingers[gi], sizeof(vc_finger))
         j = order[i] if order != NULL else i
@@ -728,7 +759,7 @@ cdef class Store:
 
     def info(self):
         """info() -> dict: sizes, counters and settings of the store."""
-        cdef uint64_t s[23]
+        cdef uint64_t s[24]
         self.check_open()
         vc_db_stats(self.db, s)
         data_bytes = None
@@ -765,6 +796,7 @@ cdef class Store:
             "memtable_bytes": s[11],
             "memtable_spare_bytes": s[21],   # retired memtables' memory kept for the next ones
             "memtable_chunks_reused": s[22],
+            "bulk_loads": s[23],             # put_many calls written as leaves (see put_many)
             "versions_retained": s[12],
             "versions_pruned": s[16],
             "versions_deferred": s[17],
@@ -1373,11 +1405,18 @@ cdef class Txn:
         # from here on, Python code that reading an item runs (a buffer's export, a key's
         # conversion) cannot use this transaction: the call's writes stay one run
         self.in_use = True
+        nruns = self.t.nruns
         try:
             if n > PUT_CHUNK:
                 done = self.put_ascending(tid, pairs, n, &sp)
             if done < n:
-                self.put_sorted(tid, pairs, done, n, done > 0, sp)
+                self.put_sorted(tid, pairs, done, n, done > 0 and sp != NO_SAVEPOINT, sp)
+        except BaseException:
+            # the bulk loads this call started go too: it has no effect
+            if not self.ended and self.t != NULL and self.store.db != NULL and not self.store.closing:
+                while self.t.nruns > nruns:
+                    vc_txn_bulk_drop(self.t)
+            raise
         finally:
             self.in_use = False
 
@@ -1389,7 +1428,13 @@ cdef class Txn:
         any write reads each object twice, a cache miss each time once the batch
         outgrows the cache.  Returns how many items it wrote; the caller sorts and writes
         the rest.  A bad item withdraws the writes made so far (vc_txn_rollback from *sp),
-        so a call that raises TypeError or ValueError changes nothing."""
+        so a call that raises TypeError or ValueError changes nothing.
+
+        Into a key range the snapshot holds nothing in, the items go to a bulk load
+        instead (vc_txn_bulk_*: leaves, spliced into the tree at commit), which put_many
+        drops again if the call fails.  A bulk load needs no savepoint: where the write
+        set cannot withdraw (*sp is then NO_SAVEPOINT), the items the load cannot take are
+        left to the caller, which reads them all before it writes any."""
         cdef keyarray ka
         cdef const unsigned char** vptrs = NULL
         cdef uint32_t* vlens = NULL
@@ -1400,6 +1445,9 @@ cdef class Txn:
         cdef bint engine_error = False
         cdef vc_err err
         cdef int rc = 0
+        cdef bint bulk = False
+        cdef bint can_withdraw = True
+        cdef Py_ssize_t taken = 0
         cdef list keep = [None] * PUT_CHUNK
         memset(&ka, 0, sizeof(ka))
         try:
@@ -1416,9 +1464,14 @@ cdef class Txn:
                 pairs_fill(&ka, tid, pairs, n, lo, hi, vptrs, vlens, keep)
                 self.check_alive()            # reading the items may have run Python code
                 if lo == 0:
-                    if not vc_txn_savepoint(self.t, ka.data, ka.lens[0], sp):
-                        break                   # writes it could not withdraw: sort them all
+                    can_withdraw = vc_txn_savepoint(self.t, ka.data, ka.lens[0], sp)
+                    if not can_withdraw:
+                        sp[0] = NO_SAVEPOINT
                     m = keyarray_ascending(&ka, NULL, 0)
+                    if m == hi - lo and bulk_loads_on:
+                        bulk = self.bulk_begin(tid, &ka, pairs, n)
+                    if not can_withdraw and not bulk:
+                        break                   # writes it could not withdraw: sort them all
                 else:
                     m = keyarray_ascending(&ka, last, lastlen)
                 if m == 0:
@@ -1426,11 +1479,24 @@ cdef class Txn:
                 err.code = VC_E_NONE
                 self.store.busy += 1
                 with nogil:
-                    rc = put_apply(self.t, &ka, NULL, vptrs, vlens, m, &err)
+                    if bulk:
+                        rc = bulk_apply(self.t, &ka, vptrs, vlens, m, &taken, &err)
+                        if rc == 0 and taken < m:
+                            # an item the bulk load cannot take: this one and the rest
+                            # are written as usual
+                            bulk = False
+                            if can_withdraw:
+                                rc = put_apply(self.t, &ka, NULL, vptrs, vlens, m, &err, taken)
+                    else:
+                        rc = put_apply(self.t, &ka, NULL, vptrs, vlens, m, &err)
                 self.store.busy -= 1
                 if rc < 0:
                     engine_error = True
                     raise_error(&err)
+                if not bulk and not can_withdraw:
+                    # the bulk load took items lo .. lo+taken-1; the rest is read whole and
+                    # sorted before any of it is written (nothing to withdraw then)
+                    return lo + taken
                 lastlen = ka.lens[m - 1]
                 memcpy(last, ka.data + ka.offs[m - 1], lastlen)
                 if m < hi - lo:
@@ -1438,7 +1504,7 @@ cdef class Txn:
                 lo = hi
             return lo
         except BaseException:
-            if lo > 0 and not engine_error:
+            if lo > 0 and not engine_error and sp[0] != NO_SAVEPOINT:
                 self.rollback(sp[0])
             raise
         finally:
@@ -1446,6 +1512,33 @@ cdef class Txn:
             free(vptrs)
             free(vlens)
             free(last)
+
+    cdef bint bulk_begin(self, uint32_t tid, keyarray* ka, list pairs, Py_ssize_t n) except -1:
+        """Whether this call's items, whose first chunk (in ka) ascends, start a bulk load
+        (see vc_txn_bulk_begin); the last item's key, when it is a plain (bytes, value)
+        pair, tells whether the range is free that far."""
+        cdef unsigned char lastkey[MAX_KEY + TID_LEN]
+        cdef const unsigned char* lastp = NULL
+        cdef uint32_t lastlen = 0
+        cdef Py_ssize_t kl
+        cdef vc_err err
+        cdef int rc
+        pair = pairs[n - 1]
+        if PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2:
+            k = (<tuple>pair)[0]
+            if PyBytes_CheckExact(k):
+                kl = PyBytes_GET_SIZE(k)
+                if 1 <= kl <= MAX_KEY:
+                    put_tid(lastkey, tid)
+                    memcpy(lastkey + TID_LEN, PyBytes_AS_STRING(k), <size_t>kl)
+                    lastp = lastkey
+                    lastlen = <uint32_t>(kl + TID_LEN)
+        err.code = VC_E_NONE
+        with nogil:
+            rc = vc_txn_bulk_begin(self.t, ka.data, ka.lens[0], lastp, lastlen, &err)
+        if rc < 0:
+            raise_error(&err)
+        return rc == 1
 
     cdef int put_sorted(self, uint32_t tid, list pairs, Py_ssize_t lo, Py_ssize_t n,
                         bint wrote, size_t sp) except -1:
