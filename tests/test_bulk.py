@@ -543,3 +543,72 @@ os._exit(0)
         with s.txn() as x:
             x.put_many(s.table("t"), items(b"m"))
         assert s.check()["ok"]
+
+
+# ---------------------------------------------------------------- key by key
+
+K = 4096                          # VC_BULK_AFTER: ascending puts before a bulk load starts
+
+
+def test_sorted_load_key_by_key_becomes_a_bulk_load(tmp_path):
+    path = str(tmp_path / "db")
+    data = items(b"k", 3 * K, size=100)
+    with velocore.open(path, sync="off") as s:
+        t = s.table("t")
+        with s.txn() as x:
+            for k, v in data:
+                x.put(t, k, v)
+        assert bulk_loads(s) == 1
+        # most of it never went through the memtable
+        assert s.info()["versions_retained"] < K + 10
+        assert list(t.items()) == data
+        assert s.check()["ok"]
+    with velocore.open(path) as s:
+        assert list(s.table("t").items()) == data
+
+
+def test_key_by_key_load_with_reads_and_a_key_in_the_way(tmp_path):
+    """Reads of keys already put, a key the snapshot holds in the middle of the load, a
+    repeated key, and a put_many after the puts: the same as through the memtable."""
+    with velocore.open(str(tmp_path / "db"), sync="off") as s:
+        t = s.table("t")
+        t[b"k%07d" % (5 * K)] = b"in the way"
+        data = items(b"k", 8 * K, size=30)
+        model = {b"k%07d" % (5 * K): b"in the way"}
+        with s.txn() as x:
+            for i, (k, v) in enumerate(data):
+                x.put(t, k, v)
+                model[k] = v
+                if i % 5000 == 4999:
+                    j = random.Random(i).randrange(i)
+                    assert x.get(t, data[j][0]) == data[j][1]
+                if i == 3 * K:
+                    x.put(t, k, b"again")         # the same key twice in a row
+                    model[k] = b"again"
+            more = items(b"m", N, size=10)
+            x.put_many(t, more)
+            model.update(more)
+        assert bulk_loads(s) >= 2
+        assert dict(t.items()) == model
+        assert s.check()["ok"]
+
+
+def test_key_by_key_load_conflicts_and_aborts(tmp_path):
+    with velocore.open(str(tmp_path / "db"), sync="off") as s:
+        t = s.table("t")
+        data = items(b"k", 2 * K, size=10)
+        x = s.txn()
+        for k, v in data:
+            x.put(t, k, v)
+        y = s.txn()
+        y.put(t, data[-1][0], b"other")          # into the range the puts went to
+        y.commit()
+        with pytest.raises(velocore.ConflictError):
+            x.commit()
+        assert dict(t.items()) == {data[-1][0]: b"other"}
+        x = s.txn()
+        for k, v in items(b"z", 2 * K):
+            x.put(t, k, v)
+        x.abort()
+        assert dict(t.items()) == {data[-1][0]: b"other"}
+        assert s.check()["ok"]

@@ -15,6 +15,7 @@ cdef enum:
     VC_DEL = 2
     VC_CHECK = 3            # write set only: validate at commit, write nothing
     VC_INGEST = 4           # log only: a bulk load's leaves, by page id and checksum
+    VC_BULK_AFTER = 4096    # ascending single puts after which the next may start a bulk load
     VC_SL_MAX = 20          # skip-list levels
     VC_GROUP = 16           # keys of a batch searched together (vc_txn_group_fingers)
     VC_FINGER_NEAR = 3      # a finger within this level's reach needs no group search
@@ -196,6 +197,7 @@ cdef struct vc_txn:
     vc_run** runs           # bulk loads (put_many into empty key ranges), ascending and
     size_t nruns            # disjoint, each above every other write; spliced into the
     size_t runs_cap         # tree at commit (vc_txn_bulk_*)
+    size_t bulk_tried       # wa_len when a single put last tried to start one
 
 cdef enum:
     VC_PUB_RING = 4096      # commits that may wait at once to become visible (a power of 2)
@@ -376,4 +378,8 @@ cdef int vc_txn_bulk_begin(vc_txn* t, const unsigned char* key, uint32_t klen,
 cdef int vc_txn_bulk_add(vc_txn* t, const unsigned char* key, uint32_t klen,
                          const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil
 cdef void vc_txn_bulk_drop(vc_txn* t) noexcept nogil
+# A single put: 0 if it joined the transaction's last bulk load (or, after VC_BULK_AFTER
+# ascending writes, started one), 1 if it must be written as usual, -1 on error.
+cdef int vc_txn_bulk_put(vc_txn* t, const unsigned char* key, uint32_t klen,
+                         const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil
 cdef int vc_txn_bulk_settle(vc_txn* t, vc_err* err) noexcept nogil

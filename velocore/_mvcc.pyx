@@ -2805,6 +2805,28 @@ cdef int vc_txn_bulk_add(vc_txn* t, const unsigned char* key, uint32_t klen,
     return rc
 
 
+cdef int vc_txn_bulk_put(vc_txn* t, const unsigned char* key, uint32_t klen,
+                         const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil:
+    """One put of a sorted load made key by key: once the transaction has written
+    VC_BULK_AFTER keys in ascending order, the next one starts a bulk load (if its key
+    range is empty in the snapshot), and the puts after it join it while they ascend
+    below its limit.  A failed start is tried again VC_BULK_AFTER writes later."""
+    cdef int rc
+    if t.doomed or t.readonly or t.state != VC_TXN_ACTIVE:
+        return 1                    # vc_txn_write reports it
+    if t.nruns:
+        rc = vc_txn_bulk_add(t, key, klen, value, vlen, err)
+        if rc <= 0:
+            return rc
+    if not t.wa_mode or t.wa_len < t.bulk_tried + VC_BULK_AFTER:
+        return 1
+    t.bulk_tried = t.wa_len
+    rc = vc_txn_bulk_begin(t, key, klen, NULL, 0, err)
+    if rc <= 0:
+        return -1 if rc < 0 else 1
+    return vc_txn_bulk_add(t, key, klen, value, vlen, err)
+
+
 cdef void vc_txn_bulk_drop(vc_txn* t) noexcept nogil:
     if t.nruns > 0:
         t.nruns -= 1

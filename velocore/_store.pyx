@@ -22,7 +22,7 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              VC_PUT, VC_DEL, VC_CHECK, VC_TXN_ACTIVE, VC_GROUP, vc_finger,
                              vc_txn_group_fingers, vc_txn_prefetch_key, vc_txn_savepoint,
                              vc_txn_rollback, vc_txn_bulk_begin, vc_txn_bulk_add,
-                             vc_txn_bulk_drop)
+                             vc_txn_bulk_drop, vc_txn_bulk_put, VC_BULK_AFTER)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport (VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_lookup_hold,
                               vc_page_search, vc_key_cmp)
@@ -1349,12 +1349,21 @@ cdef class Txn:
         cdef keybuf kb
         cdef bytes v
         cdef vc_err err
+        cdef int rc
         self.check_write()
         make_key(&kb, self.tid(table, True), key, "key")
         vc_txn_prefetch_key(self.t, kb.data, kb.len, True)
         v = as_value(value)
         self.check_write()
         err.code = VC_E_NONE
+        if bulk_loads_on and (self.t.nruns != 0 or self.t.wa_len >= VC_BULK_AFTER):
+            # a sorted load made key by key: a bulk load once it has gone on a while
+            rc = vc_txn_bulk_put(self.t, kb.data, kb.len, <const unsigned char*>PyBytes_AS_STRING(v),
+                                 <uint32_t>PyBytes_GET_SIZE(v), &err)
+            if rc < 0:
+                raise_error(&err)
+            if rc == 0:
+                return
         if vc_txn_write(self.t, kb.data, kb.len, <const unsigned char*>PyBytes_AS_STRING(v),
                         <uint32_t>PyBytes_GET_SIZE(v), VC_PUT, &err) < 0:
             raise_error(&err)
