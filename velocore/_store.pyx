@@ -1350,14 +1350,17 @@ cdef class Txn:
         cdef bytes v
         cdef vc_err err
         cdef int rc
+        cdef bint bulk
         self.check_write()
         make_key(&kb, self.tid(table, True), key, "key")
-        vc_txn_prefetch_key(self.t, kb.data, kb.len, True)
+        # a sorted load made key by key becomes a bulk load once it has gone on a while
+        bulk = bulk_loads_on and (self.t.nruns != 0 or self.t.wa_len >= VC_BULK_AFTER)
+        if not bulk or self.t.nruns == 0:
+            vc_txn_prefetch_key(self.t, kb.data, kb.len, True)   # for the memtable's insert
         v = as_value(value)
         self.check_write()
         err.code = VC_E_NONE
-        if bulk_loads_on and (self.t.nruns != 0 or self.t.wa_len >= VC_BULK_AFTER):
-            # a sorted load made key by key: a bulk load once it has gone on a while
+        if bulk:
             rc = vc_txn_bulk_put(self.t, kb.data, kb.len, <const unsigned char*>PyBytes_AS_STRING(v),
                                  <uint32_t>PyBytes_GET_SIZE(v), &err)
             if rc < 0:
