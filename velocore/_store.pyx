@@ -796,7 +796,7 @@ cdef class Store:
             "memtable_bytes": s[11],
             "memtable_spare_bytes": s[21],   # retired memtables' memory kept for the next ones
             "memtable_chunks_reused": s[22],
-            "bulk_loads": s[23],             # put_many calls written as leaves (see put_many)
+            "bulk_loads": s[23],             # sorted loads written as leaves (see put_many, put)
             "versions_retained": s[12],
             "versions_pruned": s[16],
             "versions_deferred": s[17],
