@@ -942,8 +942,7 @@ cdef struct mctx:
     uint32_t prev_klen
     bint has_prev
     unsigned char page[4096]     # page being built
-    runimpl* run                 # building a bulk-load run: leaves go to its batch, pages
-                                 # come from its held set
+    runimpl* run                 # a bulk-load run's overflow pages: from its held set
     const vc_run* splice         # splicing this run in: ops[0] marks where (its first key)
     bint track                   # pages allocated and freed go to allocs / freed (a splice
     vc_u32vec* allocs            # that fails gives back what it took; one that succeeds
@@ -1105,10 +1104,7 @@ cdef int write_leaf(mctx* m, size_t n, kidvec* out) noexcept nogil:
         memcpy(page + off, e, size)
         st16(page + VC_HDR_SIZE + 2 * i, <uint16_t>off)
     memset(page + VC_HDR_SIZE + 2 * n, 0, off - (VC_HDR_SIZE + 2 * n))
-    if m.run != NULL:
-        if run_put_leaf(m.run, page, &pid, m.err) < 0:
-            return -1
-    elif m_alloc(m, &pid) < 0 or vc_page_write(m.p, pid, page, m.err) < 0:
+    if m_alloc(m, &pid) < 0 or vc_page_write(m.p, pid, page, m.err) < 0:
         return -1
     # separator: the shortest prefix of the first key above the previous leaf's last key
     e = m.sbuf + m.soff[0]
@@ -1594,14 +1590,20 @@ cdef enum:
 
 cdef struct runimpl:
     vc_run* pub
-    mctx m                       # the stream its entries are packed from (m.run = this)
-    kidvec kids                  # (separator, page) of each leaf written, in key order
-    unsigned char* batch         # RUN_EXTENT pages: leaves waiting to be written
-    uint32_t batch_first         # page id of batch[0]; the batch's ids are consecutive
-    uint32_t batch_n
+    mctx m                       # for its overflow pages (m.run = this: held ones)
+    kidvec kids                  # (separator, page) of each leaf finished, in key order
+    unsigned char* batch         # RUN_EXTENT pages: leaves waiting to be written, then the
+    uint32_t batch_first         # one being packed; page id of batch[0] (consecutive ids)
+    uint32_t batch_n             # leaves finished in the batch
     uint32_t ext_next            # the extent being filled: ids ext_next .. ext_end-1 unused
-    uint32_t ext_end
+    uint32_t ext_end             # (ext_next is the leaf being packed, when there is one)
     size_t ext_at                # index in pub.pages of the extent's first unused id
+    unsigned char* cur           # the leaf being packed (batch[batch_n]), NULL if none: its
+    uint32_t cur_off             # entries go down from the page's end, the last one added
+    uint32_t cur_count           # at cur_off; cur_count of them
+    uint32_t prev_lastlen        # last key of the leaf before it (its separator's bound)
+    bint has_prev
+    unsigned char prev_last[1028]
 
 
 cdef int run_flush_batch(runimpl* r, vc_err* err) noexcept nogil:
@@ -1618,8 +1620,9 @@ cdef int run_flush_batch(runimpl* r, vc_err* err) noexcept nogil:
     return 0
 
 
-cdef int run_put_leaf(runimpl* r, const unsigned char* page, uint32_t* pid, vc_err* err) noexcept nogil:
-    """A leaf write_leaf packed: into the batch, at the next id of the run's extent."""
+cdef int run_leaf_open(runimpl* r, vc_err* err) noexcept nogil:
+    """Start packing a leaf, at the next id of the run's extent (a new extent, once the
+    batch of the last one is written, when it is used up)."""
     if r.ext_next == r.ext_end:
         if run_flush_batch(r, err) < 0:
             return -1
@@ -1628,11 +1631,46 @@ cdef int run_put_leaf(runimpl* r, const unsigned char* page, uint32_t* pid, vc_e
             return -1
         r.ext_end = r.ext_next + RUN_EXTENT
         r.batch_first = r.ext_next
-    pid[0] = r.ext_next
-    memcpy(r.batch + <size_t>r.batch_n * VC_PAGE_SIZE, page, VC_PAGE_SIZE)
+    r.cur = r.batch + <size_t>r.batch_n * VC_PAGE_SIZE
+    r.cur_off = VC_PAGE_SIZE
+    r.cur_count = 0
+    return 0
+
+
+cdef int run_leaf_close(runimpl* r, vc_err* err) noexcept nogil:
+    """The leaf being packed is finished: its header, its separator (the shortest prefix
+    of its first key above the previous leaf's last key) into kids."""
+    cdef unsigned char* page = r.cur
+    cdef vc_page_hdr* h = <vc_page_hdr*>page
+    cdef const unsigned char* e
+    cdef const unsigned char* key
+    cdef uint32_t klen, sep_len, l
+    memset(page, 0, VC_HDR_SIZE)
+    h.type = VC_PAGE_LEAF
+    h.count = <uint16_t>r.cur_count
+    memset(page + VC_HDR_SIZE + 2 * r.cur_count, 0, r.cur_off - (VC_HDR_SIZE + 2 * r.cur_count))
+    e = page + ld16(page + VC_HDR_SIZE)
+    klen = ld16(e)
+    key = e + (12 if ld16(e + 2) & VC_ENT_OVERFLOW else 8)
+    sep_len = klen
+    if r.has_prev:
+        l = 0
+        while l < r.prev_lastlen and l < klen and r.prev_last[l] == key[l]:
+            l += 1
+        if l + 1 < klen:
+            sep_len = l + 1
+    r.m.err = err
+    if kid_push(&r.m, &r.kids, key, sep_len, r.ext_next) < 0:
+        return -1
+    e = page + r.cur_off                       # the last entry added
+    klen = ld16(e)
+    memcpy(r.prev_last, e + (12 if ld16(e + 2) & VC_ENT_OVERFLOW else 8), klen)
+    r.prev_lastlen = klen
+    r.has_prev = True
     r.batch_n += 1
     r.ext_next += 1
     r.ext_at += 1
+    r.cur = NULL
     return 0
 
 
@@ -1665,25 +1703,47 @@ cdef vc_run* vc_run_new(vc_pager* p, vc_err* err) noexcept nogil:
 cdef int vc_run_add(vc_run* run, const unsigned char* key, uint32_t klen,
                     const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil:
     cdef runimpl* r = <runimpl*>run.impl
-    cdef vc_op op
-    cdef size_t size
-    op.key = key
-    op.klen = klen
-    op.value = value if value != NULL else key      # an empty value is still a put
-    op.vlen = vlen
-    r.m.err = err
+    cdef unsigned char* e
+    cdef uint32_t size, first = 0
+    cdef bint ovf = 8 + klen + vlen > VC_INLINE_MAX
     if run.nkeys and vc_key_cmp(key, klen, run.last, run.lastlen) == 0:
-        # the same key again: the last wins.  Its entry is still waiting in the stream
-        # (a page is written only while more than two pages' worth wait behind it)
-        size = r.m.sbuf_len - r.m.soff[r.m.sn - 1]
-        if ld16(r.m.sbuf + r.m.soff[r.m.sn - 1] + 2) & VC_ENT_OVERFLOW:
+        # the same key again: the last wins.  Its entry is the last one of the leaf being
+        # packed (a leaf is finished only when the entry after it does not fit)
+        if r.cur == NULL or r.cur_count == 0:
+            return 1
+        e = r.cur + r.cur_off
+        if ld16(e + 2) & VC_ENT_OVERFLOW:
             return 1            # its overflow pages are written: the caller writes it as usual
-        r.m.sn -= 1
-        r.m.sbuf_len = r.m.soff[r.m.sn]
-        r.m.sbytes -= size + 2
+        r.cur_off += 8 + ld16(e) + ld32(e + 4)
+        r.cur_count -= 1
         run.nkeys -= 1
-    if stream_add_op(&r.m, &op, &r.kids) < 0:
+    r.m.err = err
+    if ovf:
+        if write_overflow(&r.m, value, vlen, &first) < 0:
+            return -1
+        size = 12 + klen
+    else:
+        size = 8 + klen + vlen
+    if r.cur != NULL and VC_HDR_SIZE + 2 * (r.cur_count + 1) + size > r.cur_off:
+        if run_leaf_close(r, err) < 0:
+            return -1
+    if r.cur == NULL and run_leaf_open(r, err) < 0:
         return -1
+    r.cur_off -= size
+    e = r.cur + r.cur_off
+    st16(e, <uint16_t>klen)
+    st32(e + 4, vlen)
+    if ovf:
+        st16(e + 2, VC_ENT_OVERFLOW)
+        st32(e + 8, first)
+        memcpy(e + 12, key, klen)
+    else:
+        st16(e + 2, 0)
+        memcpy(e + 8, key, klen)
+        if vlen:
+            memcpy(e + 8 + klen, value, vlen)
+    st16(r.cur + VC_HDR_SIZE + 2 * r.cur_count, <uint16_t>r.cur_off)
+    r.cur_count += 1
     if run.nkeys == 0:
         memcpy(run.lo, key, klen)
         run.lolen = klen
@@ -1695,8 +1755,9 @@ cdef int vc_run_add(vc_run* run, const unsigned char* key, uint32_t klen,
 
 cdef int vc_run_finish(vc_run* run, vc_err* err) noexcept nogil:
     cdef runimpl* r = <runimpl*>run.impl
-    r.m.err = err
-    if stream_flush(&r.m, &r.kids) < 0 or run_flush_batch(r, err) < 0:
+    if r.cur != NULL and r.cur_count > 0 and run_leaf_close(r, err) < 0:
+        return -1
+    if run_flush_batch(r, err) < 0:
         return -1
     # the extent's unused tail goes back at once
     if r.ext_next < r.ext_end:
@@ -1793,6 +1854,7 @@ cdef int vc_run_scan(vc_pager* p, const uint32_t* leaves, const uint32_t* crcs, 
     cdef uint32_t k
     cdef int rc = 0
     memset(&ovf, 0, sizeof(ovf))
+    memset(&e, 0, sizeof(e))
     if page == NULL:
         return vc_fail(err, VC_E_NOMEM, "out of memory reading a bulk load")
     for i in range(n):
