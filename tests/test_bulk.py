@@ -330,6 +330,7 @@ def test_concurrent_loads_and_writers_in_one_table(tmp_path):
         lock = threading.Lock()
         errors = []
         progress = [-1, -1, -1]      # the load each loader is at
+        first_done = threading.Event()
 
         # the writes run at once; the commits, with the model's update, in turn (so the
         # model follows commit order)
@@ -349,12 +350,18 @@ def test_concurrent_loads_and_writers_in_one_table(tmp_path):
                             x.commit()
                         except velocore.ConflictError:
                             continue
+                        finally:
+                            if w == 0:
+                                first_done.set()
                         model.update(data)
             except BaseException as e:
                 errors.append(e)
+            finally:
+                first_done.set()
 
         def writer(w):
             rnd = random.Random(w)
+            first_done.wait(60)      # one load at least meets no writer (however slow it runs)
             try:
                 for i in range(1500):
                     lw = rnd.randrange(3)
