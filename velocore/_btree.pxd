@@ -134,7 +134,7 @@ ctypedef int (*vc_run_entry_fn)(void* ctx, const unsigned char* key, uint32_t kl
 
 cdef vc_run* vc_run_new(vc_pager* p, vc_err* err) noexcept nogil
 # Keys ascending, each at or above the last one added (the caller checks); the same key
-# again replaces it, or (1) cannot when its value went to overflow pages.  0, 1 or -1.
+# again replaces it (its overflow pages, if any, are free again).  0, or -1 on error.
 cdef int vc_run_add(vc_run* run, const unsigned char* key, uint32_t klen,
                     const unsigned char* value, uint32_t vlen, vc_err* err) noexcept nogil
 # Write what is still being packed; run.leaves is then complete.

@@ -1603,6 +1603,8 @@ cdef struct runimpl:
     uint32_t cur_count           # at cur_off; cur_count of them
     uint32_t prev_lastlen        # last key of the leaf before it (its separator's bound)
     bint has_prev
+    size_t ovf_at                # the last entry's overflow pages: pub.pages[ovf_at:][:ovf_n]
+    size_t ovf_n                 # (0: its value is inline)
     unsigned char prev_last[1028]
 
 
@@ -1713,14 +1715,23 @@ cdef int vc_run_add(vc_run* run, const unsigned char* key, uint32_t klen,
             return 1
         e = r.cur + r.cur_off
         if ld16(e + 2) & VC_ENT_OVERFLOW:
-            return 1            # its overflow pages are written: the caller writes it as usual
-        r.cur_off += 8 + ld16(e) + ld32(e + 4)
+            # its overflow pages are free again (no reader saw them); ids taken after them
+            # (an extent) move down in pages
+            vc_pager_release_held(r.m.p, &run.pages, r.ovf_at, r.ovf_n)
+            if r.ext_at > r.ovf_at:
+                r.ext_at -= r.ovf_n
+            r.cur_off += 12 + ld16(e)
+        else:
+            r.cur_off += 8 + ld16(e) + ld32(e + 4)
         r.cur_count -= 1
         run.nkeys -= 1
     r.m.err = err
+    r.ovf_n = 0
     if ovf:
+        r.ovf_at = run.pages.len
         if write_overflow(&r.m, value, vlen, &first) < 0:
             return -1
+        r.ovf_n = run.pages.len - r.ovf_at
         size = 12 + klen
     else:
         size = 8 + klen + vlen
