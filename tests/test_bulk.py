@@ -335,28 +335,31 @@ def test_concurrent_loads_and_writers_in_one_table(tmp_path):
         progress = [-1, -1, -1]      # the load each loader is at
         first_done = threading.Event()
 
-        # the writes run at once; the commits, with the model's update, in turn (so the
-        # model follows commit order)
+        def write_then_commit(write, changes):
+            """The writes run at once; the commits, with the model's update, in turn (so
+            the model follows commit order).  Whether it committed."""
+            x = s.txn()
+            try:
+                write(x)
+            except velocore.ConflictError:
+                x.abort()
+                return False
+            with lock:
+                try:
+                    x.commit()
+                except velocore.ConflictError:
+                    return False
+                model.update(changes)
+                return True
+
         def loader(w):
             try:
                 for i in range(4):
                     data = items(b"L%d-%d-" % (w, i), size=50)
                     progress[w] = i                # writers may write into it from now on
-                    x = s.txn()
-                    try:
-                        x.put_many(t, data)      # stops where a writer's key is
-                    except velocore.ConflictError:
-                        x.abort()
-                        continue
-                    with lock:
-                        try:
-                            x.commit()
-                        except velocore.ConflictError:
-                            continue
-                        finally:
-                            if w == 0:
-                                first_done.set()
-                        model.update(data)
+                    # put_many stops where a writer's key is
+                    write_then_commit(lambda x: x.put_many(t, data), data)
+                    first_done.set()
             except BaseException as e:
                 errors.append(e)
             finally:
@@ -372,18 +375,7 @@ def test_concurrent_loads_and_writers_in_one_table(tmp_path):
                         k = b"w%d-%d" % (w, i)
                     else:
                         k = b"L%d-%d-%07d" % (lw, rnd.randint(0, progress[lw]), rnd.randrange(N))
-                    x = s.txn()
-                    try:
-                        x.put(t, k, b"w")
-                    except velocore.ConflictError:
-                        x.abort()
-                        continue
-                    with lock:
-                        try:
-                            x.commit()
-                        except velocore.ConflictError:
-                            continue
-                        model[k] = b"w"
+                    write_then_commit(lambda x: x.put(t, k, b"w"), {k: b"w"})
             except BaseException as e:
                 errors.append(e)
 

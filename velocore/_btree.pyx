@@ -1081,13 +1081,25 @@ cdef int write_overflow(mctx* m, const unsigned char* value, uint32_t vlen, uint
     return 0
 
 
+cdef inline uint32_t sep_length(const unsigned char* prev, uint32_t prevlen,
+                                const unsigned char* first, uint32_t klen) noexcept nogil:
+    """A leaf's separator: the shortest prefix of its first key above the last key of the
+    leaf before it (prev; NULL: none, the whole key)."""
+    cdef uint32_t l = 0
+    if prev == NULL:
+        return klen
+    while l < prevlen and l < klen and prev[l] == first[l]:
+        l += 1
+    return l + 1 if l + 1 < klen else klen
+
+
 cdef int write_leaf(mctx* m, size_t n, kidvec* out) noexcept nogil:
     """Pack the first n waiting entries into one new leaf and hand it to out."""
     cdef unsigned char* page = m.page
     cdef vc_page_hdr* h = <vc_page_hdr*>page
     cdef uint32_t off = VC_PAGE_SIZE
     cdef size_t i, size, rest_bytes = 0
-    cdef uint32_t pid, klen, first_klen, l, sep_len
+    cdef uint32_t pid, klen, first_klen, sep_len
     cdef const unsigned char* e
     cdef const unsigned char* first_key
     size = (m.soff[n] if n < m.sn else m.sbuf_len) + 2 * n
@@ -1110,13 +1122,7 @@ cdef int write_leaf(mctx* m, size_t n, kidvec* out) noexcept nogil:
     e = m.sbuf + m.soff[0]
     first_klen = ld16(e)
     first_key = e + (12 if ld16(e + 2) & VC_ENT_OVERFLOW else 8)
-    sep_len = first_klen
-    if m.has_prev:
-        l = 0
-        while l < m.prev_klen and l < first_klen and m.prev_key[l] == first_key[l]:
-            l += 1
-        if l + 1 < first_klen:
-            sep_len = l + 1
+    sep_len = sep_length(m.prev_key if m.has_prev else NULL, m.prev_klen, first_key, first_klen)
     if kid_push(m, out, first_key, sep_len, pid) < 0:
         return -1
     e = m.sbuf + m.soff[n - 1]
@@ -1646,7 +1652,7 @@ cdef int run_leaf_close(runimpl* r, vc_err* err) noexcept nogil:
     cdef vc_page_hdr* h = <vc_page_hdr*>page
     cdef const unsigned char* e
     cdef const unsigned char* key
-    cdef uint32_t klen, sep_len, l
+    cdef uint32_t klen, sep_len
     memset(page, 0, VC_HDR_SIZE)
     h.type = VC_PAGE_LEAF
     h.count = <uint16_t>r.cur_count
@@ -1654,13 +1660,7 @@ cdef int run_leaf_close(runimpl* r, vc_err* err) noexcept nogil:
     e = page + ld16(page + VC_HDR_SIZE)
     klen = ld16(e)
     key = e + (12 if ld16(e + 2) & VC_ENT_OVERFLOW else 8)
-    sep_len = klen
-    if r.has_prev:
-        l = 0
-        while l < r.prev_lastlen and l < klen and r.prev_last[l] == key[l]:
-            l += 1
-        if l + 1 < klen:
-            sep_len = l + 1
+    sep_len = sep_length(r.prev_last if r.has_prev else NULL, r.prev_lastlen, key, klen)
     r.m.err = err
     if kid_push(&r.m, &r.kids, key, sep_len, r.ext_next) < 0:
         return -1

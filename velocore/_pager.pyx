@@ -615,23 +615,10 @@ cdef uint64_t vc_pager_hits(vc_pager* p) noexcept nogil:
 
 
 cdef int vc_page_read_into(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_err* err) noexcept nogil:
-    cdef unsigned char* src
-    cdef int n
-    if page_id < 2 or page_id >= p.page_count:
+    if page_id >= p.page_count and page_id >= 2:
         return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u outside the file (page count %u)",
                        p.path, page_id, p.page_count)
-    if p.fd < 0:
-        src = mem_page(p, page_id)
-        if src == NULL:
-            return vc_fail(err, VC_E_CORRUPT, "%s: page %u was never written", p.path, page_id)
-        memcpy(buf, src, VC_PAGE_SIZE)
-        return 0
-    n = full_pread(p.fd, buf, VC_PAGE_SIZE, <uint64_t>page_id * VC_PAGE_SIZE)
-    if n != VC_PAGE_SIZE:
-        if n < 0:
-            return vc_fail_errno(err, VC_E_IO, errno, "%s: reading page %u", p.path, page_id)
-        return vc_fail(err, VC_E_CORRUPT, "%s: page %u lies past the end of the file", p.path, page_id)
-    return check_page(p, buf, page_id, err)
+    return vc_page_read_raw(p, page_id, buf, err)
 
 
 # ---------------------------------------------------------------- checkpoint side
@@ -1003,7 +990,8 @@ cdef int vc_page_read_raw(vc_pager* p, uint32_t page_id, unsigned char* buf, vc_
     cdef unsigned char* src
     cdef int n
     if page_id < 2:
-        return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u", p.path, page_id)
+        return vc_fail(err, VC_E_CORRUPT, "%s: reference to page %u outside the file (page count %u)",
+                       p.path, page_id, p.page_count)
     if p.fd < 0:
         src = mem_page(p, page_id)
         if src == NULL:
