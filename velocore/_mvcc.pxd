@@ -275,10 +275,11 @@ cdef struct vc_db:
     vc_runrec* runrecs      # (run_lock)
     int nrunrecs            # (run_lock to change; read seq_cst by writers after installing)
     int runrec_cap
-    bint tree_unsaved       # a bulk load changed the tree since the last meta (ckpt_lock)
     uint64_t bulk_loads     # runs spliced in (ckpt_lock)
-    uint64_t bulk_bytes     # their pages' bytes since the last checkpoint (written under
-                            # ckpt_lock, read relaxed: a trigger like the log size)
+    uint64_t bulk_bytes     # their pages' bytes since the last checkpoint, so not 0 while
+                            # the tree differs from the durable meta's by a bulk load
+                            # (written under ckpt_lock; read relaxed as a trigger like the
+                            # log size)
 
 cdef enum:
     VC_ITER_PINS = 8        # leaves a block of entry references may keep pinned (one more

@@ -3085,7 +3085,6 @@ cdef void runs_publish(vc_txn* t, uint64_t ts, uint32_t root, uint32_t height,
     vc_u32vec_free(allocs)
     vc_u32vec_free(freed)
     runrecs_stamp(db, t, ts)
-    db.tree_unsaved = True
     db.bulk_loads += t.nruns
     for i in range(t.nruns):
         vc_store_u64_relaxed(&db.bulk_bytes, db.bulk_bytes + t.runs[i].pages.len * <uint64_t>VC_PAGE_SIZE)
@@ -3133,7 +3132,7 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
         pthread_mutex_unlock(&db.ckpt_lock)
         return vc_fail(err, VC_E_IO, "the store stopped accepting writes after an error: %s",
                        db.failed_msg)
-    if db.view.active.nkeys == 0 and not db.tree_unsaved:
+    if db.view.active.nkeys == 0 and db.bulk_bytes == 0:     # nothing new, no bulk load either
         pthread_mutex_unlock(&db.commit_lock)
         pthread_mutex_unlock(&db.ckpt_lock)
         return 0
@@ -3230,7 +3229,6 @@ cdef int vc_db_checkpoint(vc_db* db, bint only_if_due, vc_err* err) noexcept nog
     view_publish_end(db)
     frozen.retired_version = tree_version
     db.reclaim_pending = True
-    db.tree_unsaved = False
     vc_store_u64_relaxed(&db.bulk_bytes, 0)
     db.checkpoint_ts = C
     db.checkpoints += 1
