@@ -617,3 +617,18 @@ def test_key_by_key_load_conflicts_and_aborts(tmp_path):
         x.abort()
         assert dict(t.items()) == {data[-1][0]: b"other"}
         assert s.check()["ok"]
+
+
+def test_an_open_iterator_sees_a_later_load_of_its_transaction(tmp_path):
+    with velocore.open(str(tmp_path / "db"), sync="off") as s:
+        t = s.table("t")
+        t[b"a"] = b"first"
+        data = items(b"k", size=20)
+        with s.txn() as x:
+            it = x.range(t)
+            assert next(it) == (b"a", b"first")
+            x.put_many(t, data)
+            assert list(it) == data
+            it2 = x.range(t, reverse=True)
+            assert next(it2) == data[-1]
+        assert list(t.items()) == [(b"a", b"first")] + data
