@@ -1351,6 +1351,11 @@ cdef class Txn:
         cdef vc_err err
         cdef int rc
         cdef bint bulk
+        # the key's and the value's bytes may lie past the line the caller's reference count is
+        # in: ask for them now, so that their misses overlap the checks below
+        vc_prefetch(<const char*><void*>key + 32)
+        vc_prefetch(<const char*><void*>value + 64)
+        vc_prefetch(<const char*><void*>value + 128)
         self.check_write()
         make_key(&kb, self.tid(table, True), key, "key")
         # a sorted load made key by key becomes a bulk load once it has gone on a while
