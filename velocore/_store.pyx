@@ -49,6 +49,15 @@ cdef inline void prefetch_object(const void* o) noexcept:
     vc_prefetch(o)
     vc_prefetch(<const char*>o + 48)
 
+cdef inline void prefetch_value(const unsigned char* p, uint32_t n) noexcept nogil:
+    """Start loading the lines of a value up to 128 bytes long (its first two, and its
+    last, which a value not aligned to a line spills into)."""
+    vc_prefetch(p)
+    if n > 64:
+        vc_prefetch(p + 64)
+    if n > 1:
+        vc_prefetch(p + n - 1)
+
 from cpython.list cimport PyList_New, PyList_SET_ITEM, PyList_GET_SIZE, PyList_CheckExact
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
 from cpython.ref cimport Py_INCREF
@@ -77,6 +86,8 @@ cdef extern from *:
 
 DEF MAX_KEY = 1024
 DEF TID_LEN = 4
+DEF PF_PAIR = 32              # put_many reads the pair this many items ahead ...
+DEF PF_ITEMS = 16             # ... and its key and value this many
 DEF PUT_CHUNK = 4096         # put_many items read, then written, at a time while keys ascend
 
 cdef extern from *:
@@ -346,12 +357,12 @@ cdef int pairs_fill(keyarray* ka, uint32_t tid, list pairs, Py_ssize_t n, Py_ssi
             # the caller's list, changed meanwhile: by another thread while a chunk was
             # written, or by code an item ran
             raise RuntimeError("put_many: the list of items changed size during the call")
-        # the pairs and their items lie strewn over the heap: load the pair 16 steps ahead,
-        # and the items of the pair 8 steps ahead (its pointers are in by then)
-        if i + 16 < n:
-            prefetch_object(PyList_GET_ITEM_PTR(pairs, i + 16))
-        if i + 8 < n:
-            ahead = PyList_GET_ITEM_PTR(pairs, i + 8)
+        # the pairs and their items lie strewn over the heap: load the pair PF_PAIR steps
+        # ahead, and the items of the pair PF_ITEMS steps ahead (its pointers are in by then)
+        if i + PF_PAIR < n:
+            prefetch_object(PyList_GET_ITEM_PTR(pairs, i + PF_PAIR))
+        if i + PF_ITEMS < n:
+            ahead = PyList_GET_ITEM_PTR(pairs, i + PF_ITEMS)
             if PyTuple_CheckExact_PTR(ahead) and Py_SIZE_PTR(ahead) == 2:
                 prefetch_object(PyTuple_GET_ITEM_PTR(ahead, 0))
                 vc_prefetch(PyTuple_GET_ITEM_PTR(ahead, 1))
@@ -402,8 +413,7 @@ cdef int bulk_apply(vc_txn* t, keyarray* ka, const unsigned char** vptrs, const 
     cdef int rc
     for i in range(n):
         if i + 8 < n:
-            vc_prefetch(vptrs[i + 8])
-            vc_prefetch(vptrs[i + 8] + 64)
+            prefetch_value(vptrs[i + 8], vlens[i + 8])
         rc = vc_txn_bulk_add(t, ka.data + ka.offs[i], ka.lens[i], vptrs[i], vlens[i], err)
         if rc != 0:
             taken[0] = i
@@ -426,8 +436,7 @@ cdef int put_apply(vc_txn* t, keyarray* ka, const uint32_t* order, const unsigne
             # the values are Python objects strewn over the heap: start fetching the ones
             # a few steps ahead (the copy misses otherwise)
             j = order[i + 8] if order != NULL else i + 8
-            vc_prefetch(vptrs[j])
-            vc_prefetch(vptrs[j] + 64)
+            prefetch_value(vptrs[j], vlens[j])
             # and the key filter's block its insert will set bits in
             vc_txn_prefetch_key(t, ka.data + ka.offs[j], ka.lens[j], True)
         if (i - start) % VC_GROUP == 0:
