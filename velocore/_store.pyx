@@ -49,9 +49,11 @@ cdef inline void prefetch_object(const void* o) noexcept:
     vc_prefetch(o)
     vc_prefetch(<const char*>o + 48)
 
-cdef inline void prefetch_value(const unsigned char* p, uint32_t n) noexcept nogil:
-    """Start loading the lines of a value up to 128 bytes long (its first two, and its
-    last, which a value not aligned to a line spills into)."""
+cdef inline void prefetch_value(const unsigned char* p, uint64_t n) noexcept nogil:
+    """Start loading the lines of a value's first 128 bytes: up to three lines, as bytes
+    not aligned to a line spill into one more."""
+    if n > 128:
+        n = 128
     vc_prefetch(p)
     if n > 64:
         vc_prefetch(p + 64)
@@ -312,9 +314,9 @@ cdef int keyarray_fill(keyarray* ka, uint32_t tid, list keys) except -1:
         if PyList_GET_SIZE(keys) != n:
             # changed by code that reading a key ran (a finalizer, say)
             raise RuntimeError("the list of keys changed size during the call")
-        if i + 8 < n:
+        if i + PF_ITEMS < n:
             # the key objects lie strewn over the heap: start loading one a few steps ahead
-            prefetch_object(PyList_GET_ITEM_PTR(keys, i + 8))
+            prefetch_object(PyList_GET_ITEM_PTR(keys, i + PF_ITEMS))
         key = keys[i]
         if not keyarray_push_fast(ka, tidb, key):
             keyarray_push(ka, tid, key)
@@ -1248,8 +1250,7 @@ cdef class Txn:
                             # the values lie at random: start loading them well ahead
                             v = recs[i + 16].p
                             if v != NULL:
-                                vc_prefetch(v)
-                                vc_prefetch(v + 64)
+                                prefetch_value(v, recs[i + 16].n)
                         r = &recs[i]
                         if r.p != NULL:
                             value = PyBytes_FromStringAndSize(<const char*>r.p, <Py_ssize_t>r.n)
