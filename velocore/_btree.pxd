@@ -65,6 +65,9 @@ cdef struct vc_lookup:           # point lookups that keep the last leaf pinned:
     const unsigned char* leaf    # pinned leaf of the last lookup, NULL when none
     uint32_t leaf_pid
     uint32_t leaf_handle
+    uint32_t fpos                # where the last lookup in this leaf ended (the number of
+                                 # entries before its key): the next one searches from
+                                 # there when its key is not smaller; none after a descent
     uint32_t lolen               # the leaf holds every key in [lo, hi) of the tree;
     uint32_t hilen               # a length of 0 means unbounded on that side
     unsigned char lo[1028]

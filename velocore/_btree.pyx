@@ -19,6 +19,7 @@ from velocore._pager cimport (vc_pager, vc_page_hdr, vc_page_get, vc_page_releas
                               VC_HINT_MAX_PREFIX)
 
 cdef enum:
+    FPOS_NONE = 0x7FFFFFFF                    # vc_lookup.fpos: no last lookup in this leaf
     CAP = VC_PAGE_SIZE - VC_HDR_SIZE          # bytes for slots + entries in a node
     OVF_DATA = VC_PAGE_SIZE - VC_HDR_SIZE     # value bytes per overflow page
     MAX_CHILDREN = CAP // 9 + 2               # smallest branch entry: slot 2 + 6 + 1-byte key
@@ -324,6 +325,61 @@ cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, 
     return 0
 
 
+cdef int leaf_lower_bound_from(vc_pager* p, const unsigned char* page, uint32_t pid, uint32_t start,
+                               const unsigned char* key, uint32_t klen, uint32_t* pos, bint* exact,
+                               vc_err* err) noexcept nogil:
+    """leaf_lower_bound for a key that sorts after every entry before start, searched from
+    start on: probes at start, start + 1, start + 3, start + 7, ... then a binary search of
+    the last gap, so a key a few entries on costs a few comparisons.  1 when the entry at
+    start - 1 is not before key (or start is past the page's entries): nothing is set, and
+    the caller searches the whole page."""
+    cdef uint32_t count = hdr(page).count, lo = start, hi, probe, step = 1, mid, kl
+    cdef uint32_t lo_off = VC_HDR_SIZE + 2 * count
+    cdef const unsigned char* k
+    cdef bint hi_exact = False      # the entry at hi is key
+    cdef int c
+    if lo_off > VC_PAGE_SIZE:
+        return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry count %u too large", p.path, pid, count)
+    if start > count:
+        return 1
+    if start > 0:
+        if slot_key(page, start - 1, True, lo_off, &k, &kl) < 0:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry %u lies outside the page",
+                           p.path, pid, start - 1)
+        if vc_key_cmp(k, kl, key, klen) >= 0:
+            return 1
+    # every entry before lo sorts before key; gallop to the first probe that does not
+    hi = count
+    while lo < count:
+        probe = lo + step - 1
+        if probe >= count:
+            break
+        if slot_key(page, probe, True, lo_off, &k, &kl) < 0:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry %u lies outside the page",
+                           p.path, pid, probe)
+        c = vc_key_cmp(k, kl, key, klen)
+        if c >= 0:
+            hi = probe
+            hi_exact = c == 0
+            break
+        lo = probe + 1
+        step <<= 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if slot_key(page, mid, True, lo_off, &k, &kl) < 0:
+            return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry %u lies outside the page",
+                           p.path, pid, mid)
+        c = vc_key_cmp(k, kl, key, klen)
+        if c < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+            hi_exact = c == 0
+    pos[0] = lo
+    exact[0] = hi_exact
+    return 0
+
+
 cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
                         uint32_t klen, const vc_hints* given, uint32_t* pos, bint* exact,
                         uint32_t* nheads, vc_err* err) noexcept nogil:
@@ -507,6 +563,7 @@ cdef void vc_lookup_init(vc_lookup* lk, vc_pager* p, uint32_t root, uint32_t hei
     lk.leaf = NULL
     lk.leaf_pid = 0
     lk.leaf_handle = VC_NO_FRAME
+    lk.fpos = FPOS_NONE
     lk.lolen = 0
     lk.hilen = 0
     memset(&lk.ovf, 0, sizeof(vc_buf))
@@ -586,6 +643,7 @@ cdef int lookup_descend(vc_lookup* lk, const unsigned char* key, uint32_t klen, 
     cdef const unsigned char* page
     cdef const unsigned char* k
     lookup_unpin(lk)
+    lk.fpos = FPOS_NONE
     lk.lolen = 0
     lk.hilen = 0
     while level > 0:
@@ -631,6 +689,7 @@ cdef int vc_lookup_get(vc_lookup* lk, const unsigned char* key, uint32_t klen,
     cdef uint32_t pos
     cdef bint exact
     cdef leaf_ent e
+    cdef int rc
     if lk.root == 0:
         return VC_NOTFOUND
     if (lk.leaf == NULL
@@ -638,9 +697,18 @@ cdef int vc_lookup_get(vc_lookup* lk, const unsigned char* key, uint32_t klen,
             or (lk.hilen != 0 and vc_key_cmp(key, klen, lk.hi, lk.hilen) >= 0)):
         if lookup_descend(lk, key, klen, err) < 0:
             return -1
-    if leaf_lower_bound(lk.pager, lk.leaf, lk.leaf_pid, vc_page_hints(lk.pager, lk.leaf_handle),
-                        key, klen, &pos, &exact, err) < 0:
+    # a batch in key order: start where the last lookup in this leaf ended
+    rc = 1
+    if lk.fpos != FPOS_NONE:
+        rc = leaf_lower_bound_from(lk.pager, lk.leaf, lk.leaf_pid, lk.fpos, key, klen, &pos,
+                                   &exact, err)
+        if rc < 0:
+            return -1
+    if rc == 1 and leaf_lower_bound(lk.pager, lk.leaf, lk.leaf_pid,
+                                    vc_page_hints(lk.pager, lk.leaf_handle),
+                                    key, klen, &pos, &exact, err) < 0:
         return -1
+    lk.fpos = pos
     if not exact:
         return VC_NOTFOUND
     if leaf_get(lk.pager, lk.leaf, lk.leaf_pid, pos, &e, err) < 0:
