@@ -186,6 +186,44 @@ def test_hinted_page_search_matches_plain(tmp_path, shape):
         assert sampled > 0, "crowded pages should get sampled heads"
 
 
+@pytest.mark.parametrize("shape", ["sequential", "short", "prefix59", "maxlen", "mixed"])
+def test_leaf_search_from_a_start_matches_plain(tmp_path, shape):
+    """A batch lookup searches a leaf from where the one before it in that leaf ended:
+    from any start at or before the key's place it finds what a whole-page search finds,
+    and from a start past it (or past the page's entries) it declines."""
+    rnd = random.Random("from" + shape)
+    keys = keys_shape(shape, rnd)
+    store, _ = build(str(tmp_path / "db"), keys, lambda k: b"" if len(k) % 3 else b"v" * (len(k) % 40))
+    store.close()
+    leaves = [page for _, page in tree_pages(str(tmp_path / "db")) if page[4] == LEAF]
+    checked = declined = far = 0
+    for page in leaves[:40]:
+        keys_here = page_keys(page)
+        count = len(keys_here)
+        probes = set(rnd.sample(keys_here, min(len(keys_here), 12)))
+        for k in list(probes):
+            probes.update(rnd.sample(neighbours(k), 3))
+        probes.update([b"\0", b"\xff" * 9])
+        for probe in probes:
+            lb = bisect.bisect_left(keys_here, probe)
+            starts = {0, 1, count, count + 1, rnd.randrange(count + 2)}
+            starts.update(range(max(0, lb - 6), min(count, lb + 2) + 1))
+            starts.update(lb - (1 << i) for i in range(12) if lb >= (1 << i))
+            for start in starts:
+                got = _page_search(page, probe, 3, False, start=start)
+                if start > count or (start > 0 and keys_here[start - 1] >= probe):
+                    assert got is None, (shape, probe, start, lb, got)
+                    declined += 1
+                else:
+                    assert got is not None and got[:2] == (lb, probe in keys_here), \
+                        (shape, probe, start, lb, got)
+                    checked += 1
+                    far += lb - start >= 8
+    assert leaves and checked > 100 and declined > 50, (checked, declined, far)
+    if shape != "maxlen":            # three keys to a leaf there
+        assert far > 50, (checked, declined, far)
+
+
 def test_pages_without_hints():
     page = bytearray(PAGE)
     page[4] = 0x4F                       # an overflow page is no search's business

@@ -49,8 +49,8 @@ cdef void vc_hints_derive(const unsigned char* page, vc_hints* h) noexcept nogil
 # instead of the page's own (what an unpinned reader of a frame being refilled may see),
 # or NULL.
 cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
-                        uint32_t klen, const vc_hints* given, uint32_t* pos, bint* exact,
-                        uint32_t* nheads, vc_err* err) noexcept nogil
+                        uint32_t klen, const vc_hints* given, uint32_t start, uint32_t* pos,
+                        bint* exact, uint32_t* nheads, vc_err* err) noexcept nogil
 
 # Point lookup.  Cached pages are read without a pin (vc_page_try) and each one read so is
 # counted in *unpinned_hits; a page that is not cached, or changes meanwhile, sends the

@@ -381,8 +381,8 @@ cdef int leaf_lower_bound_from(vc_pager* p, const unsigned char* page, uint32_t 
 
 
 cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
-                        uint32_t klen, const vc_hints* given, uint32_t* pos, bint* exact,
-                        uint32_t* nheads, vc_err* err) noexcept nogil:
+                        uint32_t klen, const vc_hints* given, uint32_t start, uint32_t* pos,
+                        bint* exact, uint32_t* nheads, vc_err* err) noexcept nogil:
     cdef vc_pager* p = <vc_pager*>calloc(1, sizeof(vc_pager))    # only its path is read
     cdef uint64_t hbuf[32]          # 256 bytes, 8-byte aligned, as a frame's hint block is
     cdef vc_hints* h = <vc_hints*>hbuf
@@ -394,7 +394,7 @@ cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const 
         return vc_fail(err, VC_E_NOMEM, "out of memory")
     snprintf(p.path, sizeof(p.path), "<page>")
     exact[0] = False
-    if node_check(p, page, 0, VC_PAGE_LEAF if mode == 0 else VC_PAGE_BRANCH, -1, err) < 0:
+    if node_check(p, page, 0, VC_PAGE_LEAF if mode == 0 or mode == 3 else VC_PAGE_BRANCH, -1, err) < 0:
         free(p)
         return -1
     if given != NULL:
@@ -404,6 +404,8 @@ cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const 
     nheads[0] = h.nheads
     if mode == 0:
         rc = leaf_lower_bound(p, page, 0, h if hinted else NULL, key, klen, pos, exact, err)
+    elif mode == 3:
+        rc = leaf_lower_bound_from(p, page, 0, start, key, klen, pos, exact, err)
     else:
         rc = branch_search(p, page, 0, h if hinted else NULL, key, klen, mode == 2, pos, err)
     free(p)

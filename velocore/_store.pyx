@@ -515,31 +515,35 @@ def simd_level():
 
 
 def _page_search(const unsigned char[:] page, const unsigned char[:] key, int mode, bint hinted,
-                 const unsigned char[:] hints=None):
-    """_page_search(page, key, mode, hinted, hints=None) -> (pos, exact, nheads)
+                 const unsigned char[:] hints=None, uint32_t start=0):
+    """_page_search(page, key, mode, hinted, hints=None, start=0) -> (pos, exact, nheads)
 
     Test support: search one 4096-byte leaf (mode 0) or branch page (1: separators <= key,
     2: separators < key) as a lookup over a cached page does, with its search hints or
-    without.  Raises CorruptionError where the search meets a damaged slot.  hints: a
-    256-byte hint block to use instead of the page's own (any bytes: what a reader that
-    does not pin the frame may see while it is refilled).
+    without; mode 3: a leaf searched from entry `start` on, as a batch lookup does after
+    the one before it in the same leaf, or None where that search declines (the entry
+    before start is not before key).  Raises CorruptionError where the search meets a
+    damaged slot.  hints: a 256-byte hint block to use instead of the page's own (any
+    bytes: what a reader that does not pin the frame may see while it is refilled).
     """
     cdef uint32_t pos = 0, nheads = 0
     cdef bint exact = False
     cdef vc_err err
     cdef int rc
     cdef const vc_hints* given = NULL
-    if page.shape[0] != 4096 or not 1 <= key.shape[0] <= 1028 or not 0 <= mode <= 2:
-        raise ValueError("a 4096-byte page, a 1..1028-byte key and a mode 0..2")
+    if page.shape[0] != 4096 or not 1 <= key.shape[0] <= 1028 or not 0 <= mode <= 3:
+        raise ValueError("a 4096-byte page, a 1..1028-byte key and a mode 0..3")
     if hints is not None:
         if hints.shape[0] != sizeof(vc_hints):
             raise ValueError("a %d-byte hint block" % sizeof(vc_hints))
         given = <const vc_hints*>&hints[0]
     err.code = VC_E_NONE
-    rc = vc_page_search(&page[0], hinted, mode, &key[0], <uint32_t>key.shape[0], given, &pos,
-                        &exact, &nheads, &err)
+    rc = vc_page_search(&page[0], hinted, mode, &key[0], <uint32_t>key.shape[0], given, start,
+                        &pos, &exact, &nheads, &err)
     if rc < 0:
         raise_error(&err)
+    if rc == 1:
+        return None
     return pos, bool(exact), nheads
 
 
