@@ -8,7 +8,7 @@ import pytest
 
 import velocore
 from _helpers import churn_with_checkpoints, run_alongside
-from velocore._store import _PUT_CHUNK
+from velocore._store import _PUT_CHUNK, _sort_order
 
 
 def key_kinds(rnd, n):
@@ -33,6 +33,30 @@ def key_kinds(rnd, n):
             k = bytes([rnd.randrange(256)])
         keys.add(k)
     return sorted(keys)
+
+
+@pytest.mark.parametrize("kind", ["mixed", "deep", "sequential", "lengths"])
+def test_sort_order_is_a_stable_sort(kind):
+    """The radix sort batch calls visit keys in, on batches large enough to be split on
+    their top varying byte first: memcmp order, the shorter key first, repeated keys in
+    the order given."""
+    rnd = random.Random(kind)
+    n = 70_000                                   # more than the sort's split threshold
+    if kind == "mixed":
+        pool = key_kinds(rnd, 20_000)
+    elif kind == "deep":
+        # the first varying byte lies past the first word, or inside it at any place
+        pool = [b"prefix:" * rnd.randint(0, 3) + rnd.randbytes(rnd.randint(1, 12)) for _ in range(30_000)]
+    elif kind == "sequential":
+        pool = [i.to_bytes(8, "big") for i in range(40_000)]
+    else:
+        # keys that differ only in length, in the first word and past it
+        pool = [b"\0" * rnd.randint(1, 30) for _ in range(100)] + [b"ab" * rnd.randint(1, 9) for _ in range(100)]
+    keys = [rnd.choice(pool) for _ in range(n)]      # repeated keys too
+    order = _sort_order(keys)
+    assert order == sorted(range(n), key=lambda i: keys[i])
+    assert _sort_order(sorted(keys)) == list(range(n))
+    assert _sort_order([]) == []
 
 
 @pytest.mark.parametrize("where", ["memtable", "tree", "both"])

@@ -514,6 +514,27 @@ def simd_level():
     return ("scalar", "neon", "avx2", "avx512")[vc_simd_detect()]
 
 
+def _sort_order(list keys):
+    """_sort_order(keys) -> list of int
+
+    Test support: the order a batch call visits keys in (their indexes, by key, equal
+    keys in the order given), from the radix sort get_many and put_many use.
+    """
+    cdef keyarray ka
+    cdef uint32_t* order = NULL
+    cdef Py_ssize_t i, n = len(keys)
+    memset(&ka, 0, sizeof(keyarray))
+    try:
+        keyarray_fill(&ka, 1, keys)
+        order = <uint32_t*>malloc(<size_t>(n if n else 1) * sizeof(uint32_t))
+        if order == NULL or keyarray_order(&ka, order) < 0:
+            raise MemoryError()
+        return [order[i] for i in range(n)]
+    finally:
+        free(order)
+        keyarray_free(&ka)
+
+
 def _page_search(const unsigned char[:] page, const unsigned char[:] key, int mode, bint hinted,
                  const unsigned char[:] hints=None, uint32_t start=0):
     """_page_search(page, key, mode, hinted, hints=None, start=0) -> (pos, exact, nheads)
