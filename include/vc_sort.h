@@ -9,9 +9,7 @@
  *   - a run of keys is sorted by (word at depth, how many of its bytes the key has,
  *     capped at 9 = "continues") with a stable LSD radix sort over those 9 bytes,
  *     passes whose byte is the same for every key skipped (the table id, shared
- *     prefixes); a run of VC_SORT_MSD keys or more is first split on its most
- *     significant byte that varies, and each part takes the LSD passes below it alone,
- *     in cache;
+ *     prefixes);
  *   - runs equal in both that continue past the word recurse at depth + 8;
  *   - runs of at most VC_SORT_SMALL keys use a stable insertion sort on whole keys.
  *
@@ -27,7 +25,6 @@
 #include "vc_key.h"
 
 #define VC_SORT_SMALL 24
-#define VC_SORT_MSD 65536     /* runs this long split on their top digit first */
 
 typedef struct vc_sort_rec {
     uint64_t word;      /* 8 key bytes from the current depth, big-endian, zero-padded */
@@ -77,130 +74,67 @@ static void vc_sort_small(const vc_sort_keys *k, uint32_t *idx, size_t n)
     }
 }
 
-/* counts[p][b]: how many of recs[0..n) have byte b in pass p's place (pass 0: the length
-   class, pass q >= 1: word byte q - 1, from the least significant). */
-static void vc_sort_count(const vc_sort_rec *recs, size_t n, int npass, size_t (*counts)[256])
-{
-    size_t i;
-    int pass;
-    memset(counts, 0, (size_t)npass * sizeof(*counts));
-    for (i = 0; i < n; i++) {
-        counts[0][recs[i].avail]++;
-        for (pass = 1; pass < npass; pass++)
-            counts[pass][(recs[i].word >> (8 * (pass - 1))) & 0xFF]++;
-    }
-}
-
-static inline unsigned vc_sort_digit(const vc_sort_rec *r, int pass)
-{
-    return pass == 0 ? r->avail : (unsigned)((r->word >> (8 * (pass - 1))) & 0xFF);
-}
-
-/* Stable LSD passes 0 .. npass-1 over src[0..n) (counts from vc_sort_count, consumed),
-   ping-ponging with dst; passes whose digit is the same for every record are skipped.
-   Returns the buffer that holds the result. */
-static vc_sort_rec *vc_sort_lsd(vc_sort_rec *src, vc_sort_rec *dst, size_t n, int npass,
-                                size_t (*counts)[256])
-{
-    vc_sort_rec *sw;
-    size_t i, sum, c;
-    int pass, b;
-    for (pass = 0; pass < npass; pass++) {
-        int trivial = 0;
-        for (b = 0; b < 256; b++) {
-            if (counts[pass][b] == n) { trivial = 1; break; }
-        }
-        if (trivial)
-            continue;
-        sum = 0;
-        for (b = 0; b < 256; b++) {
-            c = counts[pass][b];
-            counts[pass][b] = sum;
-            sum += c;
-        }
-        for (i = 0; i < n; i++)
-            dst[counts[pass][vc_sort_digit(&src[i], pass)]++] = src[i];
-        sw = src; src = dst; dst = sw;
-    }
-    return src;
-}
-
 /* Sort idx[0..n) (indexes of keys that agree on their first `depth` bytes).
-   recs and tmp: scratch of at least n records.  Returns 0, or -1 if out of memory.
-
-   A run of at least VC_SORT_MSD records is first split on its most significant digit
-   that varies (one pass over the whole run), and each part then takes the LSD passes
-   below that digit on its own: a part is a few thousand records, so those passes stay
-   in the CPU's cache instead of sweeping the whole run once per digit. */
+   recs and tmp: scratch of at least n records.  Returns 0, or -1 if out of memory. */
 static int vc_sort_run(const vc_sort_keys *k, uint32_t *idx, size_t n, uint32_t depth,
                        vc_sort_rec *recs, vc_sort_rec *tmp)
 {
     size_t (*counts)[256];      /* on the heap: the recursion can be 129 words deep */
     size_t i, start;
-    vc_sort_rec *out;
+    int pass;
+    vc_sort_rec *src = recs, *dst = tmp, *sw;
 
     if (n <= VC_SORT_SMALL) {
         vc_sort_small(k, idx, n);
         return 0;
     }
-    counts = (size_t (*)[256])malloc(9 * sizeof(*counts));
+    counts = (size_t (*)[256])calloc(9, sizeof(*counts));
     if (counts == NULL)
         return -1;
     for (i = 0; i < n; i++) {
         uint32_t avail;
-        recs[i].word = vc_sort_word(k, idx[i], depth, &avail);
-        recs[i].idx = idx[i];
-        recs[i].avail = avail;
+        uint64_t w = vc_sort_word(k, idx[i], depth, &avail);
+        src[i].word = w;
+        src[i].idx = idx[i];
+        src[i].avail = avail;
+        counts[0][avail]++;
+        for (pass = 1; pass < 9; pass++)
+            counts[pass][(w >> (8 * (pass - 1))) & 0xFF]++;
     }
-    vc_sort_count(recs, n, 9, counts);
-    out = NULL;
-    if (n >= VC_SORT_MSD) {
-        int top, b;
-        for (top = 8; top >= 1; top--) {     /* the most significant word byte that varies */
-            for (b = 0; b < 256 && counts[top][b] != n; b++)
-                ;
-            if (b == 256)
-                break;
+    /* least significant first: the length class, then word bytes 7 .. 0 */
+    for (pass = 0; pass < 9; pass++) {
+        size_t sum = 0, c;
+        int b, trivial = 0;
+        for (b = 0; b < 256; b++) {
+            if (counts[pass][b] == n) { trivial = 1; break; }
         }
-        if (top >= 1) {
-            size_t pos[256], sum = 0, c;
-            for (b = 0; b < 256; b++) {
-                c = counts[top][b];
-                pos[b] = sum;
-                sum += c;
-            }
-            for (i = 0; i < n; i++)
-                tmp[pos[vc_sort_digit(&recs[i], top)]++] = recs[i];
-            /* pos[b] is now where part b ends; each part takes the passes below top */
-            start = 0;
-            for (b = 0; b < 256; b++) {
-                size_t len = pos[b] - start;
-                if (len > 1) {
-                    vc_sort_count(tmp + start, len, top, counts);
-                    if (vc_sort_lsd(tmp + start, recs + start, len, top, counts) != tmp + start)
-                        memcpy(tmp + start, recs + start, len * sizeof(vc_sort_rec));
-                }
-                start = pos[b];
-            }
-            out = tmp;
+        if (trivial)
+            continue;
+        for (b = 0; b < 256; b++) {
+            c = counts[pass][b];
+            counts[pass][b] = sum;
+            sum += c;
         }
+        for (i = 0; i < n; i++) {
+            unsigned b2 = pass == 0 ? src[i].avail : (unsigned)((src[i].word >> (8 * (pass - 1))) & 0xFF);
+            dst[counts[pass][b2]++] = src[i];
+        }
+        sw = src; src = dst; dst = sw;
     }
-    if (out == NULL)
-        out = vc_sort_lsd(recs, tmp, n, 9, counts);
     for (i = 0; i < n; i++)
-        idx[i] = out[i].idx;
+        idx[i] = src[i].idx;
     free(counts);
     /* runs that tie on this word and continue: next word */
     start = 0;
     while (start < n) {
         size_t end = start + 1;
-        while (end < n && out[end].word == out[start].word && out[end].avail == out[start].avail)
+        while (end < n && src[end].word == src[start].word && src[end].avail == src[start].avail)
             end++;
-        if (end - start > 1 && out[start].avail == 9) {
+        if (end - start > 1 && src[start].avail == 9) {
             if (vc_sort_run(k, idx + start, end - start, depth + 8, recs + start, tmp + start) < 0)
                 return -1;
-            /* recs[start..end) and tmp[start..end) were overwritten; out is one of them,
-               but the loop only needs out[end] onwards, which the recursion did not touch */
+            /* recs[start..end) was overwritten; src may alias it, but the loop only
+               needs src[end] onwards, which the recursion did not touch */
         }
         start = end;
     }

@@ -35,7 +35,7 @@ def key_kinds(rnd, n):
     return sorted(keys)
 
 
-@pytest.mark.parametrize("kind", ["mixed", "deep", "sequential", "lengths"])
+@pytest.mark.parametrize("kind", ["mixed", "random16", "deep", "sequential", "lengths"])
 def test_sort_order_is_a_stable_sort(kind):
     """The radix sort batch calls visit keys in, on batches large enough to be split on
     their top varying byte first: memcmp order, the shorter key first, repeated keys in
@@ -44,6 +44,8 @@ def test_sort_order_is_a_stable_sort(kind):
     n = 70_000                                   # more than the sort's split threshold
     if kind == "mixed":
         pool = key_kinds(rnd, 20_000)
+    elif kind == "random16":
+        pool = [rnd.randbytes(16) for _ in range(60_000)]
     elif kind == "deep":
         # the first varying byte lies past the first word, or inside it at any place
         pool = [b"prefix:" * rnd.randint(0, 3) + rnd.randbytes(rnd.randint(1, 12)) for _ in range(30_000)]
