@@ -1275,7 +1275,8 @@ cdef class Txn:
                             # the values lie at random: start loading them well ahead
                             v = recs[i + 16].p
                             if v != NULL:
-                                prefetch_value(v, recs[i + 16].n)
+                                vc_prefetch(v)
+                                vc_prefetch(v + 64)
                         r = &recs[i]
                         if r.p != NULL:
                             value = PyBytes_FromStringAndSize(<const char*>r.p, <Py_ssize_t>r.n)
