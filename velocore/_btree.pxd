@@ -66,8 +66,9 @@ cdef struct vc_lookup:           # point lookups that keep the last leaf pinned:
     uint32_t leaf_pid
     uint32_t leaf_handle
     uint32_t fpos                # where the last lookup in this leaf ended (the number of
-                                 # entries before its key): the next one searches from
-                                 # there when its key is not smaller; none after a descent
+                                 # entries before its key, plus one if it was found): the
+                                 # next one searches from there when its key sorts after
+                                 # the entry before; none after a descent
     uint32_t lolen               # the leaf holds every key in [lo, hi) of the tree;
     uint32_t hilen               # a length of 0 means unbounded on that side
     unsigned char lo[1028]

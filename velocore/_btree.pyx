@@ -710,7 +710,9 @@ cdef int vc_lookup_get(vc_lookup* lk, const unsigned char* key, uint32_t klen,
                                     vc_page_hints(lk.pager, lk.leaf_handle),
                                     key, klen, &pos, &exact, err) < 0:
         return -1
-    lk.fpos = pos
+    # found: the next key of a batch in key order sorts after it (a repeated key is
+    # turned back by leaf_lower_bound_from's check, and searched for in the whole leaf)
+    lk.fpos = pos + 1 if exact else pos
     if not exact:
         return VC_NOTFOUND
     if leaf_get(lk.pager, lk.leaf, lk.leaf_pid, pos, &e, err) < 0:
