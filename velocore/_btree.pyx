@@ -300,15 +300,24 @@ cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, 
                           const unsigned char* key, uint32_t klen, uint32_t* pos, bint* exact,
                           vc_err* err) noexcept nogil:
     """pos = number of entries < key; exact: the entry at pos is key.  hints: the page's, or NULL."""
-    cdef uint32_t count = hdr(page).count, lo = 0, hi = count, mid, kl
+    cdef uint32_t count = hdr(page).count, lo = 0, hi = count
     cdef uint32_t lo_off = VC_HDR_SIZE + 2 * count
-    cdef const unsigned char* k
-    cdef int c
     exact[0] = False
     if lo_off > VC_PAGE_SIZE:
         return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry count %u too large", p.path, pid, count)
     if hints != NULL and hints.nheads != 0:
         narrow_within(hints, key, klen, count, &lo, &hi)
+    return leaf_bsearch(p, page, pid, lo_off, key, klen, lo, hi, False, pos, exact, err)
+
+
+cdef inline int leaf_bsearch(vc_pager* p, const unsigned char* page, uint32_t pid, uint32_t lo_off,
+                             const unsigned char* key, uint32_t klen, uint32_t lo, uint32_t hi,
+                             bint hi_exact, uint32_t* pos, bint* exact, vc_err* err) noexcept nogil:
+    """The binary search both leaf searches end with: every entry before lo sorts before
+    key, and the entry at hi does not (hi_exact: it is key).  pos, exact as they say."""
+    cdef uint32_t mid, kl
+    cdef const unsigned char* k
+    cdef int c
     while lo < hi:
         mid = (lo + hi) >> 1
         if slot_key(page, mid, True, lo_off, &k, &kl) < 0:
@@ -318,10 +327,10 @@ cdef int leaf_lower_bound(vc_pager* p, const unsigned char* page, uint32_t pid, 
         if c < 0:
             lo = mid + 1
         else:
-            if c == 0:
-                exact[0] = True
             hi = mid
+            hi_exact = c == 0
     pos[0] = lo
+    exact[0] = hi_exact
     return 0
 
 
@@ -333,7 +342,7 @@ cdef int leaf_lower_bound_from(vc_pager* p, const unsigned char* page, uint32_t 
     the last gap, so a key a few entries on costs a few comparisons.  1 when the entry at
     start - 1 is not before key (or start is past the page's entries): nothing is set, and
     the caller searches the whole page."""
-    cdef uint32_t count = hdr(page).count, lo = start, hi, probe, step = 1, mid, kl
+    cdef uint32_t count = hdr(page).count, lo = start, hi, probe, step = 1, kl
     cdef uint32_t lo_off = VC_HDR_SIZE + 2 * count
     cdef const unsigned char* k
     cdef bint hi_exact = False      # the entry at hi is key
@@ -364,20 +373,7 @@ cdef int leaf_lower_bound_from(vc_pager* p, const unsigned char* page, uint32_t 
             break
         lo = probe + 1
         step <<= 1
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if slot_key(page, mid, True, lo_off, &k, &kl) < 0:
-            return vc_fail(err, VC_E_CORRUPT, "%s: page %u: entry %u lies outside the page",
-                           p.path, pid, mid)
-        c = vc_key_cmp(k, kl, key, klen)
-        if c < 0:
-            lo = mid + 1
-        else:
-            hi = mid
-            hi_exact = c == 0
-    pos[0] = lo
-    exact[0] = hi_exact
-    return 0
+    return leaf_bsearch(p, page, pid, lo_off, key, klen, lo, hi, hi_exact, pos, exact, err)
 
 
 cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
