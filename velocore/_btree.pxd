@@ -44,10 +44,11 @@ cdef struct vc_cursor:
 cdef void vc_hints_derive(const unsigned char* page, vc_hints* h) noexcept nogil
 # Test support: check and search one page image as a lookup would, with its hints or
 # without.  mode 0: leaf (pos = entries < key, exact); 1: branch (pos = separators <= key);
-# 2: branch, strict (separators < key).  *nheads: heads the page's hint block has.  -1 if
-# the page is not of that kind or a probe is damaged.  given: a hint block to search with
-# instead of the page's own (what an unpinned reader of a frame being refilled may see),
-# or NULL.
+# 2: branch, strict (separators < key); 3: leaf, searched from entry `start` on as a batch
+# lookup after one in the same leaf does (1, nothing set, where the entry before start is
+# not before key).  *nheads: heads the page's hint block has.  -1 if the page is not of
+# that kind or a probe is damaged.  given: a hint block to search with instead of the
+# page's own (what an unpinned reader of a frame being refilled may see), or NULL.
 cdef int vc_page_search(const unsigned char* page, bint hinted, int mode, const unsigned char* key,
                         uint32_t klen, const vc_hints* given, uint32_t start, uint32_t* pos,
                         bint* exact, uint32_t* nheads, vc_err* err) noexcept nogil
