@@ -141,9 +141,14 @@ static int vc_sort_run(const vc_sort_keys *k, uint32_t *idx, size_t n, uint32_t 
     return 0;
 }
 
-/* Stable sort of idx[0..n) (initialised by the caller) by key.  0, or -1 if out of memory. */
+/* Stable sort of idx[0..n) (initialised by the caller) by key.  scratch: room for 2 * n
+   records (VC_SORT_SCRATCH(n) bytes, 8-byte aligned) that the sort may overwrite, or NULL
+   for the sort to allocate its own.  0, or -1 if out of memory. */
+#define VC_SORT_SCRATCH(n) (2 * (size_t)(n) * sizeof(vc_sort_rec))
+
 static int vc_sort_keys_by_index(const unsigned char *data, const size_t *offs,
-                                 const uint32_t *lens, uint32_t *idx, size_t n)
+                                 const uint32_t *lens, uint32_t *idx, size_t n,
+                                 void *scratch)
 {
     vc_sort_keys k;
     vc_sort_rec *recs, *tmp;
@@ -163,6 +168,10 @@ static int vc_sort_keys_by_index(const unsigned char *data, const size_t *offs,
     if (n <= VC_SORT_SMALL) {
         vc_sort_small(&k, idx, n);
         return 0;
+    }
+    if (scratch != NULL) {
+        recs = (vc_sort_rec *)scratch;
+        return vc_sort_run(&k, idx, n, 0, recs, recs + n);
     }
     recs = (vc_sort_rec *)malloc(n * sizeof(vc_sort_rec));
     tmp = (vc_sort_rec *)malloc(n * sizeof(vc_sort_rec));

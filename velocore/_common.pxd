@@ -38,6 +38,7 @@ cdef extern from "vc_huge.h" nogil:
     void* vc_huge_alloc(size_t n)
     void* vc_pages_alloc_backed(size_t n)
     void vc_huge_free(void* m, size_t n)
+    size_t vc_huge_len(size_t n)
 
 cdef extern from "vc_crc32c.h" nogil:
     uint32_t vc_crc32c(uint32_t crc, const void* buf, size_t length)

@@ -14,7 +14,8 @@ from libc.string cimport memcpy, memset
 from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_OK, VC_NOTFOUND,
                                VC_E_NONE, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_CONFLICT,
                                VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID, VC_E_NOFILE,
-                               vc_prefetch, vc_load_u64_relaxed)
+                               vc_prefetch, vc_load_u64_relaxed, vc_pages_alloc_backed,
+                               vc_huge_free, vc_huge_len)
 from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc_db_checkpoint,
                              vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
@@ -67,7 +68,8 @@ from cpython.ref cimport Py_INCREF
 cdef extern from "vc_sort.h" nogil:
     # stable sort of key indexes by key (radix over 8-byte words; see vc_sort.h)
     int vc_sort_keys_by_index(const unsigned char* data, const size_t* offs, const uint32_t* lens,
-                              uint32_t* idx, size_t n)
+                              uint32_t* idx, size_t n, void* scratch)
+    size_t VC_SORT_SCRATCH(size_t n)
 
 cdef extern from *:
     """
@@ -236,6 +238,7 @@ cdef struct gm_rec:               # get_many: where key i's value is until the l
                                  # copy (8-byte length, then the bytes) in the copy buffer
 
 cdef uint64_t GM_ABSENT = <uint64_t>-1
+DEF GM_MAPPED = 1048576          # get_many's scratch from this size on: one mapping, backed at once
 cdef unsigned char GM_EMPTY = 0  # where an empty value points
 
 
@@ -323,13 +326,14 @@ cdef int keyarray_fill(keyarray* ka, uint32_t tid, list keys) except -1:
     return 0
 
 
-cdef int keyarray_order(keyarray* ka, uint32_t* order) noexcept nogil:
+cdef int keyarray_order(keyarray* ka, uint32_t* order, void* scratch=NULL) noexcept nogil:
     """order[i] = index of the i-th key in key order (stable: equal keys keep their input
-    order).  0, or -1 when out of memory."""
+    order).  scratch: VC_SORT_SCRATCH(ka.n) bytes for the sort, or NULL (it allocates its
+    own).  0, or -1 when out of memory."""
     cdef Py_ssize_t i
     for i in range(ka.n):
         order[i] = <uint32_t>i
-    return vc_sort_keys_by_index(ka.data, ka.offs, ka.lens, order, <size_t>ka.n)
+    return vc_sort_keys_by_index(ka.data, ka.offs, ka.lens, order, <size_t>ka.n, scratch)
 
 
 cdef void keyarray_free(keyarray* ka) noexcept:
@@ -1192,14 +1196,27 @@ cdef class Txn:
         cdef Py_ssize_t failed_at = -1
         cdef bint lk_open = False
         cdef list result
+        cdef unsigned char* scratch = NULL
+        cdef size_t scratch_len = 0, order_len
         self.check()
         tid = self.tid(table, False)
         keys = keys if PyList_CheckExact(keys) else list(keys)   # a list is read in place
         n = len(keys)
         memset(&out, 0, sizeof(out))
         memset(&ka, 0, sizeof(ka))
-        recs = <gm_rec*>malloc(<size_t>(n + 1) * sizeof(gm_rec))
-        order = <uint32_t*>malloc(<size_t>(n + 1) * sizeof(uint32_t))
+        order_len = ((<size_t>(n + 1) * sizeof(uint32_t)) + 15) & ~(<size_t>15)
+        if order_len + VC_SORT_SCRATCH(n + 1) >= GM_MAPPED:
+            # a large batch: the order, the sort's records and then (in the same place,
+            # free once the order is known) the value records in one mapping, backed by
+            # the kernel at once rather than faulted in a page at a time
+            scratch_len = vc_huge_len(order_len + VC_SORT_SCRATCH(n + 1))
+            scratch = <unsigned char*>vc_pages_alloc_backed(scratch_len)
+            if scratch != NULL:
+                order = <uint32_t*>scratch
+                recs = <gm_rec*>(scratch + order_len)
+        else:
+            recs = <gm_rec*>malloc(<size_t>(n + 1) * sizeof(gm_rec))
+            order = <uint32_t*>malloc(<size_t>(n + 1) * sizeof(uint32_t))
         lk = <vc_lookup*>malloc(sizeof(vc_lookup))
         try:
             if recs == NULL or order == NULL or lk == NULL:
@@ -1220,7 +1237,7 @@ cdef class Txn:
             self.store.busy += 1
             try:
                 with nogil:
-                    if keyarray_order(&ka, order) < 0:
+                    if keyarray_order(&ka, order, <void*>recs if scratch != NULL else NULL) < 0:
                         rc = -2
                     else:
                         vc_txn_lookup_init(self.t, lk)
@@ -1299,8 +1316,11 @@ cdef class Txn:
             return result
         finally:
             keyarray_free(&ka)
-            free(recs)
-            free(order)
+            if scratch != NULL:
+                vc_huge_free(scratch, scratch_len)
+            else:
+                free(recs)
+                free(order)
             free(lk)
             vc_buf_free(&out)
 
