@@ -37,11 +37,10 @@ def key_kinds(rnd, n):
 
 @pytest.mark.parametrize("kind", ["mixed", "random16", "deep", "sequential", "lengths"])
 def test_sort_order_is_a_stable_sort(kind):
-    """The radix sort batch calls visit keys in, on batches large enough to be split on
-    their top varying byte first: memcmp order, the shorter key first, repeated keys in
-    the order given."""
+    """The radix sort batch calls visit keys in, on a large batch of each kind of key:
+    memcmp order, the shorter key first, repeated keys in the order given."""
     rnd = random.Random(kind)
-    n = 70_000                                   # more than the sort's split threshold
+    n = 70_000
     if kind == "mixed":
         pool = key_kinds(rnd, 20_000)
     elif kind == "random16":
