@@ -227,6 +227,39 @@ def test_retired_memtable_memory_is_reused_within_bounds(tmp_path, where):
 
 @pytest.mark.usefixtures("no_bulk")
 @pytest.mark.parametrize("where", ["disk", "memory"])
+def test_growing_memtable_gets_chunks_mapped_ahead(tmp_path, where):
+    """A memtable growing chunk by chunk takes 2 MiB chunks the store's filler thread
+    mapped ahead (info()["memtable_chunks_mapped_ahead"]), never more spare than the
+    pool's bound; once writes stop, the spares go back to the system like a retired
+    memtable's; and every write reads back."""
+    mb = 64                                   # no checkpoint while the memtable grows
+    store = velocore.open(tmp_path / "db" if where == "disk" else None, sync="off",
+                          checkpoint_mb=mb)
+    try:
+        tbl = store.table("t")
+        rng = random.Random(5)
+        model = {}
+        for i in range(40):                   # ~24 MB of memtable: a dozen chunks
+            batch = {rng.randbytes(16): rng.randbytes(rng.randrange(200, 400))
+                     for _ in range(2_000)}
+            with store.txn() as t:
+                t.put_many(tbl, batch.items())
+            model.update(batch)
+            assert store.info()["memtable_spare_bytes"] <= 2 * (2 << 20), store.info()
+        info = store.info()
+        assert info["checkpoints"] == 0, info
+        assert info["memtable_bytes"] > 8 * (2 << 20), info
+        assert info["memtable_chunks_mapped_ahead"] > 0, info
+        assert wait_for(lambda: store.info()["memtable_spare_bytes"] == 0, 10), store.info()
+        assert dict(tbl.items()) == model
+        with store.txn() as t:                # and the store writes on
+            t.put_many(tbl, ((k, b"w") for k in rng.sample(sorted(model), 1_000)))
+    finally:
+        store.close()
+
+
+@pytest.mark.usefixtures("no_bulk")
+@pytest.mark.parametrize("where", ["disk", "memory"])
 def test_spare_memtable_memory_is_returned_when_idle(tmp_path, where):
     """What a checkpoint leaves spare in the chunk pool goes back to the system once no
     memtable has taken a chunk for a second: an idle store does not keep a retired

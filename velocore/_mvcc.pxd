@@ -38,6 +38,8 @@ cdef struct vc_arena_chunk:
     size_t size             # usable bytes after the header
     size_t used
     size_t mapped           # bytes mmap'ed (0: from malloc)
+    size_t ahead            # in a pool: 1 if the pool's filler mapped it, 0 if an arena
+                            # used it before
 
 cdef struct vc_chunk_pool:  # a store's spare arena chunks: 2 MiB mappings, still backed
     pthread_mutex_t lock
@@ -45,7 +47,15 @@ cdef struct vc_chunk_pool:  # a store's spare arena chunks: 2 MiB mappings, stil
     size_t count            # chunks in the list (lock)
     size_t inuse            # mapped chunks held by live arenas that use the pool (lock)
     size_t cap              # most ever kept: a memtable's chunks at 4x checkpoint_bytes
-    uint64_t reused         # chunks taken from the list instead of mapped (lock)
+    uint64_t taken          # chunks taken from the list instead of mapped (lock)
+    uint64_t reused         # of those, chunks a retired memtable used before (lock)
+    uint64_t mapped_ahead   # chunks the filler mapped (lock)
+    # the filler: a thread that maps chunks ahead of the writers (pool_fill_main)
+    pthread_t filler
+    bint filler_running
+    pthread_cond_t fill_cond    # wakes the filler (lock)
+    int fill_want           # a writer took a chunk: top the list up (lock)
+    int fill_stop           # close asks the filler to exit (lock)
 
 cdef struct vc_arena:
     vc_arena_chunk* head    # chunk being filled (atomic); freed all at once

@@ -27,7 +27,8 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                vc_max_u64_relaxed, vc_fetch_add_u64, vc_cas_int, sched_yield,
                                VC_TS_ABORTED, pthread_cond_init, pthread_cond_destroy, vc_now_ns,
                                vc_cond_init_monotonic,
-                               pthread_cond_wait, pthread_cond_broadcast, pthread_rwlock_init,
+                               pthread_cond_wait, pthread_cond_broadcast, pthread_cond_signal,
+                               pthread_rwlock_init,
                                pthread_rwlock_destroy, pthread_rwlock_rdlock, pthread_rwlock_wrlock,
                                pthread_rwlock_unlock, pthread_create, pthread_join,
                                vc_load_u64_sc, vc_store_u64_sc, vc_seq_bump, vc_load_u32_relaxed,
@@ -99,6 +100,7 @@ cdef enum:
     GC_EVERY = 64           # commits between GC rounds (recomputing the horizon)
     CKPT_DEAD_MIN = 4096    # aborted nodes that can make a checkpoint due (checkpoint_due)
     POOL_IDLE_NS = 1000000000   # spare arena chunks none took for this long are unmapped
+    POOL_AHEAD = 2          # spare chunks the pool's filler keeps mapped for growing memtables
 
 # An aborted version that counted its node in its memtable's `dead` (mark_shared); no
 # transaction id comes near it.
@@ -120,8 +122,10 @@ cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept no
     page fault for each 4 KiB as the bump pointer reaches it.  Its pages are the
     kernel's default size, not huge pages: under a hypervisor that backs guest memory
     lazily, fresh huge pages cost far more to back (docs/performance.md, W1b).  A
-    memtable's arena first takes a spare chunk of its store's pool (see arena_free):
-    memory already backed, which the kernel need not zero again."""
+    memtable's arena first takes a spare chunk of its store's pool: memory already
+    backed, by a retired memtable (see arena_free) or by the pool's filler, which maps
+    chunks ahead of the writers in a thread of its own (pool_fill_main), so that a writer
+    filling a memtable seldom waits for the kernel to zero 2 MiB."""
     cdef size_t size = n if n > ARENA_BIG else ARENA_CHUNK
     cdef size_t mapped = 0
     cdef vc_arena_chunk* c = NULL
@@ -144,6 +148,7 @@ cdef void* arena_new_chunk(vc_arena* a, size_t n, bint make_current) noexcept no
     c.size = size
     c.used = n
     c.mapped = mapped
+    c.ahead = 0
     a.bytes += sizeof(vc_arena_chunk) + size
     head = <vc_arena_chunk*>vc_load_ptr(<void* const*>&a.head)
     if make_current or head == NULL:
@@ -204,8 +209,32 @@ cdef vc_arena_chunk* pool_pop(vc_chunk_pool* p) noexcept nogil:
     return c
 
 
+cdef inline size_t pool_ahead(vc_chunk_pool* p) noexcept nogil:
+    """How many spare chunks the filler keeps: POOL_AHEAD, never more than the pool's cap."""
+    return POOL_AHEAD if POOL_AHEAD < p.cap else p.cap
+
+
+cdef bint pool_unlink_ahead(vc_chunk_pool* p, vc_arena_chunk** drop) noexcept nogil:
+    """Move the newest spare chunk the filler mapped to the list *drop, readable again
+    (p.lock held); False if the pool holds none."""
+    cdef vc_arena_chunk** at = &p.head
+    cdef vc_arena_chunk* c
+    while at[0] != NULL and not at[0].ahead:
+        at = &at[0].next
+    c = at[0]
+    if c == NULL:
+        return False
+    at[0] = c.next
+    p.count -= 1
+    VC_UNPOISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+    c.next = drop[0]
+    drop[0] = c
+    return True
+
+
 cdef vc_arena_chunk* pool_take(vc_chunk_pool* p) noexcept nogil:
-    """A spare 2 MiB chunk of the pool for an arena (NULL: none, or no pool)."""
+    """A spare 2 MiB chunk of the pool for an arena (NULL: none, or no pool).  Either
+    way a memtable is growing: the filler is asked to top the spares up."""
     cdef vc_arena_chunk* c
     if p == NULL:
         return NULL
@@ -213,9 +242,71 @@ cdef vc_arena_chunk* pool_take(vc_chunk_pool* p) noexcept nogil:
     c = pool_pop(p)
     if c != NULL:
         p.inuse += 1
-        p.reused += 1
+        p.taken += 1
+        if not c.ahead:
+            p.reused += 1
+    if p.filler_running and p.count < pool_ahead(p) and not p.fill_want:
+        p.fill_want = 1
+        pthread_cond_signal(&p.fill_cond)
     pthread_mutex_unlock(&p.lock)
     return c
+
+
+cdef void* pool_fill_main(void* arg) noexcept nogil:
+    """The filler: each time a writer takes a chunk (pool_take), map chunks until the pool
+    holds pool_ahead() spares.  The kernel zeroes and backs them here, beside the writers
+    instead of in their path (see docs/performance.md, W2).  A spare none
+    takes is unmapped by the checkpointer's idle rule (pool_release_idle), which the filler
+    wakes after a round; a mapping that fails ends the round, and the writers map their
+    own chunks (and report running out of memory) as without a filler."""
+    cdef vc_db* db = <vc_db*>arg
+    cdef vc_chunk_pool* p = &db.chunks
+    cdef vc_arena_chunk* c
+    cdef bint added
+    pthread_mutex_lock(&p.lock)
+    while not p.fill_stop:
+        if not p.fill_want:
+            pthread_cond_wait(&p.fill_cond, &p.lock)
+            continue
+        added = False
+        while not p.fill_stop and p.count < pool_ahead(p):
+            pthread_mutex_unlock(&p.lock)
+            c = <vc_arena_chunk*>vc_pages_alloc_backed(ARENA_MAPPED)
+            pthread_mutex_lock(&p.lock)
+            if c == NULL:
+                break
+            c.size = ARENA_MAPPED - sizeof(vc_arena_chunk)
+            c.used = 0
+            c.mapped = ARENA_MAPPED
+            c.ahead = 1
+            VC_POISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+            c.next = p.head
+            p.head = c
+            p.count += 1
+            p.mapped_ahead += 1
+            added = True
+        p.fill_want = 0
+        if added:
+            # the checkpointer times how long spares stay untaken; it may be waiting
+            # without a deadline (none were spare).  Lock order: ckpt_sig_lock, then p.lock
+            pthread_mutex_unlock(&p.lock)
+            pthread_mutex_lock(&db.ckpt_sig_lock)
+            pthread_cond_broadcast(&db.ckpt_sig_cond)
+            pthread_mutex_unlock(&db.ckpt_sig_lock)
+            pthread_mutex_lock(&p.lock)
+    pthread_mutex_unlock(&p.lock)
+    return NULL
+
+
+cdef void stop_pool_filler(vc_chunk_pool* p) noexcept nogil:
+    if not p.filler_running:
+        return
+    pthread_mutex_lock(&p.lock)
+    p.fill_stop = 1
+    pthread_cond_signal(&p.fill_cond)
+    pthread_mutex_unlock(&p.lock)
+    pthread_join(p.filler, NULL)
+    p.filler_running = False
 
 
 cdef void pool_drain(vc_chunk_pool* p) noexcept nogil:
@@ -227,13 +318,13 @@ cdef void pool_drain(vc_chunk_pool* p) noexcept nogil:
 
 
 cdef uint64_t pool_peek(vc_chunk_pool* p, size_t* count) noexcept nogil:
-    """The pool's take count (`reused`), and in count the chunks spare now."""
-    cdef uint64_t reused
+    """The pool's take count (`taken`), and in count the chunks spare now."""
+    cdef uint64_t taken
     pthread_mutex_lock(&p.lock)
     count[0] = p.count
-    reused = p.reused
+    taken = p.taken
     pthread_mutex_unlock(&p.lock)
-    return reused
+    return taken
 
 
 cdef void pool_release_idle(vc_chunk_pool* p, uint64_t seen) noexcept nogil:
@@ -243,7 +334,7 @@ cdef void pool_release_idle(vc_chunk_pool* p, uint64_t seen) noexcept nogil:
     cdef vc_arena_chunk* drop = NULL
     cdef vc_arena_chunk* c
     pthread_mutex_lock(&p.lock)
-    if p.reused == seen:
+    if p.taken == seen:
         c = pool_pop(p)
         while c != NULL:
             c.next = drop
@@ -287,11 +378,16 @@ cdef void arena_free(vc_arena* a) noexcept nogil:
         keep = nspare - p.inuse if nspare > p.inuse else 0
         if keep > p.cap:
             keep = p.cap
+        # the retired chunks are kept before the filler's: both are backed, and each one
+        # kept is a chunk the filler need not map again
+        while p.count + nspare > keep and pool_unlink_ahead(p, &drop):
+            pass
         while spare != NULL:
             c = spare
             spare = c.next
             if p.count < keep:
                 VC_POISON(<unsigned char*>c + sizeof(vc_arena_chunk), c.mapped - sizeof(vc_arena_chunk))
+                c.ahead = 0
                 c.next = p.head
                 p.head = c
                 p.count += 1
@@ -1376,6 +1472,7 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
     pthread_mutex_init(&db.ckpt_lock, NULL)
     pthread_mutex_init(&db.gc_lock, NULL)
     pthread_mutex_init(&db.chunks.lock, NULL)
+    pthread_cond_init(&db.chunks.fill_cond, NULL)
     db.chunks.cap = <size_t>((checkpoint_bytes * 4) // ARENA_MAPPED) + 1
     if path != NULL:
         snprintf(lock_path, sizeof(lock_path), "%s/LOCK", path)
@@ -1436,6 +1533,9 @@ cdef int vc_db_open(vc_db** out, const char* path, bint readonly, int sync_mode,
         if pthread_create(&db.ckpt_thread, NULL, checkpointer_main, db) != 0:
             return vc_fail(err, VC_E_NOMEM, "cannot start the checkpoint thread")
         db.ckpt_thread_running = True
+        if pthread_create(&db.chunks.filler, NULL, pool_fill_main, db) != 0:
+            return vc_fail(err, VC_E_NOMEM, "cannot start the memtable memory thread")
+        db.chunks.filler_running = True
     return 0
 
 
@@ -1477,6 +1577,7 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
         return
     vc_err_reset(&ignored)
     stop_checkpointer(db)
+    stop_pool_filler(&db.chunks)
     # end every live transaction (the facade no longer touches them)
     t = db.txns
     while t != NULL:
@@ -1516,6 +1617,7 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     pthread_mutex_destroy(&db.ckpt_lock)
     pthread_mutex_destroy(&db.gc_lock)
     pthread_mutex_destroy(&db.chunks.lock)
+    pthread_cond_destroy(&db.chunks.fill_cond)
     pthread_rwlock_destroy(&db.mems_lock)
     pthread_mutex_destroy(&db.ckpt_sig_lock)
     pthread_cond_destroy(&db.ckpt_sig_cond)
@@ -3432,6 +3534,7 @@ cdef void vc_db_stats(vc_db* db, uint64_t* out) noexcept nogil:
     pthread_mutex_lock(&db.chunks.lock)
     out[21] = db.chunks.count * ARENA_MAPPED
     out[22] = db.chunks.reused
+    out[24] = db.chunks.mapped_ahead
     pthread_mutex_unlock(&db.chunks.lock)
     out[23] = db.bulk_loads
 

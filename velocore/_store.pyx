@@ -799,7 +799,7 @@ cdef class Store:
 
     def info(self):
         """info() -> dict: sizes, counters and settings of the store."""
-        cdef uint64_t s[24]
+        cdef uint64_t s[25]
         self.check_open()
         vc_db_stats(self.db, s)
         data_bytes = None
@@ -835,7 +835,8 @@ cdef class Store:
             "visible_ts": s[10],
             "memtable_bytes": s[11],
             "memtable_spare_bytes": s[21],   # retired memtables' memory kept for the next ones
-            "memtable_chunks_reused": s[22],
+            "memtable_chunks_reused": s[22],   # taken from a retired memtable
+            "memtable_chunks_mapped_ahead": s[24],   # mapped by the filler for growing ones
             "bulk_loads": s[23],             # sorted loads written as leaves (see put_many, put)
             "versions_retained": s[12],
             "versions_pruned": s[16],
