@@ -128,9 +128,11 @@ def profile(name, args):
     print(summarize(data, args.top))
     print()
     print("After the workload: %d checkpoints; memtables hold %.1f MiB, %d arena chunks "
-          "were reused from retired memtables, %.1f MiB are spare." % (
+          "were reused from retired memtables, %d were mapped ahead by the filler, "
+          "%.1f MiB are spare." % (
               info["checkpoints"], info["memtable_bytes"] / 2**20,
-              info["memtable_chunks_reused"], info["memtable_spare_bytes"] / 2**20))
+              info["memtable_chunks_reused"], info["memtable_chunks_mapped_ahead"],
+              info["memtable_spare_bytes"] / 2**20))
     print()
 
 
