@@ -1,6 +1,6 @@
 """Where the time goes: profile one compare.py workload of velocore with Linux perf.
 
-    python benchmarks/profile.py W3 [--n 1000000] [--top 12] [--out DIR]
+    python benchmarks/profile.py W3 [--n 1000000] [--top 12] [--out DIR] [--call-graph dwarf]
     python benchmarks/profile.py all
 
 The workload's data and store are prepared first (untimed, unprofiled), exactly as
@@ -12,8 +12,9 @@ workload alone.  The report groups samples by where they fall:
   libc       memcpy/memcmp/malloc called by either
   kernel     system calls, page faults, I/O
 
-and lists the hottest symbols, then the store's memtable figures from `info()` (size,
-arena chunks reused, spare memory).  Needs `perf` (linux-tools) and permission to profile
+and lists the hottest symbols, the samples' split over the threads (the workload's and
+the engine's background ones), then the store's memtable figures from `info()` (size,
+arena chunks reused or mapped ahead, spare memory).  Needs `perf` (linux-tools) and permission to profile
 (perf_event_paranoid <= 1 or root).  The raw data stays in --out for `perf report -i`.
 """
 import argparse
@@ -111,8 +112,9 @@ def profile(name, args):
     data = os.path.join(args.out, "perf-%s.data" % name)
     try:
         engine, run = prepare(name, os.path.join(work, "db"), args.n, args.seed)
-        perf = subprocess.Popen(["perf", "record", "-F", str(args.freq), "-g", "-o", data,
-                                 "-p", str(os.getpid())],
+        graph = ["-g"] if args.call_graph == "fp" else ["--call-graph", "dwarf,16384"]
+        perf = subprocess.Popen(["perf", "record", "-F", str(args.freq)] + graph + [
+                                 "-o", data, "-p", str(os.getpid())],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)                       # let perf attach
         started = time.perf_counter()
@@ -127,13 +129,32 @@ def profile(name, args):
     print("## %s: %s (n=%d), %.2f s under perf\n" % (name, compare.LABELS[name], args.n, took))
     print(summarize(data, args.top))
     print()
+    print(by_thread(data))
+    print()
     print("After the workload: %d checkpoints; memtables hold %.1f MiB, %d arena chunks "
           "were reused from retired memtables, %d were mapped ahead by the filler, "
           "%.1f MiB are spare." % (
               info["checkpoints"], info["memtable_bytes"] / 2**20,
-              info["memtable_chunks_reused"], info["memtable_chunks_mapped_ahead"],
+              info["memtable_chunks_reused"], info.get("memtable_chunks_mapped_ahead", 0),
               info["memtable_spare_bytes"] / 2**20))
     print()
+
+
+def by_thread(data):
+    """The samples' split over the process's threads: the workload runs in the main one
+    (its id is the process id), the engine's background threads beside it."""
+    out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
+                          "--sort", "pid", "-g", "none", "--percent-limit", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    lines = ["| thread | share of samples |", "|---|---:|"]
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 2 or not parts[0].endswith("%") or ":" not in parts[1]:
+            continue
+        tid = parts[1].split(":")[0]
+        who = "the workload's" if tid == str(os.getpid()) else "background " + tid
+        lines.append("| %s | %s |" % (who, parts[0]))
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -145,6 +166,10 @@ def main(argv=None):
     ap.add_argument("--freq", type=int, default=2000, help="perf samples per second")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "velocore-perf"))
     ap.add_argument("--dir", default=None, help="parent of the temporary store")
+    ap.add_argument("--call-graph", choices=("fp", "dwarf"), default="fp",
+                    help="how perf records stacks: frame pointers (perf -g), or DWARF "
+                         "unwinding, which also follows code built without them (slower, "
+                         "larger files)")
     args = ap.parse_args(argv)
     if shutil.which("perf") is None:
         ap.error("perf is not installed (Debian: linux-perf)")
