@@ -42,6 +42,7 @@ cdef extern from "vc_huge.h" nogil:
 
 cdef extern from "vc_crc32c.h" nogil:
     uint32_t vc_crc32c(uint32_t crc, const void* buf, size_t length)
+    uint32_t vc_crc32c_sw(uint32_t crc, const void* buf, size_t length)
     int vc_crc32c_hw()
 
 cdef extern from "vc_atomic.h" nogil:

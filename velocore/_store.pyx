@@ -15,7 +15,7 @@ from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_O
                                VC_E_NONE, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_CONFLICT,
                                VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID, VC_E_NOFILE,
                                vc_prefetch, vc_load_u64_relaxed, vc_pages_alloc_backed,
-                               vc_huge_free, vc_huge_len)
+                               vc_huge_free, vc_huge_len, vc_crc32c, vc_crc32c_sw, vc_crc32c_hw)
 from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc_db_checkpoint,
                              vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
@@ -537,6 +537,20 @@ def _sort_order(list keys):
     finally:
         free(order)
         keyarray_free(&ka)
+
+
+def _crc32c(const unsigned char[:] data, uint32_t crc=0, bint hw=True):
+    """_crc32c(data, crc=0, hw=True) -> int
+
+    Test support: CRC32C of data continuing from crc, as pages and log records are
+    checksummed: with the machine's instruction where it has one (hw), else with the
+    portable table the engine falls back to.
+    """
+    cdef size_t n = data.shape[0]
+    cdef const unsigned char* p = &data[0] if n else NULL
+    if hw and vc_crc32c_hw():
+        return vc_crc32c(crc, p, n)
+    return vc_crc32c_sw(crc, p, n)
 
 
 def _page_search(const unsigned char[:] page, const unsigned char[:] key, int mode, bint hinted,
