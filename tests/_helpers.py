@@ -195,3 +195,25 @@ def wal_tail(seg_file):
     with open(seg_file, "rb") as f:
         data = f.read()
     return end, len(data), data[end:].count(0) == len(data) - end
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data, crc=0):
+    """CRC32C (the checksum of pages and log records) a byte at a time from a table: the
+    definition, slow and plain; crc continues a previous result."""
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = _CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF

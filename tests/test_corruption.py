@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 import velocore
-from _helpers import assert_no_signal, run_cli, run_python, run_script, wal_tail
+from _helpers import assert_no_signal, crc32c, run_cli, run_python, run_script, wal_tail
 
 PAGE = 4096
 LOG_K = 20
@@ -515,28 +515,6 @@ finally:
 
 # ---------------------------------------------------------------- the checksum itself
 
-def _crc32c_reference(data, crc=0):
-    """CRC32C a byte at a time from a table: the definition, slow and plain."""
-    table = _crc32c_reference.table
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_crc32c_reference.table = _crc32c_table()
-
-
 @pytest.mark.parametrize("hw", [True, False])
 def test_crc32c_matches_its_definition(hw):
     """Every page and log record is checked with CRC32C: the engine's (three streams at
@@ -557,7 +535,7 @@ def test_crc32c_matches_its_definition(hw):
         off = rng.randrange(8)               # the fast path aligns to 8 bytes first
         data = memoryview(raw)[off:off + n]
         start = rng.choice([0, rng.getrandbits(32)])
-        want = _crc32c_reference(data, start)
+        want = crc32c(data, start)
         assert _crc32c(data, start, hw=hw) == want, (n, off, start)
         cut = rng.randrange(n + 1)           # chaining: the CRC of a prefix continued
         assert _crc32c(data[cut:], _crc32c(data[:cut], start, hw=hw), hw=hw) == want

@@ -145,6 +145,15 @@ def rewrite_every(store, tbl, prefix, n, step, old, new):
                for k, v in got.items())
 
 
+def put_random_batch(store, tbl, rng, model, klen, vmin, vmax, n=2_000):
+    """One put_many of n random keys of klen bytes, values of vmin..vmax-1 bytes; the
+    model dict follows."""
+    batch = {rng.randbytes(klen): rng.randbytes(rng.randrange(vmin, vmax)) for _ in range(n)}
+    with store.txn() as t:
+        t.put_many(tbl, batch.items())
+    model.update(batch)
+
+
 def memtable_bytes(store):
     with store.snapshot():            # ending a transaction frees retired memtables
         pass
@@ -191,11 +200,7 @@ def test_retired_memtable_memory_is_reused_within_bounds(tmp_path, where):
         rng = random.Random(11)
         model = {}
         for i in range(400):    # 60 batches at least; more while the checkpointer lags
-            batch = {rng.randbytes(12): rng.randbytes(rng.randrange(0, 300))
-                     for _ in range(2_000)}
-            with store.txn() as t:
-                t.put_many(tbl, batch.items())
-            model.update(batch)
+            put_random_batch(store, tbl, rng, model, 12, 0, 300)
             assert store.info()["memtable_spare_bytes"] <= cap, store.info()
             if i % 10 == 9:
                 # besides the background ones: a checkpoint that finds the new memtable
@@ -240,11 +245,7 @@ def test_growing_memtable_gets_chunks_mapped_ahead(tmp_path, where):
         rng = random.Random(5)
         model = {}
         for i in range(40):                   # ~24 MB of memtable: a dozen chunks
-            batch = {rng.randbytes(16): rng.randbytes(rng.randrange(200, 400))
-                     for _ in range(2_000)}
-            with store.txn() as t:
-                t.put_many(tbl, batch.items())
-            model.update(batch)
+            put_random_batch(store, tbl, rng, model, 16, 200, 400)
             assert store.info()["memtable_spare_bytes"] <= 2 * (2 << 20), store.info()
         info = store.info()
         assert info["checkpoints"] == 0, info

@@ -13,32 +13,13 @@ from hypothesis import given, strategies as st
 
 import velocore
 from velocore._store import _page_search
+from _helpers import crc32c
 
 PAGE = 4096
 LEAF, BRANCH = 0x4C, 0x42
 
 
 # ---------------------------------------------------------------- page images
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _crc_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
 
 def page_keys(page):
     """The keys (table id + user key) of a leaf or branch page, in slot order."""

@@ -298,15 +298,18 @@ cdef void* pool_fill_main(void* arg) noexcept nogil:
     return NULL
 
 
-cdef void stop_pool_filler(vc_chunk_pool* p) noexcept nogil:
-    if not p.filler_running:
+cdef void stop_worker(pthread_mutex_t* lock, pthread_cond_t* cond, int* stop, pthread_t thread,
+                      bint* running) noexcept nogil:
+    """Ask a background thread that sleeps on cond under lock to exit (*stop), and join
+    it; nothing if it is not running (the checkpointer, the pool's filler)."""
+    if not running[0]:
         return
-    pthread_mutex_lock(&p.lock)
-    p.fill_stop = 1
-    pthread_cond_signal(&p.fill_cond)
-    pthread_mutex_unlock(&p.lock)
-    pthread_join(p.filler, NULL)
-    p.filler_running = False
+    pthread_mutex_lock(lock)
+    stop[0] = 1
+    pthread_cond_broadcast(cond)
+    pthread_mutex_unlock(lock)
+    pthread_join(thread, NULL)
+    running[0] = False
 
 
 cdef void pool_drain(vc_chunk_pool* p) noexcept nogil:
@@ -1576,8 +1579,10 @@ cdef void vc_db_close(vc_db* db) noexcept nogil:
     if db == NULL:
         return
     vc_err_reset(&ignored)
-    stop_checkpointer(db)
-    stop_pool_filler(&db.chunks)
+    stop_worker(&db.ckpt_sig_lock, &db.ckpt_sig_cond, &db.ckpt_stop, db.ckpt_thread,
+                &db.ckpt_thread_running)
+    stop_worker(&db.chunks.lock, &db.chunks.fill_cond, &db.chunks.fill_stop, db.chunks.filler,
+                &db.chunks.filler_running)
     # end every live transaction (the facade no longer touches them)
     t = db.txns
     while t != NULL:
@@ -3448,17 +3453,6 @@ cdef void checkpoint_if_due(vc_db* db, bint aborted=False) noexcept nogil:
            and db.ckpt_requested and not db.ckpt_stop and not db.failed):
         pthread_cond_wait(&db.ckpt_sig_cond, &db.ckpt_sig_lock)
     pthread_mutex_unlock(&db.ckpt_sig_lock)
-
-
-cdef void stop_checkpointer(vc_db* db) noexcept nogil:
-    if not db.ckpt_thread_running:
-        return
-    pthread_mutex_lock(&db.ckpt_sig_lock)
-    db.ckpt_stop = 1
-    pthread_cond_broadcast(&db.ckpt_sig_cond)
-    pthread_mutex_unlock(&db.ckpt_sig_lock)
-    pthread_join(db.ckpt_thread, NULL)
-    db.ckpt_thread_running = False
 
 
 cdef bint table_in(const unsigned char* key, const uint32_t* tids, size_t n) noexcept nogil:
