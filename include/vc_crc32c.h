@@ -115,8 +115,9 @@ static inline uint32_t vc_crc32c_sw(uint32_t crc, const void *buf, size_t len)
  * where Z applies what `blk` zero bytes do to a register (registers here are the raw
  * ones, between the inversions).  Z is a 32x32 bit matrix, applied a byte at a time from
  * four 256-entry tables, built once per block size (vc_crc32c_zeros).  Two block sizes:
- * VC_CRC32C_LONG cuts a page (4,092 checksummed bytes) into three with 8 bytes left,
- * VC_CRC32C_SHORT serves what remains of longer buffers. */
+ * VC_CRC32C_LONG cuts a page's 4,092 checksummed bytes (less the 4 taken one at a time
+ * to reach an 8-byte boundary) into three with 8 bytes left, VC_CRC32C_SHORT serves what
+ * remains of longer buffers. */
 #define VC_CRC32C_LONG 1360
 #define VC_CRC32C_SHORT 168
 
