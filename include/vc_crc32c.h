@@ -42,10 +42,23 @@ static inline uint32_t vc_crc32c_bitwise_(uint32_t crc, const unsigned char *p, 
  * pointer also sees the table contents; a thread that loses the race frees its copy. */
 static uint32_t (*vc_crc32c_table_)[256] = NULL;
 
+/* Publish table t at *slot unless another thread did first: then t is freed and the
+ * winner's table returned. */
+static inline const uint32_t (*vc_crc32c_publish_(uint32_t (**slot)[256],
+                                                  uint32_t (*t)[256]))[256]
+{
+    uint32_t (*expected)[256] = NULL;
+    if (!__atomic_compare_exchange_n(slot, &expected, t, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        free(t);
+        t = expected;
+    }
+    return (const uint32_t (*)[256])t;
+}
+
 static inline const uint32_t (*vc_crc32c_table(void))[256]
 {
     uint32_t (*t)[256] = __atomic_load_n(&vc_crc32c_table_, __ATOMIC_ACQUIRE);
-    uint32_t (*expected)[256] = NULL;
     uint32_t c;
     int n, k;
     if (t != NULL)
@@ -66,12 +79,7 @@ static inline const uint32_t (*vc_crc32c_table(void))[256]
             t[k][n] = c;
         }
     }
-    if (!__atomic_compare_exchange_n(&vc_crc32c_table_, &expected, t, 0,
-                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        free(t);
-        t = expected;   /* the winner's table */
-    }
-    return (const uint32_t (*)[256])t;
+    return vc_crc32c_publish_(&vc_crc32c_table_, t);
 }
 
 /* Portable path: slicing-by-8.  Public so tests can compare it with the hardware path. */
@@ -139,14 +147,13 @@ static inline uint32_t vc_crc32c_raw_(uint32_t crc, const unsigned char *p, size
 }
 
 /* Z for blk zero bytes as four tables: z[k][b] = Z applied to b << 8k.  Published once
- * with a compare-and-swap, as the slicing table is. */
+ * with a compare-and-swap (vc_crc32c_publish_), as the slicing table is. */
 static uint32_t (*vc_crc32c_zeros_[2])[256] = {NULL, NULL};
 
 __attribute__((target("sse4.2")))
 static inline const uint32_t (*vc_crc32c_zeros(int which))[256]
 {
     uint32_t (*t)[256] = __atomic_load_n(&vc_crc32c_zeros_[which], __ATOMIC_ACQUIRE);
-    uint32_t (*expected)[256] = NULL;
     uint32_t col[32], v;
     size_t blk = which ? VC_CRC32C_SHORT : VC_CRC32C_LONG, i;
     int bit, k, b;
@@ -169,12 +176,7 @@ static inline const uint32_t (*vc_crc32c_zeros(int which))[256]
                     v ^= col[8 * k + bit];
             t[k][b] = v;
         }
-    if (!__atomic_compare_exchange_n(&vc_crc32c_zeros_[which], &expected, t, 0,
-                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        free(t);
-        t = expected;
-    }
-    return (const uint32_t (*)[256])t;
+    return vc_crc32c_publish_(&vc_crc32c_zeros_[which], t);
 }
 
 static inline uint32_t vc_crc32c_shift_(const uint32_t (*z)[256], uint32_t crc)
