@@ -49,6 +49,17 @@ static inline void vc_max_u64_relaxed(uint64_t *p, uint64_t v)
     }
 }
 
+/* Lower *p to at most v.  A skip-list link's key-prefix bound (vc_link in _mvcc.pxd): a
+ * writer lowers it to its new node's prefix before the CAS that links the node (RELEASE),
+ * so a reader that loads the link ACQUIRE and the bound after it reads a bound no greater
+ * than the prefix of the node it got.  The bound itself publishes nothing: RELAXED. */
+static inline void vc_min_u64_relaxed(uint64_t *p, uint64_t v)
+{
+    uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (cur > v && !__atomic_compare_exchange_n(p, &cur, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
 static inline int vc_cas_int(int *p, int expected, int desired)
 {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);

@@ -61,6 +61,7 @@ cdef extern from "vc_atomic.h" nogil:
     int vc_load_int_sc(const int* p)
     void vc_store_int_sc(int* p, int v)
     void vc_max_u64_relaxed(uint64_t* p, uint64_t v)
+    void vc_min_u64_relaxed(uint64_t* p, uint64_t v)
     uint64_t vc_fetch_add_u64(uint64_t* p, uint64_t v)
     uint64_t vc_sub_u64_relaxed(uint64_t* p, uint64_t v)
     bint vc_budget_take(uint64_t* p, uint64_t limit)

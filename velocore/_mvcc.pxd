@@ -79,9 +79,17 @@ cdef struct vc_version:
 
 cdef struct vc_memtable
 
-cdef struct vc_node:
+cdef struct vc_node
+
+cdef struct vc_link:        # one level of a node's tower
+    vc_node* node           # the next node at this level, published with a release store
+    uint64_t kp             # a lower bound of that node's kprefix (UINT64_MAX after the
+                            # last node): most searches stop at a link without loading
+                            # the node.  Only ever lowered once the link can be read
+                            # (vc_min_u64_relaxed before the CAS that links a node)
+
+cdef struct vc_node:          # followed by its tower (sl_tower: `height` vc_links), then its key
     vc_version* versions    # newest first; published with a release store
-    vc_node** next          # tower of `height` links, each published with a release store
     unsigned char* key
     uint32_t klen
     uint32_t height

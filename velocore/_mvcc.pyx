@@ -1,5 +1,5 @@
 # MVCC core.  No Python objects; every function is nogil and returns a status.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, UINT64_MAX
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport memcpy, memset, memcmp, strlen
 from libc.stdio cimport snprintf
@@ -24,7 +24,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                vc_load_ptr, vc_store_ptr, vc_load_u64, vc_store_u64,
                                vc_load_int_relaxed, vc_store_int_relaxed, vc_cas_ptr,
                                vc_fetch_add_size, vc_add_int_sc, vc_load_int_sc, vc_store_int_sc,
-                               vc_max_u64_relaxed, vc_fetch_add_u64, vc_cas_int, sched_yield,
+                               vc_max_u64_relaxed, vc_min_u64_relaxed, vc_fetch_add_u64, vc_cas_int, sched_yield,
                                VC_TS_ABORTED, pthread_cond_init, pthread_cond_destroy, vc_now_ns,
                                vc_cond_init_monotonic,
                                pthread_cond_wait, pthread_cond_broadcast, pthread_cond_signal,
@@ -442,7 +442,7 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0,
     pthread_mutex_init(&m.arena.lock, NULL)
     pthread_mutex_init(&m.free_lock, NULL)
     m.arena.pool = pool
-    h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_node*))
+    h = <vc_node*>arena_alloc(&m.arena, sizeof(vc_node) + VC_SL_MAX * sizeof(vc_link))
     if h == NULL:
         pthread_mutex_destroy(&m.arena.lock)
         pthread_mutex_destroy(&m.free_lock)
@@ -451,8 +451,7 @@ cdef vc_memtable* mem_new(uint64_t gen, bint shared, size_t bloom_bytes=0,
         free(m)
         return NULL
     h.versions = NULL
-    h.next = <vc_node**>(<unsigned char*>h + sizeof(vc_node))
-    memset(h.next, 0, VC_SL_MAX * sizeof(vc_node*))
+    links_clear(sl_tower(h))
     h.key = NULL
     h.klen = 0
     h.kprefix = 0
@@ -579,8 +578,30 @@ cdef uint64_t versions_free(vc_memtable* m, vc_version* v) noexcept nogil:
     return count
 
 
+cdef inline vc_link* sl_tower(vc_node* x) noexcept nogil:
+    """x's links, level 0 first: right after the node (next to kprefix, which a search
+    reads with them)."""
+    return <vc_link*>(<unsigned char*>x + sizeof(vc_node))
+
+
 cdef inline vc_node* sl_next(vc_node* x, int level) noexcept nogil:
-    return <vc_node*>vc_load_ptr(<void* const*>&x.next[level])
+    return <vc_node*>vc_load_ptr(<void* const*>&sl_tower(x)[level].node)
+
+
+cdef inline vc_node* sl_next_kp(vc_node* x, int level, uint64_t* lb) noexcept nogil:
+    """x's next node at level, and in *lb a lower bound of its key prefix: read after the
+    link (acquire), it is at most the prefix of the node returned (see vc_link)."""
+    cdef vc_node* nx = <vc_node*>vc_load_ptr(<void* const*>&sl_tower(x)[level].node)
+    lb[0] = vc_load_u64_relaxed(&sl_tower(x)[level].kp)
+    return nx
+
+
+cdef void links_clear(vc_link* links) noexcept nogil:
+    """A head's tower: every level ends at once."""
+    cdef int i
+    for i in range(VC_SL_MAX):
+        links[i].node = NULL
+        links[i].kp = UINT64_MAX
 
 
 cdef inline uint64_t key_prefix(const unsigned char* key, uint32_t klen) noexcept nogil:
@@ -600,6 +621,13 @@ cdef inline bint node_lt(vc_node* n, const unsigned char* key, uint32_t klen, ui
     if n.kprefix != kp:
         return n.kprefix < kp
     return vc_key_cmp(n.key, n.klen, key, klen) < 0
+
+
+cdef inline bint link_lt(vc_node* nx, uint64_t lb, const unsigned char* key, uint32_t klen,
+                         uint64_t kp) noexcept nogil:
+    """nx, found with bound lb (sl_next_kp), is a node whose key < key.  A bound above kp
+    answers no without loading nx: the step most searches end each level with."""
+    return nx != NULL and lb <= kp and node_lt(nx, key, klen, kp)
 
 
 # ---------------------------------------------------------------- memtable index
@@ -700,7 +728,8 @@ cdef inline void mindex_chain_init(mindex_chain* c, const vc_mindex* ix, uint64_
     c.len = 0
     while j >= 0 and c.len < VC_SL_MAX:
         nd = ix.node[j]
-        vc_prefetch(nd)
+        vc_prefetch(&sl_tower(nd)[0])       # the links a search reads at the levels
+        vc_prefetch(&sl_tower(nd)[MINDEX_LEVEL])    # it starts there
         c.node[c.len] = nd
         c.kp[c.len] = ix.kp[j]
         c.height[c.len] = ix.height[j]
@@ -744,19 +773,19 @@ cdef vc_node* sl_find_ge(vc_memtable* m, const unsigned char* key, uint32_t klen
     cdef vc_node* x
     cdef vc_node* nx
     cdef int level
-    cdef uint64_t kp
+    cdef uint64_t kp, lb
     if key == NULL:
         return sl_next(m.head, 0)
     kp = key_prefix(key, klen)
     level = read_start(m, key, kp, &x)
     nx = NULL
     while level >= 0:
-        nx = sl_next(x, level)
-        while nx != NULL and node_lt(nx, key, klen, kp):
+        nx = sl_next_kp(x, level, &lb)
+        while link_lt(nx, lb, key, klen, kp):
             x = nx
-            nx = sl_next(x, level)
+            nx = sl_next_kp(x, level, &lb)
         level -= 1
-    # nx is the first node >= key that the level-0 walk compared.  Reading x.next[0] again
+    # nx is the first node >= key that the level-0 walk compared.  Reading sl_tower(x)[0] again
     # here could return a node inserted since, which sorts before key: a false "absent".
     return nx
 
@@ -767,12 +796,13 @@ cdef vc_node* sl_find_lt(vc_memtable* m, const unsigned char* key, uint32_t klen
     cdef vc_node* x
     cdef vc_node* nx
     cdef uint64_t kp = key_prefix(key, klen) if key != NULL else 0
+    cdef uint64_t lb
     cdef int level = read_start(m, key, kp, &x)
     while level >= 0:
-        nx = sl_next(x, level)
-        while nx != NULL and (key == NULL or node_lt(nx, key, klen, kp)):
+        nx = sl_next_kp(x, level, &lb)
+        while nx != NULL and (key == NULL or link_lt(nx, lb, key, klen, kp)):
             x = nx
-            nx = sl_next(x, level)
+            nx = sl_next_kp(x, level, &lb)
         level -= 1
     return NULL if x == m.head else x
 
@@ -796,33 +826,36 @@ cdef inline vc_node* sl_find_eq(vc_memtable* m, const unsigned char* key, uint32
 
 
 cdef void sl_find_preds(vc_memtable* m, const unsigned char* key, uint32_t klen,
-                        vc_node** preds, vc_node** succs) noexcept nogil:
-    """For every level: the last node < key and the node after it."""
+                        vc_node** preds, vc_link* succs) noexcept nogil:
+    """For every level: the last node < key, and the link to the node after it (that node
+    and the bound its predecessor's link gave for it, see vc_link)."""
     cdef vc_node* x = m.head
     cdef vc_node* nx
     cdef int level = VC_SL_MAX - 1
     cdef int top = vc_load_int_relaxed(&m.height)
     cdef uint64_t kp = key_prefix(key, klen)
+    cdef uint64_t lb
     cdef mindex_chain c
     while level >= top:               # levels above the height in use: only the head
         preds[level] = x
-        succs[level] = sl_next(x, level)
+        succs[level].node = sl_next_kp(x, level, &succs[level].kp)
         level -= 1
     mindex_chain_init(&c, <vc_mindex*>vc_load_ptr(<void* const*>&m.index), kp)
     while level >= 0:
         if c.len:
             x = mindex_start(&c, x, m.head, level)
-        nx = sl_next(x, level)
-        while nx != NULL and node_lt(nx, key, klen, kp):
+        nx = sl_next_kp(x, level, &lb)
+        while link_lt(nx, lb, key, klen, kp):
             x = nx
-            nx = sl_next(x, level)
+            nx = sl_next_kp(x, level, &lb)
         preds[level] = x
-        succs[level] = nx
+        succs[level].node = nx
+        succs[level].kp = lb
         level -= 1
 
 
 cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t klen,
-                          vc_node** preds, vc_node** succs, vc_finger* f) noexcept nogil:
+                          vc_node** preds, vc_link* succs, vc_finger* f) noexcept nogil:
     """sl_find_preds, starting from the writer's previous search path when key sorts after
     the node that search ended on (keys written in ascending order: a sorted load or a
     sorted batch).  Nodes are never removed, so every node of the old path still sorts
@@ -835,6 +868,7 @@ cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t kle
     cdef int level = VC_SL_MAX - 1
     cdef int top
     cdef uint64_t kp = key_prefix(key, klen)
+    cdef uint64_t lb
     if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, kp):
         sl_find_preds(m, key, klen, preds, succs)
         return
@@ -846,7 +880,7 @@ cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t kle
     top = vc_load_int_relaxed(&m.height)
     while level >= top:
         preds[level] = x
-        succs[level] = sl_next(x, level)
+        succs[level].node = sl_next_kp(x, level, &succs[level].kp)
         level -= 1
     while level >= 0:
         c = f.path[level]
@@ -855,14 +889,23 @@ cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t kle
             if x == m.head or not moved or vc_key_cmp(c.key, c.klen, x.key, x.klen) > 0:
                 x = c
                 moved = False
-        nx = sl_next(x, level)
-        while nx != NULL and node_lt(nx, key, klen, kp):
+        nx = sl_next_kp(x, level, &lb)
+        while link_lt(nx, lb, key, klen, kp):
             x = nx
             moved = True
-            nx = sl_next(x, level)
+            nx = sl_next_kp(x, level, &lb)
         preds[level] = x
-        succs[level] = nx
+        succs[level].node = nx
+        succs[level].kp = lb
         level -= 1
+
+
+cdef inline bint succ_is_key(const vc_link* succ, const unsigned char* key, uint32_t klen) noexcept nogil:
+    """The node a search found after key's place is key's own (its bound, above key's
+    prefix, mostly answers no without loading it)."""
+    cdef vc_node* n = succ.node
+    return (n != NULL and succ.kp <= key_prefix(key, klen) and n.klen == klen
+            and memcmp(n.key, key, klen) == 0)
 
 
 cdef inline void finger_set(vc_finger* f, vc_memtable* m, vc_node* n, vc_node** preds) noexcept nogil:
@@ -890,46 +933,54 @@ cdef uint32_t random_height(vc_memtable* m, uint64_t key_hash) noexcept nogil:
     return <uint32_t>h
 
 
-cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_node** succs, const unsigned char* key,
+cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_link* succs, const unsigned char* key,
                       uint32_t klen) noexcept nogil:
     """Insert a node for key, given the predecessors a search just found.  Lock-free: if
     another writer got there first, returns its node (nodes are never removed, so a CAS on
-    each level's link is all it takes)."""
+    each level's link is all it takes).  Each link's bound is lowered to the node's prefix
+    before the CAS that points the link at it (see vc_link)."""
     cdef vc_node* n
     cdef uint32_t h, i
     cdef int cur
+    cdef uint64_t kp
     cdef uint64_t kh = vc_key_hash(key, klen) if m.shared else 0
     h = random_height(m, kh)
     if m.bloom.words != NULL:
         vc_bloom_add(&m.bloom, kh)    # before the node can be found (see vc_bloom.h)
         vc_bloom_add(&m.bloom_small, kh)
-    n = <vc_node*>mem_alloc(m, sizeof(vc_node) + <size_t>h * sizeof(vc_node*) + klen)
+    n = <vc_node*>mem_alloc(m, sizeof(vc_node) + <size_t>h * sizeof(vc_link) + klen)
     if n == NULL:
         return NULL
     n.versions = NULL
-    n.next = <vc_node**>(<unsigned char*>n + sizeof(vc_node))
-    n.key = <unsigned char*>n + sizeof(vc_node) + <size_t>h * sizeof(vc_node*)
+    n.key = <unsigned char*>n + sizeof(vc_node) + <size_t>h * sizeof(vc_link)
     memcpy(n.key, key, klen)
     n.klen = klen
     n.height = h
-    n.kprefix = key_prefix(key, klen)
+    kp = key_prefix(key, klen)
+    n.kprefix = kp
     while True:
-        for i in range(h):
-            vc_store_ptr(<void**>&n.next[i], succs[i])
-        if vc_cas_ptr(<void**>&preds[0].next[0], succs[0], n):
+        for i in range(h):             # no other thread can reach n yet
+            sl_tower(n)[i].kp = succs[i].kp
+            sl_tower(n)[i].node = succs[i].node
+        vc_min_u64_relaxed(&sl_tower(preds[0])[0].kp, kp)
+        if vc_cas_ptr(<void**>&sl_tower(preds[0])[0].node, succs[0].node, n):
             break
         sl_find_preds(m, key, klen, preds, succs)
-        if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
-            return succs[0]           # (the node allocated here stays unused in the arena)
+        if succ_is_key(&succs[0], key, klen):
+            return succs[0].node      # (the node allocated here stays unused in the arena)
     # level 0 links the node in; the upper levels are shortcuts, linked one by one
     for i in range(1, h):
         while True:
-            if vc_cas_ptr(<void**>&preds[i].next[i], succs[i], n):
+            vc_min_u64_relaxed(&sl_tower(preds[i])[i].kp, kp)
+            if vc_cas_ptr(<void**>&sl_tower(preds[i])[i].node, succs[i].node, n):
                 break
             sl_find_preds(m, key, klen, preds, succs)
-            if succs[i] == n:
+            if succs[i].node == n:
                 break
-            vc_store_ptr(<void**>&n.next[i], succs[i])
+            # n can be read from now on (a search may start at it from the index): its
+            # link moves back to a node sorting before the old one, its bound first
+            vc_min_u64_relaxed(&sl_tower(n)[i].kp, succs[i].kp)
+            vc_store_ptr(<void**>&sl_tower(n)[i].node, succs[i].node)
     cur = vc_load_int_relaxed(&m.height)
     while cur < <int>h:
         if vc_cas_int(&m.height, cur, <int>h):
@@ -945,10 +996,10 @@ cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_node** succs, const un
 cdef vc_node* sl_upsert(vc_memtable* m, const unsigned char* key, uint32_t klen) noexcept nogil:
     """Find or insert the node for key (any number of concurrent writers)."""
     cdef vc_node* preds[VC_SL_MAX]
-    cdef vc_node* succs[VC_SL_MAX]
+    cdef vc_link succs[VC_SL_MAX]
     sl_find_preds(m, key, klen, preds, succs)
-    if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
-        return succs[0]
+    if succ_is_key(&succs[0], key, klen):
+        return succs[0].node
     return sl_link(m, preds, succs, key, klen)
 
 
@@ -956,11 +1007,11 @@ cdef vc_node* sl_upsert_f(vc_memtable* m, const unsigned char* key, uint32_t kle
                           vc_finger* f) noexcept nogil:
     """sl_upsert with the writer's finger (see sl_find_preds_f)."""
     cdef vc_node* preds[VC_SL_MAX]
-    cdef vc_node* succs[VC_SL_MAX]
+    cdef vc_link succs[VC_SL_MAX]
     cdef vc_node* n
     sl_find_preds_f(m, key, klen, preds, succs, f)
-    if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
-        n = succs[0]
+    if succ_is_key(&succs[0], key, klen):
+        n = succs[0].node
     else:
         n = sl_link(m, preds, succs, key, klen)     # preds stay valid for n (see sl_link)
     if n != NULL:
@@ -2198,13 +2249,42 @@ cdef inline bint finger_covers(vc_finger* f, vc_memtable* m, const unsigned char
                                uint32_t klen) noexcept nogil:
     """The finger's own search would reach key cheaply: key sorts after its last node and
     before that node's successor at level VC_FINGER_NEAR (a walk of a few levels)."""
-    cdef vc_node* c
     cdef vc_node* nx
-    if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, key_prefix(key, klen)):
+    cdef uint64_t lb
+    cdef uint64_t kp = key_prefix(key, klen)
+    if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, kp):
         return False
-    c = f.path[VC_FINGER_NEAR]
-    nx = sl_next(c, VC_FINGER_NEAR)
-    return nx == NULL or not node_lt(nx, key, klen, key_prefix(key, klen))
+    nx = sl_next_kp(f.path[VC_FINGER_NEAR], VC_FINGER_NEAR, &lb)
+    return not link_lt(nx, lb, key, klen, kp)
+
+
+cdef inline int group_walk(vc_memtable* m, vc_finger* f, mindex_chain* ch, vc_node** xp, int level,
+                           const unsigned char* key, uint32_t klen, uint64_t kp,
+                           vc_node** cand) noexcept nogil:
+    """One search of vc_txn_group_fingers, from *xp at level, as far as it goes without a
+    node it has not loaded: every link whose bound sorts after key ends its level there
+    (the path's entry) and the search goes down.  Returns the level where the next node
+    (*cand, prefetched) must be read to decide, with *xp its predecessor; -1 once the path
+    is complete."""
+    cdef vc_node* x = xp[0]
+    cdef vc_node* nx
+    cdef uint64_t lb
+    while True:
+        nx = sl_next_kp(x, level, &lb)
+        if nx != NULL and lb <= kp:
+            # what the next round reads of it: its prefix, and its link at this level (the
+            # same line but when the two straddle one)
+            vc_prefetch(&nx.kprefix)
+            vc_prefetch(&sl_tower(nx)[level].kp)
+            cand[0] = nx
+            xp[0] = x
+            return level
+        f.path[level] = x
+        if level == 0:
+            xp[0] = x
+            return -1
+        level -= 1
+        x = mindex_start(ch, x, m.head, level)
 
 
 cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint32_t* klens,
@@ -2218,7 +2298,8 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
     cdef vc_db* db = t.db
     cdef vc_memtable* m
     cdef vc_node* x[VC_GROUP]
-    cdef vc_node* nx
+    cdef vc_node* cand[VC_GROUP]
+    cdef vc_node* c
     cdef int lvl[VC_GROUP]
     cdef uint64_t kp[VC_GROUP]
     cdef int i, level, top, active
@@ -2240,24 +2321,39 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
         x[i] = mindex_start(&chain[i], m.head, m.head, top - 1) if top > 0 else m.head
         for level in range(top, VC_SL_MAX):
             out[i].path[level] = m.head
-    active = n if top > 0 else 0
+    active = 0
+    for i in range(n):
+        if top > 0:
+            lvl[i] = group_walk(m, &out[i], &chain[i], &x[i], top - 1, keys[i], klens[i], kp[i],
+                                &cand[i])
+        else:
+            lvl[i] = -1
+        if lvl[i] >= 0:
+            active += 1
+    # each round reads one node per search (prefetched in the round before), so the
+    # searches' cache misses overlap
     while active > 0:
         for i in range(n):
             level = lvl[i]
             if level < 0:
                 continue
-            nx = sl_next(x[i], level)
-            if nx != NULL and node_lt(nx, keys[i], klens[i], kp[i]):
-                x[i] = nx
-                vc_prefetch(sl_next(nx, level))      # what this search compares next
+            c = cand[i]
+            if node_lt(c, keys[i], klens[i], kp[i]):
+                x[i] = c
             else:
-                out[i].path[level] = x[i]            # a tower of height > level
-                lvl[i] = level - 1
+                # c sorts at or after the key (its bound was below its prefix, or equal
+                # to the key's): the level ends at x[i], a tower of height > level
+                out[i].path[level] = x[i]
                 if level == 0:
+                    lvl[i] = -1
                     active -= 1
-                else:
-                    x[i] = mindex_start(&chain[i], x[i], m.head, level - 1)
-                    vc_prefetch(sl_next(x[i], level - 1))
+                    continue
+                level -= 1
+                x[i] = mindex_start(&chain[i], x[i], m.head, level)
+            lvl[i] = group_walk(m, &out[i], &chain[i], &x[i], level, keys[i], klens[i], kp[i],
+                                &cand[i])
+            if lvl[i] < 0:
+                active -= 1
     for i in range(n):
         out[i].last = out[i].path[0] if top > 0 and out[i].path[0] != m.head else NULL
         if out[i].last == NULL:
@@ -2285,7 +2381,7 @@ cdef vc_version* ws_version(vc_txn* t, int kind, const unsigned char* value, uin
 
 cdef void ws_list_clear(vc_memtable* m) noexcept nogil:
     """Empty a private skip list (its nodes stay in the arena until it is freed)."""
-    memset(m.head.next, 0, VC_SL_MAX * sizeof(vc_node*))
+    links_clear(sl_tower(m.head))
     m.height = 1
     m.nkeys = 0
 
@@ -2294,7 +2390,7 @@ cdef int wa_link_all(vc_txn* t, vc_err* err) noexcept nogil:
     """Leave the array form: link every write into the write set's skip list.  If memory
     runs out half way, the list is emptied again and the array stays in force."""
     cdef vc_node* preds[VC_SL_MAX]
-    cdef vc_node* succs[VC_SL_MAX]
+    cdef vc_link succs[VC_SL_MAX]
     cdef vc_node* n
     cdef vc_version* wv
     cdef vc_went* e
@@ -2442,7 +2538,7 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
     once), or (VC_CHECK) a key whose change by others must abort this txn at commit."""
     cdef vc_node* n = NULL
     cdef vc_node* preds[VC_SL_MAX]
-    cdef vc_node* succs[VC_SL_MAX]
+    cdef vc_link succs[VC_SL_MAX]
     cdef vc_version* prev = NULL
     cdef vc_version* wv
     cdef vc_version* sv = NULL
@@ -2468,8 +2564,8 @@ cdef int vc_txn_write(vc_txn* t, const unsigned char* key, uint32_t klen, const 
         if wa_link_all(t, err) < 0:
             return -1
     sl_find_preds_f(t.ws, key, klen, preds, succs, &t.ws_finger)
-    if succs[0] != NULL and succs[0].klen == klen and memcmp(succs[0].key, key, klen) == 0:
-        n = succs[0]
+    if succ_is_key(&succs[0], key, klen):
+        n = succs[0].node
         old_kind = n.versions.kind
         prev = n.versions.shared
         if kind == VC_CHECK:
