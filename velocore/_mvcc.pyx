@@ -2160,10 +2160,15 @@ cdef void vc_txn_prefetch_key(vc_txn* t, const unsigned char* key, uint32_t klen
     cdef uint64_t h
     cdef int i
     if write:
+        h = vc_key_hash(key, klen)
         m = <vc_memtable*>vc_load_ptr(<void* const*>&t.db.view.active)
         if m.bloom.words != NULL:
-            h = vc_key_hash(key, klen)
             vc_prefetch_w(m.bloom.words + ((h & m.bloom.block_mask) << 3))
+        # and the filter block the write's conflict check reads in the memtable a
+        # checkpoint is folding in (older_conflict), while there is one
+        m = t.view.frozen
+        if m != NULL and m.bloom.words != NULL:
+            vc_prefetch(m.bloom.words + ((h & m.bloom.block_mask) << 3))
         return
     h = 0
     for i in range(2):
