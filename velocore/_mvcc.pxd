@@ -17,7 +17,8 @@ cdef enum:
     VC_INGEST = 4           # log only: a bulk load's leaves, by page id and checksum
     VC_BULK_AFTER = 4096    # ascending single puts after which the next may start a bulk load
     VC_SL_MAX = 20          # skip-list levels
-    VC_GROUP = 16           # keys of a batch searched together (vc_txn_group_fingers)
+    VC_GROUP = 64           # keys of a batch searched in one call (vc_txn_group_fingers)
+    VC_GROUP_SLOTS = 16     # of them, searched at once
     VC_FINGER_NEAR = 3      # a finger within this level's reach needs no group search
     VC_TXN_ACTIVE = 0
     VC_TXN_ENDED = 1

@@ -2292,24 +2292,52 @@ cdef inline int group_walk(vc_memtable* m, vc_finger* f, mindex_chain* ch, vc_no
         x = mindex_start(ch, x, m.head, level)
 
 
+cdef int group_begin(vc_memtable* m, vc_mindex* ix, int top, const unsigned char** keys,
+                     const uint32_t* klens, int n, int* nxt, vc_finger* out, mindex_chain* ch,
+                     vc_node** xp, int* lvlp, uint64_t* kpp, vc_node** cand) noexcept nogil:
+    """Start the search of the next key, keys[*nxt], in one slot of vc_txn_group_fingers
+    (returns its index; -1 if none is left): its place in the index, whose node is
+    prefetched; the slot's next round walks from there (*cand NULL).  In an empty
+    memtable every path is the head's, complete at once."""
+    cdef int i, level
+    while nxt[0] < n:
+        i = nxt[0]
+        nxt[0] += 1
+        out[i].mem = m
+        for level in range(top, VC_SL_MAX):
+            out[i].path[level] = m.head
+        if top <= 0:
+            continue
+        kpp[0] = key_prefix(keys[i], klens[i])
+        mindex_chain_init(ch, ix, kpp[0])
+        xp[0] = mindex_start(ch, m.head, m.head, top - 1)
+        lvlp[0] = top - 1
+        cand[0] = NULL
+        return i
+    return -1
+
+
 cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint32_t* klens,
                               int n, vc_finger* out) noexcept nogil:
-    """Search the active memtable for up to VC_GROUP ascending keys at once, each step of
-    one search overlapping the cache misses of the others, and leave each key's path in
-    out[i] as a finger for its write (see sl_find_preds_f: the write walks on from the
-    path past anything linked since, its own group's nodes included).  Returns how many
-    fingers it made: 0 when the writer's own finger already covers the keys (a sorted load
-    appending at one place), so the plain path is as cheap."""
+    """Search the active memtable for up to VC_GROUP ascending keys, VC_GROUP_SLOTS at a
+    time, each step of one search overlapping the cache misses of the others, and leave
+    each key's path in out[i] as a finger for its write (see sl_find_preds_f: the write
+    walks on from the path past anything linked since, its own group's nodes included).
+    A slot whose search ends takes the next key at once, so the slots stay busy while the
+    longest searches finish.  Returns how many fingers it made: 0 when the writer's own
+    finger already covers the keys (a sorted load appending at one place), so the plain
+    path is as cheap."""
     cdef vc_db* db = t.db
     cdef vc_memtable* m
-    cdef vc_node* x[VC_GROUP]
-    cdef vc_node* cand[VC_GROUP]
+    cdef vc_node* x[VC_GROUP_SLOTS]
+    cdef vc_node* cand[VC_GROUP_SLOTS]
+    cdef int lvl[VC_GROUP_SLOTS]
+    cdef uint64_t kp[VC_GROUP_SLOTS]
+    cdef int slot[VC_GROUP_SLOTS]         # the key each slot searches for, -1 when idle
+    cdef mindex_chain chain[VC_GROUP_SLOTS]
     cdef vc_node* c
-    cdef int lvl[VC_GROUP]
-    cdef uint64_t kp[VC_GROUP]
-    cdef int i, level, top, active
+    cdef int i, s, level, top, active, nxt
     cdef vc_mindex* ix
-    cdef mindex_chain chain[VC_GROUP]
     if n <= 1 or n > VC_GROUP:
         return 0
     m = enter_active(db)
@@ -2318,47 +2346,45 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
         return 0
     ix = <vc_mindex*>vc_load_ptr(<void* const*>&m.index)
     top = vc_load_int_relaxed(&m.height)
-    for i in range(n):
-        out[i].mem = m
-        lvl[i] = top - 1
-        kp[i] = key_prefix(keys[i], klens[i])
-        mindex_chain_init(&chain[i], ix, kp[i])
-        x[i] = mindex_start(&chain[i], m.head, m.head, top - 1) if top > 0 else m.head
-        for level in range(top, VC_SL_MAX):
-            out[i].path[level] = m.head
+    nxt = 0
     active = 0
-    for i in range(n):
-        if top > 0:
-            lvl[i] = group_walk(m, &out[i], &chain[i], &x[i], top - 1, keys[i], klens[i], kp[i],
-                                &cand[i])
-        else:
-            lvl[i] = -1
-        if lvl[i] >= 0:
+    for s in range(VC_GROUP_SLOTS):
+        slot[s] = group_begin(m, ix, top, keys, klens, n, &nxt, out, &chain[s], &x[s], &lvl[s],
+                              &kp[s], &cand[s])
+        if slot[s] >= 0:
             active += 1
     # each round reads one node per search (prefetched in the round before), so the
     # searches' cache misses overlap
     while active > 0:
-        for i in range(n):
-            level = lvl[i]
-            if level < 0:
+        for s in range(VC_GROUP_SLOTS):
+            i = slot[s]
+            if i < 0:
                 continue
-            c = cand[i]
-            if node_lt(c, keys[i], klens[i], kp[i]):
-                x[i] = c
+            level = lvl[s]
+            c = cand[s]
+            if c == NULL:
+                # just begun: x[s] is the index's node for this level, prefetched
+                lvl[s] = group_walk(m, &out[i], &chain[s], &x[s], level, keys[i], klens[i], kp[s],
+                                    &cand[s])
+            elif node_lt(c, keys[i], klens[i], kp[s]):
+                x[s] = c
+                lvl[s] = group_walk(m, &out[i], &chain[s], &x[s], level, keys[i], klens[i], kp[s],
+                                    &cand[s])
             else:
                 # c sorts at or after the key (its bound was below its prefix, or equal
-                # to the key's): the level ends at x[i], a tower of height > level
-                out[i].path[level] = x[i]
+                # to the key's): the level ends at x[s], a tower of height > level
+                out[i].path[level] = x[s]
                 if level == 0:
-                    lvl[i] = -1
+                    lvl[s] = -1
+                else:
+                    x[s] = mindex_start(&chain[s], x[s], m.head, level - 1)
+                    lvl[s] = group_walk(m, &out[i], &chain[s], &x[s], level - 1, keys[i],
+                                        klens[i], kp[s], &cand[s])
+            if lvl[s] < 0:
+                slot[s] = group_begin(m, ix, top, keys, klens, n, &nxt, out, &chain[s], &x[s],
+                                      &lvl[s], &kp[s], &cand[s])
+                if slot[s] < 0:
                     active -= 1
-                    continue
-                level -= 1
-                x[i] = mindex_start(&chain[i], x[i], m.head, level)
-            lvl[i] = group_walk(m, &out[i], &chain[i], &x[i], level, keys[i], klens[i], kp[i],
-                                &cand[i])
-            if lvl[i] < 0:
-                active -= 1
     for i in range(n):
         out[i].last = out[i].path[0] if top > 0 and out[i].path[0] != m.head else NULL
         if out[i].last == NULL:
