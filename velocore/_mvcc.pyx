@@ -2362,24 +2362,19 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
                 continue
             level = lvl[s]
             c = cand[s]
-            if c == NULL:
-                # just begun: x[s] is the index's node for this level, prefetched
-                lvl[s] = group_walk(m, &out[i], &chain[s], &x[s], level, keys[i], klens[i], kp[s],
-                                    &cand[s])
-            elif node_lt(c, keys[i], klens[i], kp[s]):
-                x[s] = c
-                lvl[s] = group_walk(m, &out[i], &chain[s], &x[s], level, keys[i], klens[i], kp[s],
-                                    &cand[s])
-            else:
-                # c sorts at or after the key (its bound was below its prefix, or equal
-                # to the key's): the level ends at x[s], a tower of height > level
-                out[i].path[level] = x[s]
-                if level == 0:
-                    lvl[s] = -1
+            # (c NULL: just begun, x[s] is the index's node for this level, prefetched)
+            if c != NULL:
+                if node_lt(c, keys[i], klens[i], kp[s]):
+                    x[s] = c
                 else:
-                    x[s] = mindex_start(&chain[s], x[s], m.head, level - 1)
-                    lvl[s] = group_walk(m, &out[i], &chain[s], &x[s], level - 1, keys[i],
-                                        klens[i], kp[s], &cand[s])
+                    # c sorts at or after the key (its bound was below its prefix, or
+                    # equal to the key's): the level ends at x[s], a tower of height > level
+                    out[i].path[level] = x[s]
+                    level -= 1
+                    if level >= 0:
+                        x[s] = mindex_start(&chain[s], x[s], m.head, level)
+            lvl[s] = -1 if level < 0 else group_walk(m, &out[i], &chain[s], &x[s], level, keys[i],
+                                                     klens[i], kp[s], &cand[s])
             if lvl[s] < 0:
                 slot[s] = group_begin(m, ix, top, keys, klens, n, &nxt, out, &chain[s], &x[s],
                                       &lvl[s], &kp[s], &cand[s])
