@@ -65,6 +65,18 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM, PyList_GET_SIZE, PyList_C
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
 from cpython.ref cimport Py_INCREF
 
+cdef extern from "vc_spin.h" nogil:
+    ctypedef struct vc_gil_baton:
+        pass
+    void vc_gil_give(vc_gil_baton* b)
+    void vc_gil_claim(vc_gil_baton* b, uint64_t max_ns)
+
+# Durable committers hand the GIL on through this hint (one per process, like the GIL):
+# one coming back from its flush spins for at most GIL_CLAIM_SPIN_NS until another gives
+# the GIL up, instead of sleeping in CPython's queue and being woken.
+cdef vc_gil_baton gil_baton
+cdef uint64_t GIL_CLAIM_SPIN_NS = 50000
+
 cdef extern from "vc_sort.h" nogil:
     # stable sort of key indexes by key (radix over 8-byte words; see vc_sort.h)
     int vc_sort_keys_by_index(const unsigned char* data, const size_t* offs, const uint32_t* lens,
@@ -1736,6 +1748,7 @@ cdef class Txn:
         """
         cdef vc_err err
         cdef int rc
+        cdef bint handoff
         self.check()
         if self.is_snapshot:
             self.abort()
@@ -1743,8 +1756,15 @@ cdef class Txn:
         err.code = VC_E_NONE
         self.in_use = True
         self.store.busy += 1
+        # a commit that waits for a flush takes part in the GIL hand-off (vc_spin.h)
+        handoff = (self.t.db.sync_mode == VC_SYNC_FULL and self.t.db.wal != NULL
+                   and (self.t.nwrites > 0 or self.t.nruns > 0))
         with nogil:
+            if handoff:
+                vc_gil_give(&gil_baton)
             rc = vc_txn_commit(self.t, &err)
+            if handoff:
+                vc_gil_claim(&gil_baton, GIL_CLAIM_SPIN_NS)
         self.in_use = False
         self.store.busy -= 1
         self.ended = True

@@ -59,13 +59,11 @@ cdef struct vc_wal:
     uint64_t dir_synced_gen     # dir_gen covered by the last dir fsync
     # group commit (w.lock): a leader whose last group had several commits waits a moment
     # for the others to append before it flushes, so groups do not alternate 1, n-1, 1 ...
-    uint64_t appends            # records appended so far
+    uint64_t appends            # records appended so far (the gathering leader spins on it
+                                # without the lock: relaxed stores and loads)
     uint64_t synced_appends     # of those, covered by the last completed flush
     uint64_t last_group         # records the last commit flush covered
-    uint64_t last_flush_ns      # how long that flush took
-    bint leader_waiting         # a leader waits for appends on gather_cond: the append that
-                                # completes its group signals it (followers on cond sleep on)
-    pthread_cond_t gather_cond
+    uint64_t last_flush_ns      # how long that flush took (also bounds the committers' spin)
     uint32_t flush_gen          # bumped (w.lock, release store) when a flush ends, well or
                                 # not; committers waiting for a flush sleep on it (futex)
     vc_durable_fn on_durable    # set once after open (NULL: none)

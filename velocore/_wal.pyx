@@ -49,7 +49,7 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, VC_OK, VC_FAIL, V
                                VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_INVALID,
                                VC_E_READONLY, vc_load_u64, vc_store_u64, vc_wait_u32,
                                vc_wake_all_u32, vc_store_u32_release, vc_now_ns,
-                               vc_cond_init_monotonic)
+                               vc_cond_init_monotonic, vc_store_u64_relaxed)
 
 cdef extern from "vc_crc32c.h" nogil:
     uint32_t vc_crc32c(uint32_t crc, const void* buf, size_t len)
@@ -74,6 +74,10 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_create(pthread_t* t, const pthread_attr_t* a,
                        void* (*start)(void*) noexcept nogil, void* arg)
     int pthread_join(pthread_t t, void** ret)
+
+cdef extern from "vc_spin.h" nogil:
+    int vc_spin_u32_change(const uint32_t* p, uint32_t seen, uint64_t max_ns)
+    int vc_spin_u64_reach(const uint64_t* p, uint64_t want, uint64_t deadline)
 
 cdef extern from "<errno.h>" nogil:
     int errno               # assigned in places: those functions declare `global errno`
@@ -105,6 +109,7 @@ cdef enum:
 # and small enough that record sizes never overflow 64 bits.
 cdef uint64_t WAL_MAX_PAYLOAD = (<uint64_t>1) << 40
 cdef uint64_t GROUP_WAIT_MAX_NS = 300000        # a commit leader gathers for 0.3 ms at most
+cdef uint64_t FLUSH_SPIN_MAX_NS = 1000000       # committers spin through flushes of up to 1 ms
 
 cdef const char* SEG_MAGIC = b"VCWALSEG"
 
@@ -680,24 +685,20 @@ cdef void gather_group(vc_wal* w) noexcept nogil:
     several commits, wait (at most half that flush's time, capped at GROUP_WAIT_MAX_NS)
     until as many records are waiting again.  Committers that were released by the last
     flush are then back with their next commit, instead of missing this flush by a few
-    microseconds and waiting for a whole other one.  A lone committer never waits."""
-    cdef uint64_t want = w.last_group, limit, deadline, t
-    cdef timespec ts
+    microseconds and waiting for a whole other one.  A lone committer never waits.
+    The leader spins (vc_spin.h) without the lock: the appends it waits for come one
+    after another, each behind a GIL hand-off, and the leader's CPU should not go idle
+    in between (and a sleeping leader would have to be woken)."""
+    cdef uint64_t want = w.last_group, limit
     if want < 2 or w.appends - w.synced_appends >= want:
         return
     limit = w.last_flush_ns // 2
     if limit > GROUP_WAIT_MAX_NS:
         limit = GROUP_WAIT_MAX_NS
-    deadline = vc_now_ns() + limit
-    w.leader_waiting = True
-    while w.appends - w.synced_appends < want and not w.failed:
-        t = vc_now_ns()
-        if t >= deadline:
-            break
-        ts.tv_sec = <long>(deadline // 1000000000)
-        ts.tv_nsec = <long>(deadline % 1000000000)
-        pthread_cond_timedwait(&w.gather_cond, &w.lock, &ts)
-    w.leader_waiting = False
+    want += w.synced_appends        # only a flush moves it, and this leader holds the role
+    pthread_mutex_unlock(&w.lock)
+    vc_spin_u64_reach(&w.appends, want, vc_now_ns() + limit)
+    pthread_mutex_lock(&w.lock)
 
 
 cdef inline void end_syncing(vc_wal* w) noexcept nogil:
@@ -868,10 +869,9 @@ cdef int vc_wal_open(vc_wal** out, const char* store_dir, int sync_mode, bint re
     w.seg_fd = -1
     w.sync_mode = sync_mode
     w.readonly = readonly
-    # the conditions' timed waits (flusher_main, gather_group) count on CLOCK_MONOTONIC
+    # the condition's timed wait (flusher_main) counts on CLOCK_MONOTONIC
     if (pthread_mutex_init(&w.lock, NULL) != 0 or pthread_mutex_init(&w.append_lock, NULL) != 0
-            or vc_cond_init_monotonic(&w.cond) != 0
-            or vc_cond_init_monotonic(&w.gather_cond) != 0):
+            or vc_cond_init_monotonic(&w.cond) != 0):
         free(w)   # init of these cannot fail on Linux
         return vc_fail(err, VC_E_NOMEM, "cannot initialise log locks")
     n = snprintf(w.path, sizeof(w.path), "%s/wal", store_dir)
@@ -1092,9 +1092,7 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, const unsigned char
     w.seg_bytes = off + rec_size
     w.total_bytes += rec_size
     w.written_lsn += rec_size
-    w.appends += 1
-    if w.leader_waiting and w.appends - w.synced_appends >= w.last_group:
-        pthread_cond_signal(&w.gather_cond)      # the leader alone waits on it
+    vc_store_u64_relaxed(&w.appends, w.appends + 1)   # a gathering leader reads it unlocked
     if lsn != NULL:
         lsn[0] = w.written_lsn
     pthread_mutex_unlock(&w.lock)
@@ -1105,6 +1103,7 @@ cdef int vc_wal_append_stream(vc_wal* w, uint64_t commit_ts, const unsigned char
 cdef int vc_wal_sync_to(vc_wal* w, uint64_t lsn, vc_err* err) noexcept nogil:
     cdef int rc = VC_OK
     cdef uint32_t gen
+    cdef uint64_t spin
     if w == NULL:
         return vc_fail(err, VC_E_INVALID, "log is closed")
     if w.readonly:
@@ -1129,10 +1128,15 @@ cdef int vc_wal_sync_to(vc_wal* w, uint64_t lsn, vc_err* err) noexcept nogil:
             rc = flush_locked(w, lsn, err, True)     # this commit leads the next flush
             pthread_mutex_unlock(&w.lock)
             return rc
-        # a flush is under way: sleep until it ends, without the lock, and look again
+        # a flush is under way: wait until it ends, without the lock, and look again;
+        # spin while it should end soon (vc_spin.h), else sleep
         gen = w.flush_gen
+        spin = 0                     # a slow disk: a wake-up is small beside its flush
+        if w.last_flush_ns <= FLUSH_SPIN_MAX_NS:
+            spin = 2 * w.last_flush_ns
         pthread_mutex_unlock(&w.lock)
-        vc_wait_u32(&w.flush_gen, gen)
+        if not vc_spin_u32_change(&w.flush_gen, gen, spin):
+            vc_wait_u32(&w.flush_gen, gen)
 
 
 cdef uint64_t vc_wal_durable_lsn(vc_wal* w) noexcept nogil:
@@ -1311,7 +1315,6 @@ cdef int vc_wal_close(vc_wal* w, vc_err* err) noexcept nogil:
     close_fd(w.seg_fd)
     close_fd(w.dir_fd)
     pthread_cond_destroy(&w.cond)
-    pthread_cond_destroy(&w.gather_cond)
     pthread_mutex_destroy(&w.append_lock)
     pthread_mutex_destroy(&w.lock)
     free(w)
