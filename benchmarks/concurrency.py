@@ -323,6 +323,48 @@ def bench_get_many(workdir, n_keys, seed, pairs):
     return rows
 
 
+def part_a(args, workdir, thread_counts):
+    rows = bench_durable(workdir, args.durable_n, thread_counts, args.seed, args.pairs)
+    print('## (a) durable commits (sync="full", one put per transaction)\n')
+    print(f"Each thread count against 1 thread in {args.pairs} pairs of alternating "
+          f"phases, a fresh store each; medians, and vs 1 thread is the median of the "
+          f"pairs' ratios.\n")
+    print("| threads | commits per phase | commits/s | vs 1 thread | commits per fdatasync |")
+    print("|---:|---:|---:|---:|---:|")
+    for n, total, rate, ratio, group in rows:
+        print(f"| {n} | {total:,} | {rate:,.0f} | {ratio:.2f}x | {group:.2f} |")
+    print()
+    sys.stdout.flush()
+
+
+def part_b(args, workdir):
+    rows = bench_reader(workdir, args.read_keys, args.seconds, args.seed, args.pairs)
+    print(f"## (b) one reader thread: read transactions of 1,000 gets "
+          f"({args.read_keys:,} preloaded keys), alone and beside ...\n")
+    print(f"Medians of {args.pairs} pairs of alternating phases; % of alone is the "
+          f"median of the pairs' ratios.\n")
+    print("| beside | gets/s alone | gets/s beside | % of alone | "
+          "writer commits/s (10 puts each) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, solo, rate, pct, wrate in rows:
+        w = "" if wrate is None else f"{wrate:,.0f}"
+        print(f"| {name} | {solo:,.0f} | {rate:,.0f} | {pct:.0f}% | {w} |")
+    print()
+    sys.stdout.flush()
+
+
+def part_c(args, workdir):
+    rows = bench_get_many(workdir, args.many_keys, args.seed, args.pairs)
+    print(f"## (c) get_many of {args.many_keys:,} keys (shuffled; one snapshot per thread)\n")
+    print(f"Each 2-thread case against 1 thread in {args.pairs} pairs of alternating "
+          f"phases; medians, and vs 1 thread is the median of the pairs' ratios.\n")
+    print("| case | keys looked up | aggregate keys/s | vs 1 thread |")
+    print("|---|---:|---:|---:|")
+    for name, total, rate, ratio in rows:
+        print(f"| {name} | {total:,} | {rate:,.0f} | {ratio:.2f}x |")
+    print()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--durable-n", type=int, default=2000,
@@ -336,7 +378,10 @@ def main(argv=None):
     ap.add_argument("--many-keys", type=int, default=1_000_000, help="keys for (c)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--dir", default=None, help="where to create the temporary stores")
+    ap.add_argument("--parts", default="abc", help="which of the parts (a), (b), (c) to run")
     args = ap.parse_args(argv)
+    if not args.parts or set(args.parts) - set("abc"):
+        ap.error("--parts takes letters from a, b, c")
     thread_counts = [int(x) for x in args.threads.split(",") if x]
 
     workdir = tempfile.mkdtemp(prefix="velocore-conc-", dir=args.dir)
@@ -345,42 +390,12 @@ def main(argv=None):
         print(f"python {platform.python_version()}, {platform.machine()}, "
               f"{os.cpu_count()} CPUs, simd {velocore.simd_level()}, dir {workdir}, "
               f"seed {args.seed}\n")
-
-        rows = bench_durable(workdir, args.durable_n, thread_counts, args.seed, args.pairs)
-        print('## (a) durable commits (sync="full", one put per transaction)\n')
-        print(f"Each thread count against 1 thread in {args.pairs} pairs of alternating "
-              f"phases, a fresh store each; medians, and vs 1 thread is the median of the "
-              f"pairs' ratios.\n")
-        print("| threads | commits per phase | commits/s | vs 1 thread | commits per fdatasync |")
-        print("|---:|---:|---:|---:|---:|")
-        for n, total, rate, ratio, group in rows:
-            print(f"| {n} | {total:,} | {rate:,.0f} | {ratio:.2f}x | {group:.2f} |")
-        print()
-        sys.stdout.flush()
-
-        rows = bench_reader(workdir, args.read_keys, args.seconds, args.seed, args.pairs)
-        print(f"## (b) one reader thread: read transactions of 1,000 gets "
-              f"({args.read_keys:,} preloaded keys), alone and beside ...\n")
-        print(f"Medians of {args.pairs} pairs of alternating phases; % of alone is the "
-              f"median of the pairs' ratios.\n")
-        print("| beside | gets/s alone | gets/s beside | % of alone | "
-              "writer commits/s (10 puts each) |")
-        print("|---|---:|---:|---:|---:|")
-        for name, solo, rate, pct, wrate in rows:
-            w = "" if wrate is None else f"{wrate:,.0f}"
-            print(f"| {name} | {solo:,.0f} | {rate:,.0f} | {pct:.0f}% | {w} |")
-        print()
-        sys.stdout.flush()
-
-        rows = bench_get_many(workdir, args.many_keys, args.seed, args.pairs)
-        print(f"## (c) get_many of {args.many_keys:,} keys (shuffled; one snapshot per thread)\n")
-        print(f"Each 2-thread case against 1 thread in {args.pairs} pairs of alternating "
-              f"phases; medians, and vs 1 thread is the median of the pairs' ratios.\n")
-        print("| case | keys looked up | aggregate keys/s | vs 1 thread |")
-        print("|---|---:|---:|---:|")
-        for name, total, rate, ratio in rows:
-            print(f"| {name} | {total:,} | {rate:,.0f} | {ratio:.2f}x |")
-        print()
+        if "a" in args.parts:
+            part_a(args, workdir, thread_counts)
+        if "b" in args.parts:
+            part_b(args, workdir)
+        if "c" in args.parts:
+            part_c(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
