@@ -158,7 +158,10 @@ cdef struct vc_memtable:   # 64-byte aligned (mem_new)
 cdef struct vc_finger:       # a writer's last search path in one memtable (finger search)
     vc_memtable* mem        # memtable the path belongs to, NULL when unused
     vc_node* last           # node found or linked by that search
-    vc_node* path[VC_SL_MAX]    # its predecessor at every level (all sort before `last`)
+    vc_node* path[VC_SL_MAX]    # its predecessor at every level (all sort before `last`);
+                            # a partial path (the top entry NULL) has only the levels up to
+                            # the memtable index's: vc_txn_group_fingers' for a node no
+                            # taller, used once, by that key's write
 
 cdef struct vc_view:        # what a transaction reads besides its own writes
     uint32_t root           # checkpointed tree

@@ -721,9 +721,37 @@ cdef struct mindex_chain:   # a search's entry in the index and the taller tower
     int pos                 # node[pos:] are the towers taller than the last level asked
 
 
+cdef void mindex_find_many(const vc_mindex* ix, const uint64_t* kps, int n,
+                           Py_ssize_t* out) noexcept nogil:
+    """mindex_find of n keys at once: the binary searches in step, so that each step's n
+    loads (independent of one another) are in flight together."""
+    cdef const uint64_t* kp = ix.kp
+    cdef size_t left = ix.n, half, b
+    cdef int i
+    if left == 0:
+        for i in range(n):
+            out[i] = -1
+        return
+    for i in range(n):
+        out[i] = 0
+    while left > 1:
+        half = left >> 1
+        for i in range(n):
+            b = <size_t>out[i]
+            out[i] = <Py_ssize_t>(b + half if kp[b + half] < kps[i] else b)
+        left -= half
+    for i in range(n):
+        b = <size_t>out[i]
+        out[i] = <Py_ssize_t>b + (1 if kp[b] < kps[i] else 0) - 1
+
+
 cdef inline void mindex_chain_init(mindex_chain* c, const vc_mindex* ix, uint64_t kp) noexcept nogil:
     """The chain for a key with prefix kp (empty without an index), its nodes prefetched."""
-    cdef Py_ssize_t j = mindex_find(ix, kp) if ix != NULL else -1
+    mindex_chain_at(c, ix, mindex_find(ix, kp) if ix != NULL else -1)
+
+
+cdef inline void mindex_chain_at(mindex_chain* c, const vc_mindex* ix, Py_ssize_t j) noexcept nogil:
+    """The chain from index entry j (-1: none), its nodes prefetched."""
     cdef vc_node* nd
     c.len = 0
     while j >= 0 and c.len < VC_SL_MAX:
@@ -854,6 +882,12 @@ cdef void sl_find_preds(vc_memtable* m, const unsigned char* key, uint32_t klen,
         level -= 1
 
 
+cdef inline bint finger_partial(const vc_finger* f) noexcept nogil:
+    """f holds a partial path (see vc_finger): a full one always has the head, at least,
+    at the top level."""
+    return f.path[VC_SL_MAX - 1] == NULL
+
+
 cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t klen,
                           vc_node** preds, vc_link* succs, vc_finger* f) noexcept nogil:
     """sl_find_preds, starting from the writer's previous search path when key sorts after
@@ -872,16 +906,31 @@ cdef void sl_find_preds_f(vc_memtable* m, const unsigned char* key, uint32_t kle
     if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, kp):
         sl_find_preds(m, key, klen, preds, succs)
         return
-    if vc_load_ptr_relaxed(<void* const*>&m.index) != NULL and not finger_covers(f, m, key, klen):
+    if finger_partial(f):
+        # a grouped search's path of the lower levels only (vc_txn_group_fingers): the
+        # levels above are left unset, for a node that will not reach them (sl_link
+        # searches again for one that does); used while key's place is within reach of
+        # its top level's node
+        level = MINDEX_LEVEL
+        nx = sl_next_kp(f.path[level], level, &lb)
+        if link_lt(nx, lb, key, klen, kp):
+            sl_find_preds(m, key, klen, preds, succs)
+            return
+        for top in range(MINDEX_LEVEL + 1, VC_SL_MAX):
+            preds[top] = NULL
+            succs[top].node = NULL
+            succs[top].kp = UINT64_MAX
+    elif vc_load_ptr_relaxed(<void* const*>&m.index) != NULL and not finger_covers(f, m, key, klen):
         # far past the finger (a scattered write, not the next of a sorted run): the index
         # reaches the key sooner
         sl_find_preds(m, key, klen, preds, succs)
         return
-    top = vc_load_int_relaxed(&m.height)
-    while level >= top:
-        preds[level] = x
-        succs[level].node = sl_next_kp(x, level, &succs[level].kp)
-        level -= 1
+    else:
+        top = vc_load_int_relaxed(&m.height)
+        while level >= top:
+            preds[level] = x
+            succs[level].node = sl_next_kp(x, level, &succs[level].kp)
+            level -= 1
     while level >= 0:
         c = f.path[level]
         if c != m.head and c != x:
@@ -945,6 +994,11 @@ cdef vc_node* sl_link(vc_memtable* m, vc_node** preds, vc_link* succs, const uns
     cdef uint64_t kp
     cdef uint64_t kh = vc_key_hash(key, klen) if m.shared else 0
     h = random_height(m, kh)
+    if preds[h - 1] == NULL:
+        # a partial finger's path (sl_find_preds_f) does not reach this node's top level
+        sl_find_preds(m, key, klen, preds, succs)
+        if succ_is_key(&succs[0], key, klen):
+            return succs[0].node
     if m.bloom.words != NULL:
         vc_bloom_add(&m.bloom, kh)    # before the node can be found (see vc_bloom.h)
         vc_bloom_add(&m.bloom_small, kh)
@@ -1015,7 +1069,10 @@ cdef vc_node* sl_upsert_f(vc_memtable* m, const unsigned char* key, uint32_t kle
     else:
         n = sl_link(m, preds, succs, key, klen)     # preds stay valid for n (see sl_link)
     if n != NULL:
-        finger_set(f, m, n, preds)
+        if preds[VC_SL_MAX - 1] != NULL:
+            finger_set(f, m, n, preds)
+        else:
+            f.mem = NULL            # a partial path (above) is not kept as the finger
     return n
 
 
@@ -2257,7 +2314,7 @@ cdef inline bint finger_covers(vc_finger* f, vc_memtable* m, const unsigned char
     cdef vc_node* nx
     cdef uint64_t lb
     cdef uint64_t kp = key_prefix(key, klen)
-    if f.mem != m or f.last == NULL or not node_lt(f.last, key, klen, kp):
+    if f.mem != m or f.last == NULL or finger_partial(f) or not node_lt(f.last, key, klen, kp):
         return False
     nx = sl_next_kp(f.path[VC_FINGER_NEAR], VC_FINGER_NEAR, &lb)
     return not link_lt(nx, lb, key, klen, kp)
@@ -2292,13 +2349,16 @@ cdef inline int group_walk(vc_memtable* m, vc_finger* f, mindex_chain* ch, vc_no
         x = mindex_start(ch, x, m.head, level)
 
 
-cdef int group_begin(vc_memtable* m, vc_mindex* ix, int top, const unsigned char** keys,
-                     const uint32_t* klens, int n, int* nxt, vc_finger* out, mindex_chain* ch,
-                     vc_node** xp, int* lvlp, uint64_t* kpp, vc_node** cand) noexcept nogil:
+cdef int group_begin(vc_memtable* m, vc_mindex* ix, int top, const uint64_t* kps,
+                     const Py_ssize_t* jx, const uint8_t* part, int n, int* nxt, vc_finger* out,
+                     mindex_chain* ch, vc_node** xp, int* lvlp, uint64_t* kpp,
+                     vc_node** cand) noexcept nogil:
     """Start the search of the next key, keys[*nxt], in one slot of vc_txn_group_fingers
-    (returns its index; -1 if none is left): its place in the index, whose node is
-    prefetched; the slot's next round walks from there (*cand NULL).  In an empty
-    memtable every path is the head's, complete at once."""
+    (returns its index; -1 if none is left), from its place in the index (jx, found for
+    the whole group at once), whose node is prefetched; the slot's next round walks from
+    there (*cand NULL).  In an empty memtable every path is the head's, complete at once.
+    A key with part[i] set (see vc_txn_group_fingers) gets a partial path: its search
+    starts at the index's level, at the index's node, and the levels above stay NULL."""
     cdef int i, level
     while nxt[0] < n:
         i = nxt[0]
@@ -2308,11 +2368,20 @@ cdef int group_begin(vc_memtable* m, vc_mindex* ix, int top, const unsigned char
             out[i].path[level] = m.head
         if top <= 0:
             continue
-        kpp[0] = key_prefix(keys[i], klens[i])
-        mindex_chain_init(ch, ix, kpp[0])
+        kpp[0] = kps[i]
+        cand[0] = NULL
+        if part[i]:
+            for level in range(MINDEX_LEVEL + 1, VC_SL_MAX):
+                out[i].path[level] = NULL
+            ch.len = 0
+            ch.pos = 0
+            xp[0] = ix.node[jx[i]] if jx[i] >= 0 else m.head
+            vc_prefetch(&sl_tower(xp[0])[MINDEX_LEVEL])
+            lvlp[0] = MINDEX_LEVEL
+            return i
+        mindex_chain_at(ch, ix, jx[i])
         xp[0] = mindex_start(ch, m.head, m.head, top - 1)
         lvlp[0] = top - 1
-        cand[0] = NULL
         return i
     return -1
 
@@ -2335,6 +2404,9 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
     cdef uint64_t kp[VC_GROUP_SLOTS]
     cdef int slot[VC_GROUP_SLOTS]         # the key each slot searches for, -1 when idle
     cdef mindex_chain chain[VC_GROUP_SLOTS]
+    cdef uint64_t kps[VC_GROUP]
+    cdef Py_ssize_t jx[VC_GROUP]
+    cdef uint8_t part[VC_GROUP]
     cdef vc_node* c
     cdef int i, s, level, top, active, nxt
     cdef vc_mindex* ix
@@ -2346,10 +2418,27 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
         return 0
     ix = <vc_mindex*>vc_load_ptr(<void* const*>&m.index)
     top = vc_load_int_relaxed(&m.height)
+    # every key's place in the index, the binary searches in step; and which keys need
+    # no path above the index's level: a key whose node, if it is new, will be no taller
+    # (its height comes from its hash: 63 keys in 64) starts there, at the index's node,
+    # and gets a partial finger (vc_finger.path), without the chain of taller towers and
+    # the line per level above that a full path reads
+    for i in range(n):
+        kps[i] = key_prefix(keys[i], klens[i])
+        jx[i] = -1
+        part[i] = 0
+        if ix != NULL and top > MINDEX_LEVEL + 1 and \
+                random_height(m, vc_key_hash(keys[i], klens[i])) <= MINDEX_LEVEL + 1:
+            part[i] = 1
+    if ix != NULL:
+        mindex_find_many(ix, kps, n, jx)
+        for i in range(n):
+            if jx[i] >= 0:
+                vc_prefetch(&ix.node[jx[i]])
     nxt = 0
     active = 0
     for s in range(VC_GROUP_SLOTS):
-        slot[s] = group_begin(m, ix, top, keys, klens, n, &nxt, out, &chain[s], &x[s], &lvl[s],
+        slot[s] = group_begin(m, ix, top, kps, jx, part, n, &nxt, out, &chain[s], &x[s], &lvl[s],
                               &kp[s], &cand[s])
         if slot[s] >= 0:
             active += 1
@@ -2376,7 +2465,7 @@ cdef int vc_txn_group_fingers(vc_txn* t, const unsigned char** keys, const uint3
             lvl[s] = -1 if level < 0 else group_walk(m, &out[i], &chain[s], &x[s], level, keys[i],
                                                      klens[i], kp[s], &cand[s])
             if lvl[s] < 0:
-                slot[s] = group_begin(m, ix, top, keys, klens, n, &nxt, out, &chain[s], &x[s],
+                slot[s] = group_begin(m, ix, top, kps, jx, part, n, &nxt, out, &chain[s], &x[s],
                                       &lvl[s], &kp[s], &cand[s])
                 if slot[s] < 0:
                     active -= 1
