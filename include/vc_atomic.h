@@ -31,8 +31,10 @@ static inline int vc_cas_ptr(void **p, void *expected, void *desired)
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
-/* Arena bump allocation: only the returned range matters, nothing is published by it. */
+/* Arena bump allocation: only the returned range matters, nothing is published by it.
+ * The load is a writer's look at where the next allocations will go (to prefetch them). */
 static inline size_t vc_fetch_add_size(size_t *p, size_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+static inline size_t vc_load_size_relaxed(const size_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
 /* Freeze handshake between writers and the checkpointer (Dekker style): a writer
  * increments `inflight` then reads `frozen`; the checkpointer sets `frozen` then reads

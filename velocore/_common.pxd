@@ -57,6 +57,7 @@ cdef extern from "vc_atomic.h" nogil:
     void vc_store_int_relaxed(int* p, int v)
     bint vc_cas_ptr(void** p, void* expected, void* desired)
     size_t vc_fetch_add_size(size_t* p, size_t v)
+    size_t vc_load_size_relaxed(const size_t* p)
     int vc_add_int_sc(int* p, int v)
     int vc_load_int_sc(const int* p)
     void vc_store_int_sc(int* p, int v)

@@ -37,7 +37,8 @@ from velocore._common cimport (vc_err, vc_fail, vc_fail_errno, vc_buf, vc_buf_re
                                vc_store_u64_relaxed, vc_store_ptr_relaxed,
                                pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
                                pthread_mutex_trylock, pthread_mutex_unlock, vc_sub_u64_relaxed,
-                               vc_fence_acquire, VC_POISON, VC_UNPOISON, vc_prefetch_w)
+                               vc_fence_acquire, VC_POISON, VC_UNPOISON, vc_prefetch_w,
+                               vc_load_size_relaxed)
 from velocore._pager cimport (vc_pager, vc_meta, vc_pager_open, vc_pager_close, vc_pager_commit_meta, vc_pager_hits,
                               vc_pager_reclaim, vc_page_release, vc_page_repin, VC_NO_FRAME,
                               vc_page_free, vc_pager_release_held, vc_pager_sync, VC_PAGE_SIZE)
@@ -2263,7 +2264,20 @@ cdef int install_pending(vc_txn* t, const unsigned char* key, uint32_t klen, int
     cdef vc_version* v = NULL
     cdef bint decided
     cdef int conflict
+    cdef vc_arena_chunk* ac
+    cdef unsigned char* ap
     m = enter_active(db)
+    # the node and version about to be written go to fresh arena lines, and the locked
+    # operations after those stores (the link's CAS, the chain's) wait until the lines
+    # are in: fetch, for writing, the ones about two writes ahead (a write takes about
+    # four lines: a node of ~80 bytes, a version of 160)
+    ac = <vc_arena_chunk*>vc_load_ptr_relaxed(<void* const*>&m.arena.head)
+    if ac != NULL:
+        ap = <unsigned char*>ac + sizeof(vc_arena_chunk) + vc_load_size_relaxed(&ac.used) + 512
+        vc_prefetch_w(ap)
+        vc_prefetch_w(ap + 64)
+        vc_prefetch_w(ap + 128)
+        vc_prefetch_w(ap + 192)
     n = sl_upsert_f(m, key, klen, &t.mem_finger)
     if n == NULL:
         vc_add_int_sc(&m.inflight, -1)
