@@ -30,6 +30,17 @@ static inline void vc_cpu_relax(void)
 #endif
 }
 
+/* Between two rounds of VC_SPIN_PAUSES looks: 0 once the monotonic clock has reached
+ * `deadline` (the caller stops spinning), else the CPU is offered to any other thread
+ * that can run on it, and 1. */
+static inline int vc_spin_again(uint64_t deadline)
+{
+    if (vc_now_ns() >= deadline)
+        return 0;
+    sched_yield();
+    return 1;
+}
+
 /* Wait until *p differs from `seen`, at most max_ns: 1 when it did, 0 when the time ran
  * out.  ACQUIRE: what the writer stored before its RELEASE store of *p (the flush's
  * result) is visible once the change is. */
@@ -42,16 +53,14 @@ static inline int vc_spin_u32_change(const uint32_t *p, uint32_t seen, uint64_t 
     if (max_ns == 0)
         return 0;
     deadline = vc_now_ns() + max_ns;
-    for (;;) {
+    do {
         for (i = 0; i < VC_SPIN_PAUSES; i++) {
             if (__atomic_load_n(p, __ATOMIC_ACQUIRE) != seen)
                 return 1;
             vc_cpu_relax();
         }
-        if (vc_now_ns() >= deadline)
-            return 0;
-        sched_yield();
-    }
+    } while (vc_spin_again(deadline));
+    return 0;
 }
 
 /* Wait until *p >= want, until the monotonic clock reads `deadline`: 1 when it did, 0
@@ -60,16 +69,14 @@ static inline int vc_spin_u32_change(const uint32_t *p, uint32_t seen, uint64_t 
 static inline int vc_spin_u64_reach(const uint64_t *p, uint64_t want, uint64_t deadline)
 {
     int i;
-    for (;;) {
+    do {
         for (i = 0; i < VC_SPIN_PAUSES; i++) {
             if (__atomic_load_n(p, __ATOMIC_RELAXED) >= want)
                 return 1;
             vc_cpu_relax();
         }
-        if (vc_now_ns() >= deadline)
-            return 0;
-        sched_yield();
-    }
+    } while (vc_spin_again(deadline));
+    return 0;
 }
 
 /* The GIL between committing threads.  A durable commit gives the GIL up for its flush
@@ -101,7 +108,7 @@ static inline void vc_gil_claim(vc_gil_baton *b, uint64_t max_ns)
     if (__atomic_compare_exchange_n(&b->free, &one, 0, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
         return;
     deadline = vc_now_ns() + max_ns;
-    for (;;) {
+    do {
         for (i = 0; i < VC_SPIN_PAUSES; i++) {
             one = 1;
             if (__atomic_load_n(&b->free, __ATOMIC_RELAXED) == 1 &&
@@ -109,10 +116,7 @@ static inline void vc_gil_claim(vc_gil_baton *b, uint64_t max_ns)
                 return;
             vc_cpu_relax();
         }
-        if (vc_now_ns() >= deadline)
-            return;
-        sched_yield();
-    }
+    } while (vc_spin_again(deadline));
 }
 
 #endif
