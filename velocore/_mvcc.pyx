@@ -703,15 +703,9 @@ cdef inline Py_ssize_t mindex_find(const vc_mindex* ix, uint64_t kp) noexcept no
     """The last entry whose key prefix is below kp, -1 if none.  A smaller prefix means a
     smaller key (see key_prefix), so that entry's node sorts before every key with prefix
     kp; entries with an equal prefix are passed over (no full comparison)."""
-    cdef const uint64_t* base = ix.kp
-    cdef size_t n = ix.n, half
-    if n == 0:
-        return -1
-    while n > 1:                       # branch-free lower bound
-        half = n >> 1
-        base = base + half if base[half] < kp else base
-        n -= half
-    return <Py_ssize_t>(base - ix.kp) + (1 if base[0] < kp else 0) - 1
+    cdef Py_ssize_t j
+    mindex_find_many(ix, &kp, 1, &j)
+    return j
 
 
 cdef struct mindex_chain:   # a search's entry in the index and the taller towers before it
@@ -722,10 +716,10 @@ cdef struct mindex_chain:   # a search's entry in the index and the taller tower
     int pos                 # node[pos:] are the towers taller than the last level asked
 
 
-cdef void mindex_find_many(const vc_mindex* ix, const uint64_t* kps, int n,
-                           Py_ssize_t* out) noexcept nogil:
-    """mindex_find of n keys at once: the binary searches in step, so that each step's n
-    loads (independent of one another) are in flight together."""
+cdef inline void mindex_find_many(const vc_mindex* ix, const uint64_t* kps, int n,
+                                  Py_ssize_t* out) noexcept nogil:
+    """mindex_find of n keys at once: branch-free binary searches (lower bounds) in step,
+    so that each step's n loads (independent of one another) are in flight together."""
     cdef const uint64_t* kp = ix.kp
     cdef size_t left = ix.n, half, b
     cdef int i
