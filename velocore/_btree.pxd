@@ -171,3 +171,5 @@ cdef extern from "vc_key.h" nogil:
     bint vc_key_eq(const unsigned char* a, uint32_t alen, const unsigned char* b,
                    uint32_t blen)
     uint64_t vc_load_be64(const unsigned char* p)
+    # a key's bytes, by moves of fixed size (no `rep movs`; see vc_key.h)
+    void vc_key_copy(unsigned char* dst, const unsigned char* src, size_t n)

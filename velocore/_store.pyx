@@ -26,7 +26,7 @@ from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc
                              vc_txn_bulk_drop, vc_txn_bulk_put, VC_BULK_AFTER)
 from velocore._wal cimport VC_SYNC_OFF, VC_SYNC_NORMAL, VC_SYNC_FULL
 from velocore._btree cimport (VC_MAX_VALUE, vc_lookup, vc_lookup_close, vc_lookup_hold,
-                              vc_page_search, vc_key_cmp)
+                              vc_page_search, vc_key_cmp, vc_key_copy)
 from velocore._pager cimport vc_hints, vc_page_try, vc_page_still, vc_kept_pins_max, VC_NO_FRAME
 
 cdef extern from "Python.h":
@@ -222,7 +222,7 @@ cdef int make_key(keybuf* kb, uint32_t tid, object key, str what) except -1:
         if n < 1 or n > MAX_KEY:
             raise ValueError(f"{what} must be 1 to {MAX_KEY} bytes, got {n}")
         put_tid(kb.data, tid)
-        memcpy(kb.data + TID_LEN, PyBytes_AS_STRING(key), n)
+        vc_key_copy(kb.data + TID_LEN, <const unsigned char*>PyBytes_AS_STRING(key), <size_t>n)
         kb.len = <uint32_t>(n + TID_LEN)
         return 0
     if isinstance(key, str) or not PyObject_CheckBuffer(key):
@@ -310,7 +310,7 @@ cdef inline bint keyarray_push_fast(keyarray* ka, const unsigned char* tidb, obj
         return False
     p = ka.data + ka.used
     memcpy(p, tidb, TID_LEN)
-    memcpy(p + TID_LEN, PyBytes_AS_STRING(key), <size_t>kl)
+    vc_key_copy(p + TID_LEN, <const unsigned char*>PyBytes_AS_STRING(key), <size_t>kl)
     ka.offs[ka.n] = ka.used
     ka.lens[ka.n] = <uint32_t>(kl + TID_LEN)
     ka.used += <size_t>(kl + TID_LEN)
