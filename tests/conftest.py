@@ -78,13 +78,17 @@ def no_bulk():
         velocore._store._set_bulk_loads(before)
 
 
-@pytest.fixture(params=["bulk", "memtable"])
+@pytest.fixture(params=["bulk", "memtable", "bulk-one-thread", "memtable-one-thread"])
 def bulk_mode(request):
-    """Runs a test with bulk loads allowed, then with large put_many calls through the memtable."""
+    """Runs a test with bulk loads allowed, then with large put_many calls through the
+    memtable; each way with a large call's chunks written on a thread of their own while
+    the next is read, and then read and written in turn by the calling thread."""
     import velocore._store
 
-    before = velocore._store._set_bulk_loads(request.param == "bulk")
+    before = velocore._store._set_bulk_loads(request.param.startswith("bulk"))
+    threads = velocore._store._set_put_threads(not request.param.endswith("one-thread"))
     try:
         yield request.param
     finally:
         velocore._store._set_bulk_loads(before)
+        velocore._store._set_put_threads(threads)

@@ -8,7 +8,7 @@ import pytest
 
 import velocore
 from _helpers import churn_with_checkpoints, run_alongside
-from velocore._store import _PUT_CHUNK, _sort_order
+from velocore._store import _PIPE_MIN, _PUT_CHUNK, _sort_order
 
 
 def key_kinds(rnd, n):
@@ -304,12 +304,14 @@ def ascending_items(n, start=0, tag=b""):
 
 
 @pytest.mark.usefixtures("bulk_mode")
-@pytest.mark.parametrize("shape", ["ascending", "ascending-then-not", "repeats", "buffers"])
+@pytest.mark.parametrize("shape", ["ascending", "ascending-then-not", "repeats", "buffers",
+                                   "a-few-others"])
 def test_large_put_many_matches_a_model(tmp_path, shape):
     rnd = random.Random(5)
     store = velocore.open(str(tmp_path / "db"), sync="off")
     table = store.table("t")
     items = ascending_items(3 * CHUNK + 123)
+    assert len(items) >= _PIPE_MIN      # the chunks are written on a thread of their own
     if shape == "ascending-then-not":
         # out of order in the middle of the third chunk: the rest, repeats included, sorted
         tail = items[2 * CHUNK + 50:]
@@ -323,6 +325,12 @@ def test_large_put_many_matches_a_model(tmp_path, shape):
         items = [(memoryview(k) if i % 3 == 0 else k,
                   bytearray(v) if i % 5 == 0 else (memoryview(v) if i % 7 == 0 else v))
                  if i % 2 else [k, v] for i, (k, v) in enumerate(items)]
+    elif shape == "a-few-others":
+        # plain (bytes, bytes) tuples but for a few items, in the chunks read while the
+        # one before is written: the read stops there and waits for that write
+        for i in (CHUNK + 7, 2 * CHUNK, 2 * CHUNK + 1, 3 * CHUNK + 122):
+            k, v = items[i]
+            items[i] = [(k, bytearray(v)), (memoryview(k), v), [k, v], (k, memoryview(v))][i % 4]
     model = {}
     for k, v in items:
         model[bytes(k)] = bytes(v)
@@ -438,6 +446,89 @@ def test_put_many_items_that_touch_the_list_or_the_transaction(tmp_path):
         t.put(table, b"after", b"ok")
     with store.snapshot() as s:
         assert dict(s.range(table)) == {b"after": b"ok"}
+    store.close()
+
+
+@pytest.mark.usefixtures("bulk_mode")
+@pytest.mark.parametrize("then", ["uses the transaction", "closes the store"])
+def test_put_many_letting_go_of_an_item_runs_its_code(tmp_path, then):
+    """An item that is not a plain pair is held until its chunk is written; letting go of
+    it may be the last reference and run a finalizer.  That code runs while no write
+    does: using the transaction is refused, closing the store ends the call."""
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    table = store.table("t")
+    items = ascending_items(5 * CHUNK)
+    ran = []
+
+    class Key(bytes):                          # read through the buffer protocol
+        def __del__(self):
+            if then == "closes the store":
+                store.close()
+                ran.append("closed")
+                return
+            try:
+                t.put(table, b"inner", b"x")
+            except velocore.Error as e:
+                ran.append(str(e))
+
+    class Replaces:                            # leaves the Key only in put_many's hands
+        def __iter__(self):
+            items[CHUNK + 5] = (b"k%07d" % (CHUNK + 5), b"replaced")
+            return iter((b"k%07d" % (CHUNK + 10), b"v%d" % (CHUNK + 10)))
+
+    items[CHUNK + 5] = (Key(b"k%07d" % (CHUNK + 5)), b"held")
+    items[CHUNK + 10] = Replaces()
+    t = store.txn()
+    if then == "closes the store":
+        with pytest.raises(velocore.ClosedError):
+            t.put_many(table, items)
+        assert ran == ["closed"]
+        with velocore.open(str(tmp_path / "db")) as again:
+            assert again.snapshot().count(again.table("t")) == 0
+        return
+    t.put_many(table, items)
+    assert len(ran) == 1 and "in use" in ran[0]
+    assert t.get(table, b"k%07d" % (CHUNK + 5)) == b"held"       # as read, before replaced
+    assert t.get(table, b"inner") is None
+    t.commit()
+    with store.snapshot() as s:
+        got = dict(s.range(table))
+    assert len(got) == 5 * CHUNK
+    assert all(got[k] == v for k, v in ascending_items(5 * CHUNK) if k != b"k%07d" % (CHUNK + 5))
+    store.close()
+
+
+@pytest.mark.usefixtures("bulk_mode")
+def test_put_many_beside_a_thread_replacing_its_items(tmp_path):
+    """Another thread replaces the caller's pairs (dropping the old ones) while the call
+    reads and writes: each key ends with one of its two values, and nothing crashes."""
+    import threading
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    n = 8 * CHUNK
+    for round_ in range(3):
+        table = store.table("t%d" % round_)
+        items = ascending_items(n, tag=b"-old")
+        stop = threading.Event()
+
+        def replace():
+            rnd = random.Random(round_)
+            while not stop.is_set():
+                i = rnd.randrange(n)
+                items[i] = (b"k%07d" % i, b"v%d-new" % i)
+
+        th = threading.Thread(target=replace)
+        th.start()
+        try:
+            with store.txn() as t:
+                t.put_many(table, items)
+        finally:
+            stop.set()
+            th.join()
+        with store.snapshot() as s:
+            got = dict(s.range(table))
+        assert len(got) == n
+        for i in range(n):
+            assert got[b"k%07d" % i] in (b"v%d-old" % i, b"v%d-new" % i)
     store.close()
 
 

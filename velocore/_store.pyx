@@ -15,7 +15,11 @@ from velocore._common cimport (vc_err, vc_buf, vc_buf_reserve, vc_buf_free, VC_O
                                VC_E_NONE, VC_E_IO, VC_E_CORRUPT, VC_E_NOMEM, VC_E_CONFLICT,
                                VC_E_LOCKED, VC_E_READONLY, VC_E_CLOSED, VC_E_INVALID, VC_E_NOFILE,
                                vc_prefetch, vc_load_u64_relaxed, vc_pages_alloc_backed,
-                               vc_huge_free, vc_huge_len, vc_crc32c, vc_crc32c_sw, vc_crc32c_hw)
+                               vc_huge_free, vc_huge_len, vc_crc32c, vc_crc32c_sw, vc_crc32c_hw,
+                               pthread_mutex_t, pthread_cond_t, pthread_t, pthread_mutex_init,
+                               pthread_mutex_destroy, pthread_mutex_lock, pthread_mutex_unlock,
+                               pthread_cond_init, pthread_cond_destroy, pthread_cond_wait,
+                               pthread_cond_signal, pthread_create, pthread_join)
 from velocore._mvcc cimport (vc_db, vc_txn, vc_iter, vc_db_open, vc_db_close, vc_db_checkpoint,
                              vc_db_check, vc_db_stats, vc_txn_begin, vc_txn_commit, vc_txn_abort,
                              vc_txn_free, vc_txn_get, vc_txn_write, vc_iter_init, vc_iter_next,
@@ -105,6 +109,8 @@ DEF TID_LEN = 4
 DEF PF_PAIR = 16              # put_many reads the pair this many items ahead ...
 DEF PF_ITEMS = 8              # ... and its key and value this many (longer leads: no faster)
 DEF PUT_CHUNK = 4096         # put_many items read, then written, at a time while keys ascend
+DEF PIPE_MIN = 2 * PUT_CHUNK + 1   # put_many calls of this many items or more write their
+                                   # chunks on a thread of their own (put_pipe)
 
 cdef extern from *:
     """
@@ -126,8 +132,10 @@ cdef enum:
     GET_MANY_YIELD = 4096        # get_many: objects made between offers of the GIL (a power of 2)
 MAX_VALUE = VC_MAX_VALUE
 _PUT_CHUNK = PUT_CHUNK          # for the tests: calls of more items take the chunked path
+_PIPE_MIN = PIPE_MIN
 cdef size_t NO_SAVEPOINT = <size_t>-1   # put_ascending's writes so far were all a bulk load's
 cdef bint bulk_loads_on = True
+cdef bint put_threads_on = True
 
 
 def _set_bulk_loads(bint on):
@@ -137,6 +145,16 @@ def _set_bulk_loads(bint on):
     global bulk_loads_on
     before = bulk_loads_on
     bulk_loads_on = on
+    return before
+
+
+def _set_put_threads(bint on):
+    """For the tests: whether a put_many of _PIPE_MIN items or more writes its chunks on a
+    thread of its own while it reads the next (else it reads and writes them in turn);
+    returns the setting before."""
+    global put_threads_on
+    before = put_threads_on
+    put_threads_on = on
     return before
 
 
@@ -357,14 +375,19 @@ cdef void keyarray_free(keyarray* ka) noexcept:
     ka.lens = NULL
 
 
-cdef int pairs_fill(keyarray* ka, uint32_t tid, list pairs, Py_ssize_t n, Py_ssize_t lo,
-                    Py_ssize_t hi, const unsigned char** vptrs, uint32_t* vlens,
-                    list keep) except -1:
+cdef Py_ssize_t pairs_fill(keyarray* ka, uint32_t tid, list pairs, Py_ssize_t n,
+                           Py_ssize_t lo, Py_ssize_t hi, const unsigned char** vptrs,
+                           uint32_t* vlens, list keep, Py_ssize_t base,
+                           bint plain_only=False, bint* plain=NULL) except -1:
     """Read put_many's pairs[lo:hi] (pairs may be the caller's own list, of n items when
     the call began): each composite key into ka (room for hi - lo keys), and the pointer
-    and length of each value at [i - lo] of vptrs and vlens.  keep[i - lo] holds what
+    and length of each value at [i - base] of vptrs and vlens.  keep[i - base] holds what
     keeps the value alive: the pair, or a value no pair holds (a copy of a buffer, an
-    item of a non-tuple pair)."""
+    item of a non-tuple pair).  Returns the index it stopped at: hi, or with plain_only
+    the first item that is not a plain pair (a tuple of a bytes key of valid length and
+    a bytes value), read no further.  A plain pair is read without running Python code,
+    and dropping it from keep later runs none either.  *plain (when given) is set False
+    if an item read was not plain."""
     cdef Py_ssize_t i
     cdef unsigned char tidb[4]
     cdef bint held
@@ -390,7 +413,17 @@ cdef int pairs_fill(keyarray* ka, uint32_t tid, list pairs, Py_ssize_t n, Py_ssi
             # an immutable pair held by `pairs`: its key and value stay alive
             k = (<tuple>pair)[0]
             val = (<tuple>pair)[1]
-        else:
+            if PyBytes_CheckExact(val) and PyBytes_GET_SIZE(val) <= VC_MAX_VALUE:
+                if keyarray_push_fast(ka, tidb, k):
+                    keep[i - base] = pair
+                    vptrs[i - base] = <const unsigned char*>PyBytes_AS_STRING(val)
+                    vlens[i - base] = <uint32_t>PyBytes_GET_SIZE(val)
+                    continue
+        if plain_only:
+            return i
+        if plain != NULL:
+            plain[0] = False
+        if not held:
             try:
                 k, val = pair
             except (TypeError, ValueError):
@@ -400,13 +433,13 @@ cdef int pairs_fill(keyarray* ka, uint32_t tid, list pairs, Py_ssize_t n, Py_ssi
             keyarray_push(ka, tid, k)
         if PyBytes_CheckExact(val) and PyBytes_GET_SIZE(val) <= VC_MAX_VALUE:
             v = val
-            keep[i - lo] = pair if held else v
+            keep[i - base] = pair if held else v
         else:
             v = as_value(val)            # a copy (or the error)
-            keep[i - lo] = v
-        vptrs[i - lo] = <const unsigned char*>PyBytes_AS_STRING(v)
-        vlens[i - lo] = <uint32_t>PyBytes_GET_SIZE(v)
-    return 0
+            keep[i - base] = v
+        vptrs[i - base] = <const unsigned char*>PyBytes_AS_STRING(v)
+        vlens[i - base] = <uint32_t>PyBytes_GET_SIZE(v)
+    return hi
 
 
 cdef Py_ssize_t keyarray_ascending(keyarray* ka, const unsigned char* prev,
@@ -473,6 +506,140 @@ cdef int put_apply(vc_txn* t, keyarray* ka, const uint32_t* order, const unsigne
         if vc_txn_write(t, ka.data + ka.offs[j], ka.lens[j], vptrs[j], vlens[j], VC_PUT, err) < 0:
             return -1
     return 0
+
+
+cdef struct put_chunk:
+    keyarray ka                  # the chunk's composite keys
+    const unsigned char** vptrs  # its values (in the objects its keep list holds)
+    uint32_t* vlens
+    bint plain                   # every item read was a plain pair (see pairs_fill)
+
+
+cdef int chunk_apply(vc_txn* t, put_chunk* c, Py_ssize_t m, bint* bulk, bint can_withdraw,
+                     Py_ssize_t* taken, vc_err* err) noexcept nogil:
+    """Write the first m items of an ascending chunk of put_many: to the transaction's
+    bulk load while *bulk, which it clears at the first item the load cannot take
+    (*taken of them joined it); the items from there on are then written as usual if
+    can_withdraw, else left to the caller.  0, or -1 with err set."""
+    cdef int rc
+    if bulk[0]:
+        rc = bulk_apply(t, &c.ka, c.vptrs, c.vlens, m, taken, err)
+        if rc == 0 and taken[0] < m:
+            bulk[0] = False
+            if can_withdraw:
+                rc = put_apply(t, &c.ka, NULL, c.vptrs, c.vlens, m, err, taken[0])
+        return rc
+    return put_apply(t, &c.ka, NULL, c.vptrs, c.vlens, m, err)
+
+
+cdef enum:
+    PIPE_IDLE = 0                # nothing posted (or its result taken)
+    PIPE_WORK = 1                # a chunk posted, being written
+    PIPE_DONE = 2                # written: rc, taken, err and bulk hold the outcome
+    PIPE_QUIT = 3                # the writer thread is to end
+
+
+# put_many's chunk writer: a thread that writes one chunk (chunk_apply) while the calling
+# thread reads the next one.  Only the writer touches the transaction between a post and
+# the wait that follows it.
+cdef struct put_pipe:
+    pthread_mutex_t lock
+    pthread_cond_t cond
+    pthread_t thread
+    bint threaded                # the thread runs (else pipe_post writes in the caller)
+    int state                    # PIPE_*
+    vc_txn* t
+    put_chunk* chunk             # posted
+    Py_ssize_t m                 # its items to write
+    bint bulk                    # in: items go to the bulk load; out: they still do
+    bint can_withdraw
+    int rc                       # out: chunk_apply's result
+    Py_ssize_t taken
+    vc_err err
+    bint failed                  # a write failed (the engine's error was raised)
+
+
+cdef void* pipe_main(void* arg) noexcept nogil:
+    cdef put_pipe* p = <put_pipe*>arg
+    pthread_mutex_lock(&p.lock)
+    while True:
+        while p.state != PIPE_WORK and p.state != PIPE_QUIT:
+            pthread_cond_wait(&p.cond, &p.lock)
+        if p.state == PIPE_QUIT:
+            break
+        pthread_mutex_unlock(&p.lock)
+        p.rc = chunk_apply(p.t, p.chunk, p.m, &p.bulk, p.can_withdraw, &p.taken, &p.err)
+        pthread_mutex_lock(&p.lock)
+        p.state = PIPE_DONE
+        pthread_cond_signal(&p.cond)
+    pthread_mutex_unlock(&p.lock)
+    return NULL
+
+
+cdef void pipe_start(put_pipe* p, vc_txn* t, bint threaded) noexcept nogil:
+    """Set the pipe up, with its thread if threaded and one can be had."""
+    memset(p, 0, sizeof(put_pipe))
+    p.t = t
+    pthread_mutex_init(&p.lock, NULL)
+    pthread_cond_init(&p.cond, NULL)
+    if threaded:
+        p.threaded = pthread_create(&p.thread, NULL, pipe_main, p) == 0
+
+
+cdef void pipe_post(put_pipe* p, put_chunk* c, Py_ssize_t m) noexcept nogil:
+    """Hand chunk c's first m items to the writer (threadless: write them now)."""
+    p.chunk = c
+    p.m = m
+    p.taken = 0
+    p.err.code = VC_E_NONE
+    if not p.threaded:
+        p.rc = chunk_apply(p.t, c, m, &p.bulk, p.can_withdraw, &p.taken, &p.err)
+        p.state = PIPE_DONE
+        return
+    pthread_mutex_lock(&p.lock)
+    p.state = PIPE_WORK
+    pthread_cond_signal(&p.cond)
+    pthread_mutex_unlock(&p.lock)
+
+
+cdef void pipe_wait(put_pipe* p) noexcept nogil:
+    """Until the chunk posted last is written; its outcome is in p."""
+    if p.threaded:
+        pthread_mutex_lock(&p.lock)
+        while p.state != PIPE_DONE:
+            pthread_cond_wait(&p.cond, &p.lock)
+        pthread_mutex_unlock(&p.lock)
+    p.state = PIPE_IDLE
+
+
+cdef void pipe_stop(put_pipe* p) noexcept nogil:
+    """End the writer thread (nothing may be posted and unwaited)."""
+    if p.threaded:
+        pthread_mutex_lock(&p.lock)
+        p.state = PIPE_QUIT
+        pthread_cond_signal(&p.cond)
+        pthread_mutex_unlock(&p.lock)
+        pthread_join(p.thread, NULL)
+        p.threaded = False
+    pthread_cond_destroy(&p.cond)
+    pthread_mutex_destroy(&p.lock)
+
+
+cdef int put_chunk_init(put_chunk* c) except -1:
+    keyarray_init(&c.ka, PUT_CHUNK)
+    c.vptrs = <const unsigned char**>malloc(PUT_CHUNK * sizeof(void*))
+    c.vlens = <uint32_t*>malloc(PUT_CHUNK * sizeof(uint32_t))
+    if c.vptrs == NULL or c.vlens == NULL:
+        raise MemoryError()
+    return 0
+
+
+cdef void put_chunk_free(put_chunk* c) noexcept:
+    keyarray_free(&c.ka)
+    free(c.vptrs)
+    free(c.vlens)
+    c.vptrs = NULL
+    c.vlens = NULL
 
 
 cdef bytes as_value(object value):
@@ -1526,8 +1693,14 @@ cdef class Txn:
         chunk's items are read (with the GIL), then written in input order without it,
         while the chunk's objects are still in the CPU cache.  A batch read whole before
         any write reads each object twice, a cache miss each time once the batch
-        outgrows the cache.  Returns how many items it wrote; the caller sorts and writes
-        the rest.  A bad item withdraws the writes made so far (vc_txn_rollback from *sp),
+        outgrows the cache.  In a call of PIPE_MIN items or more, a thread of its own
+        (put_pipe) writes each chunk while this one reads the next: the two take about
+        as long.  Meanwhile no Python code may run here (it could end the transaction or
+        the store under the write, or wait for the write to end), so the next chunk is
+        read so only while its items are plain pairs (see pairs_fill); at one that is
+        not, the read waits for the write first.  A chunk's objects stay held (its keep
+        list) until its write is done.  Returns how many items it wrote; the caller
+        sorts and writes the rest.  A bad item withdraws the writes made so far (vc_txn_rollback from *sp),
         so a call that raises TypeError or ValueError changes nothing.
 
         Into a key range the snapshot holds nothing in, the items go to a bulk load
@@ -1535,83 +1708,140 @@ cdef class Txn:
         drops again if the call fails.  A bulk load needs no savepoint: where the write
         set cannot withdraw (*sp is then NO_SAVEPOINT), the items the load cannot take are
         left to the caller, which reads them all before it writes any."""
-        cdef keyarray ka
-        cdef const unsigned char** vptrs = NULL
-        cdef uint32_t* vlens = NULL
+        cdef put_chunk bufs[2]
+        cdef put_chunk* c
+        cdef put_pipe pipe
+        cdef bint piped = False
+        cdef bint pending = False        # a chunk posted to the pipe and not waited for
+        cdef Py_ssize_t plo = 0          # ... its first item
+        cdef Py_ssize_t plen = 0         # ... and its length
         cdef unsigned char* last = NULL
         cdef uint32_t lastlen = 0
         cdef Py_ssize_t lo = 0
-        cdef Py_ssize_t hi, m
-        cdef bint engine_error = False
-        cdef vc_err err
-        cdef int rc = 0
-        cdef bint bulk = False
+        cdef Py_ssize_t hi, m, got, r
+        cdef int b = 0
+        cdef bint wrote = False
         cdef bint can_withdraw = True
-        cdef Py_ssize_t taken = 0
-        cdef list keep = [None] * PUT_CHUNK
-        memset(&ka, 0, sizeof(ka))
+        cdef bint bulk = False
+        cdef list keeps = [[None] * PUT_CHUNK, [None] * PUT_CHUNK]
+        cdef list keep
+        memset(bufs, 0, sizeof(bufs))
+        memset(&pipe, 0, sizeof(pipe))
         try:
-            keyarray_init(&ka, PUT_CHUNK)
-            vptrs = <const unsigned char**>malloc(PUT_CHUNK * sizeof(void*))
-            vlens = <uint32_t*>malloc(PUT_CHUNK * sizeof(uint32_t))
+            put_chunk_init(&bufs[0])
+            put_chunk_init(&bufs[1])
             last = <unsigned char*>malloc(MAX_KEY + TID_LEN)
-            if vptrs == NULL or vlens == NULL or last == NULL:
+            if last == NULL:
                 raise MemoryError()
+            with nogil:
+                pipe_start(&pipe, self.t, n >= PIPE_MIN and put_threads_on)
+            piped = True
             while lo < n:
                 hi = min(n, lo + PUT_CHUNK)
-                ka.n = 0
-                ka.used = 0
-                pairs_fill(&ka, tid, pairs, n, lo, hi, vptrs, vlens, keep)
-                self.check_alive()            # reading the items may have run Python code
+                c = &bufs[b]
+                keep = <list>keeps[b]
+                c.ka.n = 0
+                c.ka.used = 0
+                c.plain = True
+                got = lo
+                if pending:
+                    # while the chunk before is written: plain pairs only
+                    got = pairs_fill(&c.ka, tid, pairs, n, lo, hi, c.vptrs, c.vlens, keep,
+                                     lo, True)
+                    if got < hi:
+                        pending = False
+                        r = self.pipe_result(&pipe, plo, plen, &bufs[1 - b], <list>keeps[1 - b])
+                        if r >= 0:
+                            return r
+                if got < hi:
+                    pairs_fill(&c.ka, tid, pairs, n, got, hi, c.vptrs, c.vlens, keep, lo,
+                               False, &c.plain)
+                    self.check_alive()            # reading the items may have run Python code
                 if lo == 0:
-                    can_withdraw = vc_txn_savepoint(self.t, ka.data, ka.lens[0], sp)
+                    can_withdraw = vc_txn_savepoint(self.t, c.ka.data, c.ka.lens[0], sp)
                     if not can_withdraw:
                         sp[0] = NO_SAVEPOINT
-                    m = keyarray_ascending(&ka, NULL, 0)
+                    m = keyarray_ascending(&c.ka, NULL, 0)
                     if m == hi - lo and bulk_loads_on:
-                        bulk = self.bulk_begin(tid, &ka, pairs, n)
+                        bulk = self.bulk_begin(tid, &c.ka, pairs, n)
                     if not can_withdraw and not bulk:
-                        break                   # writes it could not withdraw: sort them all
+                        return 0                # writes it could not withdraw: sort them all
+                    pipe.can_withdraw = can_withdraw
+                    pipe.bulk = bulk
                 else:
-                    m = keyarray_ascending(&ka, last, lastlen)
+                    m = keyarray_ascending(&c.ka, last, lastlen)
+                if pending:
+                    pending = False
+                    r = self.pipe_result(&pipe, plo, plen, &bufs[1 - b], <list>keeps[1 - b])
+                    if r >= 0:
+                        return r
                 if m == 0:
-                    break
-                err.code = VC_E_NONE
+                    return lo                   # a key out of order: the rest is sorted
+                lastlen = c.ka.lens[m - 1]
+                memcpy(last, c.ka.data + c.ka.offs[m - 1], lastlen)
+                self.check_alive()
                 self.store.busy += 1
-                with nogil:
-                    if bulk:
-                        rc = bulk_apply(self.t, &ka, vptrs, vlens, m, &taken, &err)
-                        if rc == 0 and taken < m:
-                            # an item the bulk load cannot take: this one and the rest
-                            # are written as usual
-                            bulk = False
-                            if can_withdraw:
-                                rc = put_apply(self.t, &ka, NULL, vptrs, vlens, m, &err, taken)
-                    else:
-                        rc = put_apply(self.t, &ka, NULL, vptrs, vlens, m, &err)
-                self.store.busy -= 1
-                if rc < 0:
-                    engine_error = True
-                    raise_error(&err)
-                if not bulk and not can_withdraw:
-                    # the bulk load took items lo .. lo+taken-1; the rest is read whole and
-                    # sorted before any of it is written (nothing to withdraw then)
-                    return lo + taken
-                lastlen = ka.lens[m - 1]
-                memcpy(last, ka.data + ka.offs[m - 1], lastlen)
+                if pipe.threaded:
+                    pipe_post(&pipe, c, m)
+                else:
+                    with nogil:
+                        pipe_post(&pipe, c, m)
+                pending = True
+                wrote = True
+                plo = lo
+                plen = hi - lo
                 if m < hi - lo:
-                    return lo + m               # a key out of order: the rest is sorted
+                    break                       # a key out of order: the rest is sorted
                 lo = hi
+                b = 1 - b
+            if pending:
+                pending = False
+                r = self.pipe_result(&pipe, plo, plen, &bufs[b], <list>keeps[b])
+                if r >= 0:
+                    return r
             return lo
         except BaseException:
-            if lo > 0 and not engine_error and sp[0] != NO_SAVEPOINT:
+            if pending:
+                with nogil:
+                    pipe_wait(&pipe)
+                self.store.busy -= 1
+                if pipe.rc < 0:
+                    pipe.failed = True
+            if wrote and not pipe.failed and sp[0] != NO_SAVEPOINT:
                 self.rollback(sp[0])
             raise
         finally:
-            keyarray_free(&ka)
-            free(vptrs)
-            free(vlens)
+            if piped:
+                with nogil:
+                    pipe_stop(&pipe)
+            put_chunk_free(&bufs[0])
+            put_chunk_free(&bufs[1])
             free(last)
+
+    cdef Py_ssize_t pipe_result(self, put_pipe* p, Py_ssize_t plo, Py_ssize_t plen,
+                                put_chunk* c, list keep) except -2:
+        """Wait for the chunk put_ascending posted last (items plo .. plo+plen-1, in c, its
+        objects held by keep) to be written.  -1 to go on, or the count of items written
+        when the rest is to be sorted; raises the engine's error."""
+        cdef Py_ssize_t i
+        with nogil:
+            pipe_wait(p)
+        self.store.busy -= 1
+        if p.rc < 0:
+            p.failed = True
+            raise_error(&p.err)
+        if not p.bulk and not p.can_withdraw:
+            # the bulk load took items plo .. plo+taken-1; the rest is read whole and
+            # sorted before any of it is written (nothing to withdraw then)
+            return plo + p.taken
+        if p.m < plen:
+            return plo + p.m                    # a key out of order: the rest is sorted
+        if not c.plain:
+            # objects whose release may run Python code: let go of them while no write runs
+            for i in range(PUT_CHUNK):
+                keep[i] = None
+            self.check_alive()
+        return -1
 
     cdef bint bulk_begin(self, uint32_t tid, keyarray* ka, list pairs, Py_ssize_t n) except -1:
         """Whether this call's items, whose first chunk (in ka) ascends, start a bulk load
@@ -1664,7 +1894,7 @@ cdef class Txn:
                 if vptrs == NULL or vlens == NULL or order == NULL:
                     raise MemoryError()
                 keyarray_init(&ka, cnt)
-                pairs_fill(&ka, tid, pairs, n, lo, n, vptrs, vlens, keep)
+                pairs_fill(&ka, tid, pairs, n, lo, n, vptrs, vlens, keep, lo)
                 self.check_alive()            # reading the items may have run Python code
             except BaseException:
                 if wrote:
