@@ -1,6 +1,7 @@
 """Batch calls: get_many / put_many visit keys in key order internally (a radix sort and a
 lookup that keeps the last leaf pinned); results must come back in the caller's order and
 match per-key calls exactly, for every kind of key and wherever the value lives."""
+import os
 import random
 import threading
 
@@ -8,7 +9,7 @@ import pytest
 
 import velocore
 from _helpers import churn_with_checkpoints, run_alongside
-from velocore._store import _PIPE_MIN, _PUT_CHUNK, _sort_order
+from velocore._store import _PIPE_MIN, _PUT_CHUNK, _set_put_threads, _sort_order
 
 
 def key_kinds(rnd, n):
@@ -495,6 +496,45 @@ def test_put_many_letting_go_of_an_item_runs_its_code(tmp_path, then):
         got = dict(s.range(table))
     assert len(got) == 5 * CHUNK
     assert all(got[k] == v for k, v in ascending_items(5 * CHUNK) if k != b"k%07d" % (CHUNK + 5))
+    store.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads in /proc")
+@pytest.mark.parametrize("threads", [True, False])
+def test_large_put_many_writes_on_a_thread_of_its_own(tmp_path, threads):
+    """A put_many of _PIPE_MIN items or more has a writer thread for the call's length,
+    joined before it returns; with the thread turned off (tests only) it has none."""
+    store = velocore.open(str(tmp_path / "db"), sync="off")
+    table = store.table("t")
+    items = ascending_items(8 * CHUNK)
+    assert len(items) >= _PIPE_MIN
+
+    def tasks():
+        return set(os.listdir("/proc/self/task"))
+
+    seen = set()
+    stop = threading.Event()
+
+    def watch():                     # runs while put_many gives up the GIL between chunks
+        while not stop.is_set():
+            seen.update(tasks())
+
+    setting = _set_put_threads(threads)
+    try:
+        watcher = threading.Thread(target=watch)
+        before = tasks()
+        watcher.start()
+        before.add(str(watcher.native_id))
+        with store.txn() as t:
+            t.put_many(table, items)
+        stop.set()
+        watcher.join()
+    finally:
+        _set_put_threads(setting)
+    came_and_went = seen - before - tasks()
+    assert len(came_and_went) == (1 if threads else 0)
+    with store.snapshot() as s:
+        assert dict(s.range(table)) == dict(items)
     store.close()
 
 

@@ -1697,11 +1697,12 @@ cdef class Txn:
         (put_pipe) writes each chunk while this one reads the next: the two take about
         as long.  Meanwhile no Python code may run here (it could end the transaction or
         the store under the write, or wait for the write to end), so the next chunk is
-        read so only while its items are plain pairs (see pairs_fill); at one that is
+        read then only while its items are plain pairs (see pairs_fill); at one that is
         not, the read waits for the write first.  A chunk's objects stay held (its keep
         list) until its write is done.  Returns how many items it wrote; the caller
-        sorts and writes the rest.  A bad item withdraws the writes made so far (vc_txn_rollback from *sp),
-        so a call that raises TypeError or ValueError changes nothing.
+        sorts and writes the rest.  A bad item withdraws the writes made so far
+        (vc_txn_rollback from *sp), so a call that raises TypeError or ValueError
+        changes nothing.
 
         Into a key range the snapshot holds nothing in, the items go to a bulk load
         instead (vc_txn_bulk_*: leaves, spliced into the tree at commit), which put_many
