@@ -553,10 +553,10 @@ cdef struct put_pipe:
     Py_ssize_t m                 # its items to write
     bint bulk                    # in: items go to the bulk load; out: they still do
     bint can_withdraw
-    int rc                       # out: chunk_apply's result
+    int rc                       # out: chunk_apply's result (< 0: the write failed,
+                                 # and the engine's error is raised)
     Py_ssize_t taken
     vc_err err
-    bint failed                  # a write failed (the engine's error was raised)
 
 
 cdef void* pipe_main(void* arg) noexcept nogil:
@@ -1723,7 +1723,6 @@ cdef class Txn:
         cdef int b = 0
         cdef bint wrote = False
         cdef bint can_withdraw = True
-        cdef bint bulk = False
         cdef list keeps = [[None] * PUT_CHUNK, [None] * PUT_CHUNK]
         cdef list keep
         memset(bufs, 0, sizeof(bufs))
@@ -1764,11 +1763,10 @@ cdef class Txn:
                         sp[0] = NO_SAVEPOINT
                     m = keyarray_ascending(&c.ka, NULL, 0)
                     if m == hi - lo and bulk_loads_on:
-                        bulk = self.bulk_begin(tid, &c.ka, pairs, n)
-                    if not can_withdraw and not bulk:
+                        pipe.bulk = self.bulk_begin(tid, &c.ka, pairs, n)
+                    if not can_withdraw and not pipe.bulk:
                         return 0                # writes it could not withdraw: sort them all
                     pipe.can_withdraw = can_withdraw
-                    pipe.bulk = bulk
                 else:
                     m = keyarray_ascending(&c.ka, last, lastlen)
                 if pending:
@@ -1806,9 +1804,7 @@ cdef class Txn:
                 with nogil:
                     pipe_wait(&pipe)
                 self.store.busy -= 1
-                if pipe.rc < 0:
-                    pipe.failed = True
-            if wrote and not pipe.failed and sp[0] != NO_SAVEPOINT:
+            if wrote and pipe.rc >= 0 and sp[0] != NO_SAVEPOINT:
                 self.rollback(sp[0])
             raise
         finally:
@@ -1829,7 +1825,6 @@ cdef class Txn:
             pipe_wait(p)
         self.store.busy -= 1
         if p.rc < 0:
-            p.failed = True
             raise_error(&p.err)
         if not p.bulk and not p.can_withdraw:
             # the bulk load took items plo .. plo+taken-1; the rest is read whole and
